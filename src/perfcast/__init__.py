@@ -1,0 +1,20 @@
+"""perfcast: predict LLM inference speed on GPUs you may not have.
+
+``perfcast.predict(model=..., gpu=..., batch=..., prompt=..., context=...)`` returns a frozen
+:class:`~perfcast.step.predict.Prediction`; ``perfcast.sweep`` is its vectorized form;
+``perfcast.predict_op`` costs one kernel. Importing perfcast is light (numpy only); torch is needed
+only by ``perfcast.measure``.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["predict", "sweep", "predict_op", "Prediction", "InputError", "get_gpu", "get_cpu",
+           "list_gpus", "list_cpus", "get_model", "list_models", "max_batch", "max_context"]
+
+
+def __getattr__(name):  # lazy: `import perfcast` stays fast for `perfcast --help`
+    if name in __all__:
+        from perfcast import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'perfcast' has no attribute {name!r}")

@@ -1,0 +1,173 @@
+"""Timing primitives for kernel calibration.
+
+GPU method (see docs/profile-format.md): warm up, estimate the kernel time from a few reps, then run
+an adaptive number of reps (enough for ~25 ms of kernel time, at least 5, at most 200). Before each rep
+the L2 cache is flushed by *reading* a buffer twice the L2 size (outside the timed region: a read
+leaves no dirty lines whose write-back would land inside the next timed kernel); CUDA events are
+recorded around the kernel(s) of the rep alone. A spin kernel (``torch.cuda._sleep``) queued ahead of
+the reps keeps the GPU behind the host, so host dispatch gaps never enter the timed region (multi-kernel
+ops are timed back to back, as a CUDA graph would run them). Reported: median, min and p90 of the reps.
+
+CPU method (``device="cpu"``, for tests): ``time.perf_counter`` around each call, no flush.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+GPU_HINT = "calibration needs PyTorch with CUDA: install perfcast[gpu] (pip install 'perfcast[gpu]') on a GPU host"
+
+
+def import_torch():
+    """Import torch or fail with an install hint."""
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise SystemExit(f"perfcast: {GPU_HINT} ({e})") from None
+    return torch
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Summary of one case's repetitions, in milliseconds."""
+
+    median_ms: float
+    min_ms: float
+    p90_ms: float
+    reps: int
+
+    @classmethod
+    def of(cls, times_ms: list[float]) -> Stats:
+        a = np.asarray(times_ms, dtype=np.float64)
+        return cls(float(np.median(a)), float(a.min()), float(np.percentile(a, 90)), len(a))
+
+
+def clamp_reps(est_ms: float, target_ms: float, min_reps: int, max_reps: int) -> int:
+    return int(min(max(math.ceil(target_ms / max(est_ms, 1e-6)), min_reps), max_reps))
+
+
+class CudaTimer:
+    """Times ``fn()`` on the current CUDA stream with events, flushing L2 between reps."""
+
+    def __init__(self, torch, target_ms: float = 25.0, min_reps: int = 5, max_reps: int = 200,
+                 warmup: int = 2, flush: bool = True):
+        self.torch = torch
+        self.target_ms, self.min_reps, self.max_reps, self.warmup = target_ms, min_reps, max_reps, warmup
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        l2 = int(getattr(props, "L2_cache_size", 0) or 50 * 2**20)
+        self.flush_buf = torch.randn(2 * l2 // 4, dtype=torch.float32, device="cuda") if flush else None
+        self.flush_out = torch.empty((), dtype=torch.float32, device="cuda")
+        self.has_sleep = hasattr(torch.cuda, "_sleep")
+        self.cycles_per_ms = 1.5e6  # a spin buffer only: its exact length does not matter
+        self.flush_ms = self._time_flush() if flush else 0.0
+
+    def _flush(self) -> None:
+        if self.flush_buf is not None:
+            self.torch.sum(self.flush_buf, dim=0, out=self.flush_out)
+
+    def _time_flush(self) -> float:
+        t = self.torch
+        for _ in range(3):
+            self._flush()
+        s, e = t.cuda.Event(enable_timing=True), t.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(10):
+            self._flush()
+        e.record()
+        e.synchronize()
+        return s.elapsed_time(e) / 10
+
+    def _reps(self, fn: Callable[[], object], reps: int, sleep_ms: float) -> tuple[list[float], float]:
+        """Per-rep event times (ms) and host seconds spent queueing each rep."""
+        ev = self.torch.cuda.Event
+        starts = [ev(enable_timing=True) for _ in range(reps)]
+        ends = [ev(enable_timing=True) for _ in range(reps)]
+        if self.has_sleep and sleep_ms > 0:
+            self.torch.cuda._sleep(int(sleep_ms * self.cycles_per_ms))
+        t0 = time.perf_counter()
+        for s, e in zip(starts, ends):
+            self._flush()
+            s.record()
+            fn()
+            e.record()
+        host = (time.perf_counter() - t0) / reps
+        ends[-1].synchronize()
+        return [s.elapsed_time(e) for s, e in zip(starts, ends)], host
+
+    def bench(self, fn: Callable[[], object]) -> Stats:
+        for _ in range(self.warmup):
+            fn()
+        est, host = self._reps(fn, 3, sleep_ms=1.0)
+        g = float(np.median(est))
+        reps = clamp_reps(g, self.target_ms, self.min_reps, self.max_reps)
+        deficit = host - (g + self.flush_ms) / 1e3  # seconds per rep the host lags the GPU
+        sleep_ms = min(max(reps * deficit * 1e3 * 1.5 + 0.2, 0.2), 30.0)
+        times, _ = self._reps(fn, reps, sleep_ms)
+        return Stats.of(times)
+
+
+class CpuTimer:
+    """Times ``fn()`` with ``time.perf_counter`` (CPU tensors; used by the tests)."""
+
+    def __init__(self, target_ms: float = 2.0, min_reps: int = 5, max_reps: int = 50, warmup: int = 1):
+        self.target_ms, self.min_reps, self.max_reps, self.warmup = target_ms, min_reps, max_reps, warmup
+
+    def bench(self, fn: Callable[[], object]) -> Stats:
+        for _ in range(self.warmup):
+            fn()
+        t0 = time.perf_counter()
+        fn()
+        reps = clamp_reps((time.perf_counter() - t0) * 1e3, self.target_ms, self.min_reps, self.max_reps)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return Stats.of(times)
+
+
+def host_loop_us(fn: Callable[[], object], sync: Callable[[], object], inner: int = 1000,
+                 reps: int = 7) -> Stats:
+    """Host wall time per call (microseconds, in the Stats fields) of ``inner`` calls then ``sync``."""
+    fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e6 / inner)
+    return Stats.of(times)
+
+
+class Progress:
+    """A one-line progress bar on stderr; silent unless enabled and stderr is a terminal."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True):
+        self.label, self.total, self.n = label, max(total, 1), 0
+        self.enabled = enabled and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        now = time.perf_counter()
+        if self.enabled and (now - self.last > 0.1 or self.n >= self.total):
+            self.last = now
+            frac = self.n / self.total
+            bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+            sys.stderr.write(f"\r{self.label:<12} [{bar}] {self.n}/{self.total} {now - self.t0:6.1f}s")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 79 + "\r")
+            sys.stderr.flush()

@@ -1,0 +1,153 @@
+"""One builder: (ModelSpec, phase, batch, prompt/context, tp, pp, dtype) -> the typed ops of one step.
+
+Prefill and decode share every line below; only the token counts and attention lengths differ.
+Shapes are per GPU (tensor-parallel shards) and may be numpy arrays (one value per sweep point).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from perfcast.models.spec import ModelSpec
+from perfcast.ops.base import Op
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """Token counts of one step. ``prompt`` for prefill, ``context`` for decode; arrays allowed."""
+
+    phase: str  # "prefill" or "decode"
+    batch: np.ndarray
+    prompt: np.ndarray
+    context: np.ndarray
+
+    @property
+    def q_len(self):
+        return self.prompt if self.phase == "prefill" else np.ones_like(self.context)
+
+    @property
+    def kv_len(self):
+        # decode: the new token attends to the cached context plus itself
+        return self.prompt if self.phase == "prefill" else self.context + 1
+
+    @property
+    def tokens(self):
+        return self.batch * self.q_len
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the reference code lays out kernels: fused projections, which norm/rope kernels."""
+
+    fused_qkv: bool = True
+    fused_gate_up: bool = True
+    norm_op: str = "rmsnorm"  # "rmsnorm" (fused F.rms_norm) or "rmsnorm_eager" (HF composite)
+    kv_write_op: str = "kv_write"
+    tp_embedding_allreduce: bool = False
+
+
+GRAPH_LAYOUT = Layout()
+HF_LAYOUT = Layout(fused_qkv=False, fused_gate_up=False, norm_op="rmsnorm_eager")
+MEGATRON_LAYOUT = Layout(norm_op="rmsnorm")
+
+
+def shard(n: int, tp: int) -> int:
+    return int(math.ceil(n / tp))
+
+
+def kv_heads_per_gpu(spec: ModelSpec, tp: int) -> int:
+    """KV heads are split across TP ranks, replicated once tp exceeds them."""
+    return max(1, spec.n_kv_heads // tp) if spec.n_kv_heads >= tp else 1
+
+
+def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16",
+              layout: Layout = GRAPH_LAYOUT, kv_dtype: str | None = None,
+              wdtype: str | None = None, pp: int = 1) -> list[Op]:
+    """Ops of one step over all layers (a request's latency crosses every pipeline stage)."""
+    T = shape.tokens
+    B = shape.batch
+    h, hd = spec.hidden, spec.head_dim
+    heads = spec.n_heads // tp
+    kvh = kv_heads_per_gpu(spec, tp)
+    inter = shard(spec.intermediate, tp)
+    act_op = "silu_mul" if spec.mlp_act == "swiglu" else ("gelu_mul" if spec.mlp_act == "geglu" else "gelu")
+    L = spec.n_layers
+    norm = layout.norm_op if spec.norm == "rmsnorm" else "layernorm"
+    wd = wdtype if wdtype and wdtype != dtype else None
+    ops: list[Op] = []
+
+    def gemm(name, n, k, count=L, group="layer", host_ops=1.0):
+        ops.append(Op(name, "gemm", {"m": T if group != "post" else B, "n": int(n), "k": int(k)},
+                      count, dtype, wd, group, host_ops=host_ops))
+
+    def elem(name, op, width, count=L, tokens=None, group="layer", host_ops=1.0):
+        ops.append(Op(name, "elementwise", {"op": op, "tokens": T if tokens is None else tokens,
+                                            "width": int(width)}, count, dtype, None, group,
+                      host_ops=host_ops))
+
+    def allreduce(name, count=L, tokens=None):
+        if tp > 1:
+            nbytes = (T if tokens is None else tokens) * h * 2.0
+            ops.append(Op(name, "collective", {"coll": "all_reduce", "bytes": nbytes, "gpus": tp},
+                          count, dtype, None, "layer"))
+
+    # --- embedding
+    elem("embedding", "embedding", h, count=1, group="pre")
+    if tp > 1 and layout.tp_embedding_allreduce:
+        allreduce("embed_allreduce", count=1)
+    # --- attention block
+    norm_ops = 8.0 if norm == "rmsnorm_eager" else 1.0
+    elem("attn_norm", norm, h, host_ops=norm_ops)
+    if layout.fused_qkv:
+        gemm("qkv_proj", (heads + 2 * kvh) * hd, h, host_ops=3.0)
+    else:
+        gemm("q_proj", heads * hd, h, host_ops=2.0)
+        gemm("k_proj", kvh * hd, h, host_ops=2.0)
+        gemm("v_proj", kvh * hd, h, host_ops=2.0)
+    if spec.qk_norm:
+        elem("qk_norm", norm, (heads + kvh) * hd, host_ops=2 * norm_ops)
+    elem("rope", "rope", (heads + kvh) * hd, host_ops=14.0)
+    elem("kv_write", layout.kv_write_op, 2 * kvh * hd, host_ops=2.0)
+    n_swa = spec.sliding_layers if spec.sliding_window else 0
+    for name, count, window in (("attention", L - n_swa, None), ("attention_swa", n_swa, spec.sliding_window)):
+        if count <= 0:
+            continue
+        ops.append(Op(name, "attention", {
+            "batch": B, "heads": heads, "kv_heads": kvh, "head_dim": hd, "q_len": shape.q_len,
+            "kv_len": shape.kv_len, "causal": shape.phase == "prefill", "window": window,
+        }, count, dtype, None, "layer", host_ops=3.0, meta={"kv_dtype": kv_dtype}))
+    gemm("o_proj", h, heads * hd, host_ops=2.0)
+    allreduce("attn_allreduce")
+    if spec.post_norms:
+        elem("post_attn_norm", norm, h, host_ops=norm_ops)
+    elem("attn_residual", "add", h)
+    # --- MLP block
+    elem("mlp_norm", norm, h, host_ops=norm_ops)
+    if spec.mlp_act in ("swiglu", "geglu"):
+        if layout.fused_gate_up:
+            gemm("gate_up_proj", 2 * inter, h, host_ops=2.0)
+        else:
+            gemm("gate_proj", inter, h)
+            gemm("up_proj", inter, h)
+    else:
+        gemm("up_proj", inter, h)
+    elem("act", act_op, inter, host_ops=2.0)
+    gemm("down_proj", h, inter)
+    allreduce("mlp_allreduce")
+    if spec.post_norms:
+        elem("post_mlp_norm", norm, h, host_ops=norm_ops)
+    elem("mlp_residual", "add", h)
+    # --- head: final norm over every position (as HF does), LM head on the last position only
+    elem("final_norm", norm, h, count=1, group="post", host_ops=norm_ops)
+    gemm("lm_head", shard(spec.vocab, tp), h, count=1, group="post")
+    if tp > 1:
+        ops.append(Op("logits_gather", "collective",
+                      {"coll": "all_gather", "bytes": B * shard(spec.vocab, tp) * 2.0, "gpus": tp},
+                      1, dtype, None, "post"))
+    if pp > 1:
+        ops.append(Op("pp_send", "p2p", {"coll": "send_recv", "bytes": T * h * 2.0, "gpus": 2},
+                      pp - 1, dtype, None, "post"))
+    return ops

@@ -1,0 +1,132 @@
+"""Analytical kernel times: roofline with wave/tile quantization and a per-kernel latency floor.
+
+This is the physics layer. Measured profiles refine it (``perfcast.profiles``); for a GPU with no
+profile, the efficiencies below are replaced by those learned on measured GPUs of the same
+generation. Every time is >= the ideal roofline of the datasheet (efficiencies are <= 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from perfcast.hardware.spec import GPUSpec
+from perfcast.ops import roofline as rl
+from perfcast.ops.base import ANALYTICAL, COMPUTE, LATENCY, MEMORY, NETWORK, OpCost
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Fractions of datasheet peaks that kernels reach, and fixed latencies (seconds).
+
+    Defaults are priors for a GPU nobody measured; ``perfcast.profiles.learn`` fits them on
+    measured profiles. All fractions are in (0, 1].
+    """
+
+    gemm_compute: float = 0.80  # best large-GEMM fraction of dense peak
+    gemm_memory: float = 0.80  # weight-streaming GEMV fraction of HBM bandwidth
+    gemm_floor_s: float = 5.0e-6  # smallest GEMM kernel time
+    attn_compute: float = 0.45  # flash attention prefill fraction of dense peak
+    attn_memory: float = 0.60  # decode attention fraction of HBM bandwidth
+    attn_floor_s: float = 8.0e-6
+    elem_memory: float = 0.80  # large elementwise kernels
+    elem_floor_s: float = 3.0e-6
+    coll_link: float = 0.80  # NCCL bus bandwidth fraction of the one-direction link rate
+    coll_latency_s: float = 12.0e-6  # small-message collective latency
+    p2p_latency_s: float = 10.0e-6
+    graph_kernel_gap_s: float = 1.0e-6  # added per kernel inside a CUDA graph
+    source: str = "prior"
+
+    def scaled(self, **kw) -> Efficiency:
+        return replace(self, **kw)
+
+
+PRIOR = Efficiency()
+
+# candidate output tiles (rows, cols) and their per-SM efficiency relative to the largest tile
+_TILES = ((128, 256, 1.00), (128, 128, 0.93), (64, 128, 0.82), (64, 64, 0.65))
+_SPLITS = (1, 2, 4, 8, 16)
+
+
+def gemm_compute_time(gpu: GPUSpec, m, n: int, k: int, dtype: str, eff: Efficiency):
+    """Tensor-core time with wave quantization: the best of a few tile shapes and split-K factors."""
+    m = np.asarray(m, dtype=float)
+    per_sm = gpu.flops(dtype) * eff.gemm_compute / gpu.sm_count
+    best = np.full(m.shape, np.inf)
+    for tm, tn, teff in _TILES:
+        tiles = np.ceil(m / tm) * np.ceil(n / tn)
+        for s in _SPLITS:
+            if s > 1 and k / s < 256:
+                continue
+            waves = np.ceil(tiles * s / gpu.sm_count)
+            t = waves * (2.0 * tm * tn * (k / s)) / (per_sm * teff)
+            if s > 1:
+                t = t * 1.05  # split-K reduction pass
+            best = np.minimum(best, t)
+    return best
+
+
+def gemm_cost(gpu: GPUSpec, m, n: int, k: int, dtype: str = "bf16", wdtype: str | None = None,
+              eff: Efficiency = PRIOR) -> OpCost:
+    flops = rl.gemm_flops(m, n, k)
+    nbytes = rl.gemm_bytes(m, n, k, dtype, wdtype)
+    tc = gemm_compute_time(gpu, m, n, k, dtype if dtype not in ("int4", "int8") or wdtype else dtype, eff)
+    tm = nbytes / (gpu.mem_bw_bytes_per_s * eff.gemm_memory)
+    t = np.maximum(tc, tm)
+    bound = np.where(tc >= tm, COMPUTE, MEMORY)
+    floor = eff.gemm_floor_s
+    bound = np.where(t < floor, LATENCY, bound)
+    return OpCost.of(np.maximum(t, floor), bound, ANALYTICAL, flops, nbytes)
+
+
+def attention_cost(gpu: GPUSpec, batch, heads: int, kv_heads: int, head_dim: int, q_len, kv_len,
+                   causal: bool, window: int | None = None, dtype: str = "bf16",
+                   kv_dtype: str | None = None, v_head_dim: int | None = None,
+                   eff: Efficiency = PRIOR) -> OpCost:
+    flops = rl.attention_flops(batch, heads, head_dim, q_len, kv_len, causal, window, v_head_dim)
+    nbytes = rl.attention_bytes(batch, heads, kv_heads, head_dim, q_len, kv_len, dtype, kv_dtype,
+                                window, v_head_dim)
+    # occupancy: flash kernels run one CTA per (sequence, head, 128-query block)
+    q = np.asarray(q_len, dtype=float)
+    ctas = np.asarray(batch, dtype=float) * heads * np.ceil(q / 128.0)
+    occ = np.minimum(1.0, ctas / gpu.sm_count)
+    peak = gpu.flops(dtype if dtype in ("bf16", "fp16", "fp8") else "bf16")
+    tc = flops / (peak * eff.attn_compute * np.maximum(occ, 1.0 / gpu.sm_count))
+    tm = nbytes / (gpu.mem_bw_bytes_per_s * eff.attn_memory)
+    t = np.maximum(tc, tm)
+    bound = np.where(tc >= tm, COMPUTE, MEMORY)
+    bound = np.where(t < eff.attn_floor_s, LATENCY, bound)
+    return OpCost.of(np.maximum(t, eff.attn_floor_s), bound, ANALYTICAL, flops, nbytes)
+
+
+def elementwise_cost(gpu: GPUSpec, op: str, tokens, width: int, dtype: str = "bf16",
+                     eff: Efficiency = PRIOR) -> OpCost:
+    nbytes = rl.elementwise_bytes(op, tokens, width, dtype)
+    flops = rl.elementwise_flops(op, tokens, width)
+    tm = nbytes / (gpu.mem_bw_bytes_per_s * eff.elem_memory)
+    bound = np.where(tm < eff.elem_floor_s, LATENCY, MEMORY)
+    return OpCost.of(np.maximum(tm, eff.elem_floor_s), bound, ANALYTICAL, flops, nbytes)
+
+
+def collective_link_bw(gpu: GPUSpec, gpus: int) -> float:
+    """One-direction bytes/s each GPU can push: NVLink when the GPU has it, else PCIe."""
+    if gpu.nvlink_bw_bytes_per_s > 0:
+        return gpu.nvlink_uni_bytes_per_s
+    return gpu.pcie_bw_bytes_per_s
+
+
+def collective_cost(gpu: GPUSpec, coll: str, nbytes, gpus: int, eff: Efficiency = PRIOR) -> OpCost:
+    """Latency-bandwidth (alpha-beta) model of a ring collective among ``gpus`` GPUs of one host."""
+    b = np.asarray(nbytes, dtype=float)
+    if gpus <= 1:
+        return OpCost.of(np.zeros_like(b), NETWORK, ANALYTICAL, 0.0, 0.0)
+    wire = rl.collective_wire_bytes(coll, b, gpus)
+    steps = {"all_reduce": 2 * (gpus - 1), "send_recv": 1}.get(coll, gpus - 1)
+    lat = eff.coll_latency_s + (steps - 1) * 1.0e-6
+    if coll == "send_recv":
+        lat = eff.p2p_latency_s
+    t_bw = wire / (collective_link_bw(gpu, gpus) * eff.coll_link)
+    t = lat + t_bw
+    bound = np.where(t_bw > lat, NETWORK, LATENCY)
+    return OpCost.of(t, bound, ANALYTICAL, 0.0, wire)

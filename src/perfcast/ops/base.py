@@ -1,0 +1,67 @@
+"""The op vocabulary: one typed record per kernel (family), vectorized over sweep points.
+
+Shapes may be ints or numpy arrays (one value per sweep point); every cost function broadcasts.
+Bounds and provenance travel as small integer codes so that sweeps stay vectorized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# what limits an op's time
+BOUNDS = ("compute", "memory", "latency", "launch", "network", "host")
+COMPUTE, MEMORY, LATENCY, LAUNCH, NETWORK, HOST = range(6)
+# where a figure comes from
+SOURCES = ("measured", "interpolated", "analytical")
+MEASURED, INTERPOLATED, ANALYTICAL = range(3)
+
+KINDS = ("gemm", "attention", "elementwise", "collective", "p2p", "transfer", "cpu")
+
+
+@dataclass(frozen=True)
+class Op:
+    """One kernel launched ``count`` times per step on one GPU.
+
+    ``dims`` holds the op's shape (see CONTRACT.md for the meaning of each field):
+    gemm ``m, n, k``; attention ``batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window``;
+    elementwise ``op, tokens, width``; collective ``coll, bytes, gpus``; p2p ``bytes``.
+    """
+
+    name: str
+    kind: str
+    dims: dict
+    count: int = 1
+    dtype: str = "bf16"
+    wdtype: str | None = None  # weight dtype of a GEMM when it differs (weight-only quantization)
+    group: str = "layer"  # "pre" (embedding), "layer" (per decoder layer), "post" (final norm, head)
+    device: str = "gpu"  # "gpu" or "cpu" (offload plans)
+    host_ops: float = 1.0  # eager: Python-dispatched torch ops this kernel stands for
+    meta: dict = field(default_factory=dict)
+
+    def get(self, key: str, default=None):
+        return self.dims.get(key, default)
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """Cost of one op per launch: seconds, bound code and source code (arrays or scalars)."""
+
+    seconds: np.ndarray
+    bound: np.ndarray
+    source: np.ndarray
+    flops: np.ndarray
+    bytes: np.ndarray
+
+    @staticmethod
+    def of(seconds, bound, source, flops, nbytes) -> OpCost:
+        s = np.asarray(seconds, dtype=float)
+        shape = s.shape
+        return OpCost(
+            seconds=s,
+            bound=np.broadcast_to(np.asarray(bound, dtype=np.int8), shape).copy(),
+            source=np.broadcast_to(np.asarray(source, dtype=np.int8), shape).copy(),
+            flops=np.broadcast_to(np.asarray(flops, dtype=float), shape).copy(),
+            bytes=np.broadcast_to(np.asarray(nbytes, dtype=float), shape).copy(),
+        )

@@ -1,0 +1,67 @@
+"""Measured profiles: which numbers back a prediction.
+
+``Profile`` answers per-kernel times. The analytical profile uses the datasheet and an
+:class:`~perfcast.ops.analytical.Efficiency`; a measured profile interpolates its tables inside the
+measured range and falls back to physics fitted on the same tables outside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from perfcast.hardware.spec import GPUSpec
+from perfcast.ops import analytical as an
+from perfcast.ops.base import OpCost
+
+
+@dataclass(frozen=True)
+class HostModel:
+    """Host-side (CPU) cost of driving the GPU, seconds. Calibrated from measured runs."""
+
+    per_op_s: float = 6.0e-6  # one Python-dispatched torch op (eager)
+    per_layer_s: float = 15.0e-6  # module call overhead per decoder layer (eager)
+    per_step_s: float = 300.0e-6  # forward() set-up: masks, positions, cache bookkeeping (eager)
+    graph_launch_s: float = 15.0e-6  # one CUDA-graph replay, host to first kernel
+    source: str = "prior"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Per-kernel time oracle for one GPU."""
+
+    gpu: GPUSpec
+    eff: an.Efficiency = an.PRIOR
+    hosts: dict = field(default_factory=dict)  # runtime name -> HostModel
+    name: str = "analytical"
+    tables: object | None = None  # perfcast.profiles.measured.Tables when measured
+
+    @staticmethod
+    def analytical(gpu: GPUSpec, eff: an.Efficiency = an.PRIOR) -> Profile:
+        return Profile(gpu=gpu, eff=eff)
+
+    def host(self, runtime: str) -> HostModel:
+        return self.hosts.get(runtime) or self.hosts.get("default") or HostModel()
+
+    # --- kernel families --------------------------------------------------------------
+    def gemm(self, m, n, k, dtype="bf16", wdtype=None) -> OpCost:
+        if self.tables is not None:
+            return self.tables.gemm(self, m, n, k, dtype, wdtype)
+        return an.gemm_cost(self.gpu, m, n, k, dtype, wdtype, self.eff)
+
+    def attention(self, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window=None,
+                  dtype="bf16", kv_dtype=None, v_head_dim=None) -> OpCost:
+        if self.tables is not None:
+            return self.tables.attention(self, batch, heads, kv_heads, head_dim, q_len, kv_len, causal,
+                                         window, dtype, kv_dtype, v_head_dim)
+        return an.attention_cost(self.gpu, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window,
+                                 dtype, kv_dtype, v_head_dim, self.eff)
+
+    def elementwise(self, op, tokens, width, dtype="bf16") -> OpCost:
+        if self.tables is not None:
+            return self.tables.elementwise(self, op, tokens, width, dtype)
+        return an.elementwise_cost(self.gpu, op, tokens, width, dtype, self.eff)
+
+    def collective(self, coll, nbytes, gpus) -> OpCost:
+        if self.tables is not None:
+            return self.tables.collective(self, coll, nbytes, gpus)
+        return an.collective_cost(self.gpu, coll, nbytes, gpus, self.eff)

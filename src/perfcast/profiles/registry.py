@@ -1,0 +1,93 @@
+"""Which profile backs a GPU: its shipped measurements, learned efficiencies, or a user directory.
+
+- ``"auto"``: the shipped profile of the GPU when there is one, else ``"none"``.
+- ``"none"``: datasheet + efficiencies learned on the measured GPUs (forced, to measure transfer).
+- a path: a directory written by ``perfcast calibrate``.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+
+from perfcast.hardware.spec import GPUSpec
+from perfcast.ops import analytical as an
+from perfcast.profiles import Profile
+
+
+def shipped_profile_dir(gpu_id: str):
+    root = resources.files("perfcast.profiles") / "data" / gpu_id
+    return root if root.is_dir() and (root / "meta.json").is_file() else None
+
+
+def shipped_profiles() -> list[str]:
+    root = resources.files("perfcast.profiles") / "data"
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "meta.json").is_file())
+
+
+@functools.cache
+def learned_efficiency(architecture: str, exclude: str = "") -> an.Efficiency:
+    """Efficiencies fitted on the shipped profiles of GPUs of ``architecture`` (others if none),
+    leaving out ``exclude`` (so a GPU's transfer error is measured without its own data)."""
+    from perfcast.profiles.measured import load_tables  # numpy only
+
+    from perfcast.hardware import get_gpu
+
+    fits = []
+    for gid in shipped_profiles():
+        if gid == exclude:
+            continue
+        try:
+            g = get_gpu(gid)
+        except ValueError:
+            continue
+        t = load_tables(shipped_profile_dir(gid), g)
+        fits.append((g.architecture == architecture, t.efficiency))
+    same = [e for same_arch, e in fits if same_arch]
+    pool = same or [e for _, e in fits]
+    if not pool:
+        return an.PRIOR
+    return pool[0] if len(pool) == 1 else _mean_eff(pool)
+
+
+def _mean_eff(effs: list[an.Efficiency]) -> an.Efficiency:
+    import dataclasses
+
+    vals = {}
+    for f in dataclasses.fields(an.Efficiency):
+        if f.name == "source":
+            continue
+        vals[f.name] = sum(getattr(e, f.name) for e in effs) / len(effs)
+    return an.Efficiency(**vals, source="learned:" + "+".join(e.source for e in effs))
+
+
+@functools.cache
+def _measured(path: str, gpu: GPUSpec) -> Profile:
+    from perfcast.profiles.measured import load_tables
+
+    t = load_tables(path, gpu)
+    return Profile(gpu=gpu, eff=t.efficiency, hosts=t.hosts, name=t.name, tables=t)
+
+
+@functools.cache
+def _none(gpu: GPUSpec) -> Profile:
+    eff = learned_efficiency(gpu.architecture, exclude=gpu.id)
+    from perfcast.profiles.measured import learned_hosts
+
+    return Profile(gpu=gpu, eff=eff, hosts=learned_hosts(exclude=gpu.id), name=f"none ({eff.source})")
+
+
+def resolve_profile(gpu: GPUSpec, profile: str = "auto") -> Profile:
+    if profile in (None, "", "auto"):
+        d = shipped_profile_dir(gpu.id)
+        if d is not None:
+            return _measured(str(d), gpu)
+        return _none(gpu)
+    if profile == "none":
+        return _none(gpu)
+    p = Path(profile)
+    if not (p / "meta.json").is_file():
+        raise ValueError(f"profile {profile!r} is not 'auto', 'none' or a directory written by "
+                         "`perfcast calibrate` (it has no meta.json)")
+    return _measured(str(p.resolve()), gpu)

@@ -1,0 +1,73 @@
+"""Cost of each op on a GPU: the measured profile where it covers the op, physics elsewhere.
+
+A registry maps op kinds to cost functions; each returns an :class:`OpCost` (seconds per launch,
+bound, provenance), vectorized over sweep points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from perfcast.hardware.spec import GPUSpec
+from perfcast.ops import analytical as an
+from perfcast.ops.base import ANALYTICAL, HOST, Op, OpCost
+from perfcast.profiles import Profile
+
+CostFn = Callable[[Op, GPUSpec, Profile], OpCost]
+_COSTS: dict[str, CostFn] = {}
+
+
+def cost_fn(kind: str):
+    def deco(fn: CostFn) -> CostFn:
+        _COSTS[kind] = fn
+        return fn
+
+    return deco
+
+
+def op_cost(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
+    try:
+        fn = _COSTS[op.kind]
+    except KeyError:
+        raise ValueError(f"no cost model for op kind {op.kind!r}") from None
+    return fn(op, gpu, prof)
+
+
+@cost_fn("gemm")
+def _gemm(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
+    d = op.dims
+    return prof.gemm(d["m"], d["n"], d["k"], op.dtype, op.wdtype)
+
+
+@cost_fn("attention")
+def _attention(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
+    d = op.dims
+    return prof.attention(d["batch"], d["heads"], d["kv_heads"], d["head_dim"], d["q_len"], d["kv_len"],
+                          bool(d["causal"]), d.get("window"), op.dtype, op.meta.get("kv_dtype"),
+                          d.get("v_head_dim"))
+
+
+@cost_fn("elementwise")
+def _elementwise(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
+    d = op.dims
+    return prof.elementwise(d["op"], d["tokens"], d["width"], op.dtype)
+
+
+@cost_fn("collective")
+@cost_fn("p2p")
+def _collective(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
+    d = op.dims
+    return prof.collective(d["coll"], d["bytes"], int(d["gpus"]))
+
+
+@cost_fn("host")
+def _host(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
+    s = np.asarray(op.dims.get("seconds", 0.0), dtype=float)
+    return OpCost.of(s, HOST, ANALYTICAL, 0.0, 0.0)
+
+
+def analytical_only(op: Op, gpu: GPUSpec, eff: an.Efficiency = an.PRIOR) -> OpCost:
+    """The pure physics answer for ``op`` (used by tests and to show the gap a profile closes)."""
+    return op_cost(op, gpu, Profile.analytical(gpu, eff))

@@ -1,0 +1,125 @@
+"""Runtimes turn per-kernel times into a step time.
+
+- ``cuda-graph``: kernels back to back on the GPU; each kernel pays a small in-graph gap, the step
+  pays one graph launch.
+- ``eager``: PyTorch eager. The host dispatches ops one by one; the GPU runs each kernel when both
+  the GPU is free and the host has issued it. For a chain, the GPU finishes at
+  ``max_k(issue_k + sum of GPU time from k on)``; identical layers make that a closed form (the
+  maximum of a linear function of the layer index sits at the first or the last layer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from perfcast.ops.base import HOST, Op, OpCost
+from perfcast.profiles import HostModel
+
+
+@dataclass(frozen=True)
+class StepTime:
+    seconds: np.ndarray  # step time per sweep point
+    gpu_seconds: np.ndarray  # sum of kernel times (what the GPU is busy)
+    host_seconds: np.ndarray  # host dispatch time (eager) or graph launch
+    op_seconds: list[np.ndarray]  # per op, per launch, as the runtime charges it
+    op_bound: list[np.ndarray]
+    host_bound: np.ndarray  # bool: the step is host-limited (eager)
+
+
+RuntimeFn = Callable[[list[Op], list[OpCost], HostModel, object], StepTime]
+_RUNTIMES: dict[str, RuntimeFn] = {}
+
+
+def runtime(name: str):
+    def deco(fn: RuntimeFn) -> RuntimeFn:
+        _RUNTIMES[name] = fn
+        return fn
+
+    return deco
+
+
+def runtimes() -> list[str]:
+    return list(_RUNTIMES)
+
+
+def get_runtime(name: str) -> RuntimeFn:
+    try:
+        return _RUNTIMES[name]
+    except KeyError:
+        raise ValueError(f"unknown runtime {name!r}; choose one of {', '.join(_RUNTIMES)}") from None
+
+
+@runtime("cuda-graph")
+def cuda_graph(ops: list[Op], costs: list[OpCost], host: HostModel, eff) -> StepTime:
+    gap = eff.graph_kernel_gap_s
+    total = 0.0
+    per, bounds = [], []
+    for op, c in zip(ops, costs):
+        if op.kind == "host":
+            per.append(np.zeros_like(c.seconds))
+            bounds.append(c.bound)
+            continue
+        s = c.seconds + gap
+        per.append(s)
+        bounds.append(c.bound)
+        total = total + op.count * s
+    gpu = np.asarray(total, dtype=float)
+    launch = host.graph_launch_s
+    return StepTime(gpu + launch, gpu, np.full(gpu.shape, launch), per, bounds,
+                    np.zeros(gpu.shape, dtype=bool))
+
+
+@runtime("eager")
+def eager(ops: list[Op], costs: list[OpCost], host: HostModel, eff) -> StepTime:
+    """Host/GPU pipeline over pre ops, ``L`` identical (averaged) layers and post ops."""
+    idx = {"pre": [], "layer": [], "post": []}
+    for i, o in enumerate(ops):
+        idx[o.group].append(i)
+    L = max((ops[i].count for i in idx["layer"]), default=0)
+    L = max(L, sum(ops[i].count for i in idx["layer"] if ops[i].kind == "attention"))
+
+    def h_of(o: Op) -> float:
+        return o.host_ops * host.per_op_s
+
+    def g_of(i: int, frac: float = 1.0):
+        return np.asarray(costs[i].seconds, dtype=float) * (ops[i].count * frac)
+
+    shape = np.broadcast(*[np.asarray(c.seconds) for c in costs]).shape
+    # one average layer: each op weighted by the share of layers it runs in
+    lay_h = [h_of(ops[i]) * ops[i].count / L for i in idx["layer"]] if L else []
+    if lay_h:
+        lay_h[0] += host.per_layer_s
+    lay_g = [g_of(i, 1.0 / L) for i in idx["layer"]] if L else []
+    H = float(sum(lay_h))
+    G = sum(lay_g) if lay_g else np.zeros(shape)
+    pre_g = [g_of(i) for i in idx["pre"]]
+    post_g = [g_of(i) for i in idx["post"]]
+    gpu_total = np.zeros(shape) + sum(pre_g, np.zeros(shape)) + L * G + sum(post_g, np.zeros(shape))
+    host_total = host.per_step_s + sum(h_of(ops[i]) for i in idx["pre"] + idx["post"]) + L * H
+
+    end = np.array(gpu_total, copy=True)
+    issue, done = host.per_step_s, np.zeros(shape)
+    for i, g in zip(idx["pre"], pre_g):
+        issue += h_of(ops[i])
+        end = np.maximum(end, issue + gpu_total - done)
+        done = done + g
+    if L:
+        for h, g in zip(lay_h, lay_g):
+            issue += h
+            first = issue + gpu_total - done
+            last = first + (L - 1) * (H - G)
+            end = np.maximum(end, np.maximum(first, last))
+            done = done + g
+        issue += (L - 1) * H
+        done = done + (L - 1) * G
+    for i, g in zip(idx["post"], post_g):
+        issue += h_of(ops[i])
+        end = np.maximum(end, issue + gpu_total - done)
+        done = done + g
+    per = [np.asarray(c.seconds, dtype=float) for c in costs]
+    bounds = [np.where(h_of(o) > c.seconds, HOST, c.bound) for o, c in zip(ops, costs)]
+    host_bound = np.broadcast_to(host_total >= gpu_total, shape).copy()
+    return StepTime(end, gpu_total, np.full(shape, host_total), per, bounds, host_bound)
