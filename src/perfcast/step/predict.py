@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -191,20 +191,22 @@ def _kvd(cfg: StepConfig) -> str:
     return cfg.dtype if cfg.dtype in ("bf16", "fp16", "fp32") else "bf16"
 
 
-def _dominant(rt, costs, ops) -> tuple[str, str]:
-    """The bound of the op family holding the most time, and the weakest provenance among big ops."""
-    total = float(rt.seconds)
-    by_bound: dict[int, float] = {}
-    weakest = 0
+def _dominant_arrays(rt, costs, ops):
+    """Per sweep point: the bound holding the most time, and the weakest provenance among the ops
+    that hold >= 5% of it."""
+    total = np.asarray(rt.seconds, dtype=float)
+    by_bound = np.zeros((len(BOUNDS),) + total.shape)
+    weakest = np.zeros(total.shape, dtype=np.int8)
     for o, c, s, bnd in zip(ops, costs, rt.op_seconds, rt.op_bound):
-        t = float(np.asarray(s)) * o.count
-        by_bound[int(bnd)] = by_bound.get(int(bnd), 0.0) + t
-        if total > 0 and t / total >= 0.05:
-            weakest = max(weakest, int(c.source))
-    if rt.host_bound.item():
-        return "host", SOURCES[weakest]
-    b = max(by_bound, key=by_bound.get) if by_bound else 0
-    return BOUNDS[b], SOURCES[weakest]
+        t = np.broadcast_to(np.asarray(s, dtype=float) * o.count, total.shape)
+        bnd = np.broadcast_to(bnd, total.shape)
+        for code in np.unique(bnd):
+            by_bound[int(code)] += np.where(bnd == code, t, 0.0)
+        big = t >= 0.05 * total
+        weakest = np.maximum(weakest, np.where(big, np.broadcast_to(c.source, total.shape), 0))
+    bound = np.argmax(by_bound, axis=0)
+    bound = np.where(np.broadcast_to(rt.host_bound, total.shape), BOUNDS.index("host"), bound)
+    return bound, weakest
 
 
 def predict(model, gpu, batch: int = 1, prompt: int = 512, context: int = 512, tp: int = 1, pp: int = 1,
@@ -219,33 +221,51 @@ def predict(model, gpu, batch: int = 1, prompt: int = 512, context: int = 512, t
     return _predict_cfg(cfg, b, p, c, breakdown)
 
 
-def _predict_cfg(cfg: StepConfig, b: int, p: int, c: int, breakdown: bool = False) -> Prediction:
-    rows = []
+def predict_many(cfg: StepConfig, b, p, c) -> list[Prediction]:
+    """Predictions for arrays of (batch, prompt, context) under one config, vectorized."""
+    b, p, c = (np.atleast_1d(np.asarray(x, dtype=np.int64)) for x in (b, p, c))
+    b, p, c = np.broadcast_arrays(b, p, c)
     res = {}
     for phase in ("prefill", "decode"):
         ops, costs, rt, prof = _phase(cfg, phase, b, p, c)
-        res[phase] = _dominant(rt, costs, ops) + (float(rt.seconds) * 1e3, prof.name)
-        if breakdown:
-            total = float(rt.seconds)
-            for o, cst, s, bnd in zip(ops, costs, rt.op_seconds, rt.op_bound):
-                ms = float(np.asarray(s)) * o.count * 1e3
-                rows.append({
-                    "phase": phase, "name": o.name, "kind": o.kind, "count": o.count, "ms": ms,
-                    "ms_per_launch": float(np.asarray(s)) * 1e3,
-                    "share": ms / (total * 1e3) if total > 0 else 0.0,
-                    "bound": BOUNDS[int(bnd)], "source": SOURCES[int(cst.source)],
-                    "flops": float(cst.flops) * o.count, "bytes": float(cst.bytes) * o.count,
-                })
+        bound, src = _dominant_arrays(rt, costs, ops)
+        res[phase] = (np.broadcast_to(rt.seconds * 1e3, b.shape), bound, src, prof.name)
     m = mem.memory(cfg.model, cfg.gpu, b, p, c, cfg.tp, cfg.pp, _wdtype(cfg), cfg.kv_dtype or _kvd(cfg),
                    _act_dtype(cfg))
-    pb, ps, pms, pname = res["prefill"]
-    db, ds, dms, _ = res["decode"]
-    order = {s: i for i, s in enumerate(SOURCES)}
-    return Prediction(
-        model=cfg.model.name, gpu=cfg.gpu.id, batch=b, prompt=p, context=c, tp=cfg.tp, pp=cfg.pp,
-        dtype=cfg.dtype, runtime=cfg.runtime, prefill_ms=pms, decode_ms=dms,
-        weights_gib=float(m.weights_bytes) / GIB, kv_cache_gib=float(m.kv_cache_bytes) / GIB,
-        activations_gib=float(m.activations_bytes) / GIB, total_gib=float(m.total_bytes) / GIB,
-        fits=bool(m.fits), capacity_gib=cfg.gpu.mem_capacity_bytes / GIB, profile=pname,
-        prefill_bound=pb, decode_bound=db, source=max(ps, ds, key=order.get), breakdown=rows,
-    )
+    w, kv, act, tot = (np.broadcast_to(x / GIB, b.shape) for x in (
+        m.weights_bytes, m.kv_cache_bytes, m.activations_bytes, m.total_bytes))
+    fits = np.broadcast_to(m.fits, b.shape)
+    pms, pb, ps, pname = res["prefill"]
+    dms, db, ds, _ = res["decode"]
+    src = np.maximum(ps, ds)
+    cap = cfg.gpu.mem_capacity_bytes / GIB
+    out = []
+    for i in range(b.size):
+        out.append(Prediction(
+            model=cfg.model.name, gpu=cfg.gpu.id, batch=int(b[i]), prompt=int(p[i]), context=int(c[i]),
+            tp=cfg.tp, pp=cfg.pp, dtype=cfg.dtype, runtime=cfg.runtime, prefill_ms=float(pms[i]),
+            decode_ms=float(dms[i]), weights_gib=float(w[i]), kv_cache_gib=float(kv[i]),
+            activations_gib=float(act[i]), total_gib=float(tot[i]), fits=bool(fits[i]), capacity_gib=cap,
+            profile=pname, prefill_bound=BOUNDS[int(pb[i])], decode_bound=BOUNDS[int(db[i])],
+            source=SOURCES[int(src[i])]))
+    return out
+
+
+def _predict_cfg(cfg: StepConfig, b: int, p: int, c: int, breakdown: bool = False) -> Prediction:
+    pred = predict_many(cfg, b, p, c)[0]
+    if not breakdown:
+        return pred
+    rows = []
+    for phase in ("prefill", "decode"):
+        ops, costs, rt, _ = _phase(cfg, phase, b, p, c)
+        total = float(rt.seconds)
+        for o, cst, s, bnd in zip(ops, costs, rt.op_seconds, rt.op_bound):
+            ms = float(np.asarray(s)) * o.count * 1e3
+            rows.append({
+                "phase": phase, "name": o.name, "kind": o.kind, "count": o.count, "ms": ms,
+                "ms_per_launch": float(np.asarray(s)) * 1e3,
+                "share": ms / (total * 1e3) if total > 0 else 0.0,
+                "bound": BOUNDS[int(bnd)], "source": SOURCES[int(cst.source)],
+                "flops": float(cst.flops) * o.count, "bytes": float(cst.bytes) * o.count,
+            })
+    return replace(pred, breakdown=rows)
