@@ -4,9 +4,10 @@ GPU method (see docs/profile-format.md): warm up, estimate the kernel time from 
 an adaptive number of reps (enough for ~25 ms of kernel time, at least 5, at most 200). Before each rep
 the L2 cache is flushed by *reading* a buffer twice the L2 size (outside the timed region: a read
 leaves no dirty lines whose write-back would land inside the next timed kernel); CUDA events are
-recorded around the kernel(s) of the rep alone. A spin kernel (``torch.cuda._sleep``) queued ahead of
-the reps keeps the GPU behind the host, so host dispatch gaps never enter the timed region (multi-kernel
-ops are timed back to back, as a CUDA graph would run them). Reported: median, min and p90 of the reps.
+recorded around the kernel(s) of the rep alone. Reps are queued in chunks of 25 behind a spin kernel
+(``torch.cuda._sleep``) long enough for the host to queue the chunk, so host dispatch gaps never enter
+the timed region (multi-kernel ops are timed back to back, as a CUDA graph would run them). Reported:
+median, min and p90 of the reps.
 
 CPU method (``device="cpu"``, for tests): ``time.perf_counter`` around each call, no flush.
 """
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+CHUNK = 25  # reps queued behind one spin kernel (well under the driver's launch-queue depth)
+SPIN_CYCLES_PER_MS = 2.0e6  # >= the SM clock of current GPUs, so a spin lasts at least as asked
 GPU_HINT = "calibration needs PyTorch with CUDA: install perfcast[gpu] (pip install 'perfcast[gpu]') on a GPU host"
 
 
@@ -65,7 +68,6 @@ class CudaTimer:
         self.flush_buf = torch.randn(2 * l2 // 4, dtype=torch.float32, device="cuda") if flush else None
         self.flush_out = torch.empty((), dtype=torch.float32, device="cuda")
         self.has_sleep = hasattr(torch.cuda, "_sleep")
-        self.cycles_per_ms = 1.5e6  # a spin buffer only: its exact length does not matter
         self.flush_ms = self._time_flush() if flush else 0.0
 
     def _flush(self) -> None:
@@ -84,32 +86,41 @@ class CudaTimer:
         e.synchronize()
         return s.elapsed_time(e) / 10
 
-    def _reps(self, fn: Callable[[], object], reps: int, sleep_ms: float) -> tuple[list[float], float]:
-        """Per-rep event times (ms) and host seconds spent queueing each rep."""
+    def _reps(self, fn: Callable[[], object], reps: int, host_s: float, gpu_ms: float
+              ) -> tuple[list[float], float]:
+        """Per-rep event times (ms) and the host seconds spent queueing one rep.
+
+        Reps run in chunks; before each chunk a spin kernel long enough for the host to queue the
+        whole chunk keeps the GPU from ever waiting on the host inside a timed region.
+        """
         ev = self.torch.cuda.Event
-        starts = [ev(enable_timing=True) for _ in range(reps)]
-        ends = [ev(enable_timing=True) for _ in range(reps)]
-        if self.has_sleep and sleep_ms > 0:
-            self.torch.cuda._sleep(int(sleep_ms * self.cycles_per_ms))
-        t0 = time.perf_counter()
-        for s, e in zip(starts, ends):
-            self._flush()
-            s.record()
-            fn()
-            e.record()
-        host = (time.perf_counter() - t0) / reps
-        ends[-1].synchronize()
-        return [s.elapsed_time(e) for s, e in zip(starts, ends)], host
+        times: list[float] = []
+        host_total = 0.0
+        for c0 in range(0, reps, CHUNK):
+            n = min(CHUNK, reps - c0)
+            starts = [ev(enable_timing=True) for _ in range(n)]
+            ends = [ev(enable_timing=True) for _ in range(n)]
+            if self.has_sleep:
+                lead_ms = n * max(1.25 * host_s * 1e3 - 0.7 * (gpu_ms + self.flush_ms), 0.25 * host_s * 1e3)
+                self.torch.cuda._sleep(int((lead_ms + 0.02) * SPIN_CYCLES_PER_MS))
+            t0 = time.perf_counter()
+            for s, e in zip(starts, ends):
+                self._flush()
+                s.record()
+                fn()
+                e.record()
+            host_total += time.perf_counter() - t0
+            ends[-1].synchronize()
+            times += [s.elapsed_time(e) for s, e in zip(starts, ends)]
+        return times, host_total / reps
 
     def bench(self, fn: Callable[[], object]) -> Stats:
         for _ in range(self.warmup):
             fn()
-        est, host = self._reps(fn, 3, sleep_ms=1.0)
+        est, host = self._reps(fn, 3, host_s=100e-6, gpu_ms=0.0)
         g = float(np.median(est))
         reps = clamp_reps(g, self.target_ms, self.min_reps, self.max_reps)
-        deficit = host - (g + self.flush_ms) / 1e3  # seconds per rep the host lags the GPU
-        sleep_ms = min(max(reps * deficit * 1e3 * 1.5 + 0.2, 0.2), 30.0)
-        times, _ = self._reps(fn, reps, sleep_ms)
+        times, _ = self._reps(fn, reps, host_s=host, gpu_ms=g)
         return Stats.of(times)
 
 

@@ -1,11 +1,299 @@
-"""Measured tables (written by ``perfcast calibrate``) -> per-kernel predictions. Filled in below."""
+"""Measured tables (written by ``perfcast calibrate``) -> per-kernel predictions.
+
+Every measured time is stored as a ratio over an ideal Hopper-style roofline of the GPU it was
+measured on (:data:`IDEAL`: datasheet peaks, wave quantization, fixed launch floors). A prediction
+on any GPU is its own ideal roofline times the interpolated ratio. On the measured GPU itself this
+returns the measurement at every measured point; on another GPU (``profile: none``) the ratios are
+the efficiencies learned on the measured one.
+"""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from perfcast.hardware.spec import GPUSpec
+from perfcast.ops import analytical as an
+from perfcast.ops.base import ANALYTICAL, INTERPOLATED, MEASURED, OpCost
+from perfcast.profiles.interp import Curve, RowGrid, idw_weights
+
+# the reference roofline: full datasheet peaks, fixed floors (the same for every GPU)
+IDEAL = an.Efficiency(gemm_compute=1.0, gemm_memory=1.0, gemm_floor_s=2.0e-6, attn_compute=1.0,
+                      attn_memory=1.0, attn_floor_s=2.0e-6, elem_memory=1.0, elem_floor_s=2.0e-6,
+                      coll_link=1.0, coll_latency_s=5.0e-6, p2p_latency_s=5.0e-6, source="ideal")
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _num(rows, key, typ=float):
+    return np.array([typ(float(r[key])) for r in rows])
+
+
+class Tables:
+    """One profile directory: meta, ratio interpolators per family, fitted scalar efficiencies."""
+
+    def __init__(self, root, gpu: GPUSpec):
+        root = Path(str(root))
+        self.root = root
+        self.meta = json.loads((root / "meta.json").read_text())
+        self.gpu = gpu
+        self.name = f"measured:{self.meta.get('gpu_id', gpu.id)}"
+        self._gemm_rows = [r for r in _read_csv(root / "gemm.csv") if r.get("median_ms")]
+        self._attn_rows = [r for r in _read_csv(root / "attention.csv") if r.get("median_ms")]
+        self._elem_rows = [r for r in _read_csv(root / "elementwise.csv") if r.get("median_ms")]
+        self._coll_rows = [r for r in _read_csv(root / "collectives.csv") if r.get("median_ms")]
+        self._build_gemm()
+        self._build_attention()
+        self._build_elementwise()
+        self._build_collectives()
+        self.hosts = _load_hosts(root)
+        self.efficiency = self._fit_efficiency()
+
+    # ------------------------------------------------------------------ GEMM
+    def _build_gemm(self):
+        self.gemm_curves: dict[tuple[str, int, int], Curve] = {}
+        by: dict[tuple, list] = {}
+        for r in self._gemm_rows:
+            by.setdefault((r["dtype"], int(r["n"]), int(r["k"])), []).append(r)
+        for (dt, n, k), rows in by.items():
+            m = _num(rows, "m")
+            t = _num(rows, "median_ms") * 1e-3
+            base = an.gemm_cost(self.gpu, m, n, k, dt, None, IDEAL).seconds
+            self.gemm_curves[(dt, n, k)] = Curve(m, np.log(t / base))
+        self._gemm_keys = {}
+        for dt, n, k in self.gemm_curves:
+            self._gemm_keys.setdefault(dt, []).append((n, k))
+
+    def gemm(self, prof, m, n, k, dtype="bf16", wdtype=None) -> OpCost:
+        dt = dtype if dtype in self._gemm_keys else ("bf16" if dtype == "fp16" and "bf16" in self._gemm_keys else None)
+        base = an.gemm_cost(prof.gpu, m, n, k, dtype, wdtype, IDEAL)
+        if dt is None or wdtype:
+            return an.gemm_cost(prof.gpu, m, n, k, dtype, wdtype, prof.eff)
+        m_arr = np.asarray(m, dtype=float)
+        curve = self.gemm_curves.get((dt, int(n), int(k)))
+        if curve is not None:
+            lr = curve(m_arr)
+            inside = curve.contains(m_arr)
+            src = np.where(curve.on_grid(m_arr), MEASURED, np.where(inside, INTERPOLATED, ANALYTICAL))
+        else:
+            lr, inside = self._gemm_blend(dt, m_arr, int(n), int(k))
+            src = np.where(inside, INTERPOLATED, ANALYTICAL)
+        return OpCost.of(base.seconds * np.exp(lr), base.bound, self._src(prof, src), base.flops, base.bytes)
+
+    def _gemm_blend(self, dt, m, n, k):
+        keys = self._gemm_keys[dt]
+        nk = np.log(np.array(keys, dtype=float))
+        dist = np.hypot(nk[:, 0] - np.log(n), nk[:, 1] - np.log(k))
+        idx, w = idw_weights(dist, k=4)
+        lr = sum(wi * self.gemm_curves[(dt, *keys[i])](m) for i, wi in zip(idx, w))
+        inside = np.zeros(np.shape(m), dtype=bool)
+        for i in idx:
+            inside |= self.gemm_curves[(dt, *keys[i])].contains(m)
+        return lr, inside
+
+    # ------------------------------------------------------------------ attention
+    def _build_attention(self):
+        """Per (phase, gqa group, head_dim): a RowGrid over (parallel units, length)."""
+        self.attn: dict[tuple, RowGrid] = {}
+        by: dict[tuple, list] = {}
+        for r in self._attn_rows:
+            q = int(r["q_len"])
+            phase = "decode" if q == 1 else "prefill"
+            key = (r["dtype"], phase, int(r["heads"]) // int(r["kv_heads"]), int(r["head_dim"]))
+            by.setdefault(key, []).append(r)
+        for key, rows in by.items():
+            b, h, kvh, hd = (_num(rows, c) for c in ("batch", "heads", "kv_heads", "head_dim"))
+            q, kv = _num(rows, "q_len"), _num(rows, "kv_len")
+            causal = np.array([str(r["causal"]).lower() in ("1", "true") for r in rows])
+            t = _num(rows, "median_ms") * 1e-3
+            base = np.array([
+                an.attention_cost(self.gpu, b[i], int(h[i]), int(kvh[i]), int(hd[i]), q[i], kv[i],
+                                  bool(causal[i]), None, key[0], None, None, IDEAL).seconds
+                for i in range(len(rows))])
+            units = b * (h if key[1] == "prefill" else kvh)
+            self.attn[key] = RowGrid(units, kv, np.log(t / base))
+
+    def _attn_key(self, dt, phase, group, hd):
+        if (dt, phase, group, hd) in self.attn:
+            return (dt, phase, group, hd), True
+        cands = [k for k in self.attn if k[1] == phase and k[0] in (dt, "bf16")]
+        if not cands:
+            return None, False
+        best = min(cands, key=lambda k: (abs(np.log(k[2] / group)) + abs(np.log(k[3] / hd)), k[0] != dt))
+        return best, False
+
+    def attention(self, prof, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window=None,
+                  dtype="bf16", kv_dtype=None, v_head_dim=None) -> OpCost:
+        base = an.attention_cost(prof.gpu, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window,
+                                 dtype, kv_dtype, v_head_dim, IDEAL)
+        q = np.asarray(q_len)
+        phase = "decode" if np.all(q == 1) else "prefill"
+        key, exact = self._attn_key(dtype, phase, max(heads // max(kv_heads, 1), 1), head_dim)
+        if key is None or v_head_dim is not None:
+            return an.attention_cost(prof.gpu, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window,
+                                     dtype, kv_dtype, v_head_dim, prof.eff)
+        grid = self.attn[key]
+        units = np.asarray(batch, dtype=float) * (heads if phase == "prefill" else kv_heads)
+        kv = np.asarray(kv_len, dtype=float)
+        lr = grid(units, kv)
+        inside = grid.contains(units, kv)
+        src = np.where(inside & exact, INTERPOLATED, np.where(inside, INTERPOLATED, ANALYTICAL))
+        return OpCost.of(base.seconds * np.exp(lr), base.bound, self._src(prof, src), base.flops, base.bytes)
+
+    # ------------------------------------------------------------------ elementwise
+    def _build_elementwise(self):
+        self.elem: dict[tuple[str, str], Curve] = {}
+        by: dict[tuple, list] = {}
+        for r in self._elem_rows:
+            by.setdefault((r["op"], r["dtype"]), []).append(r)
+        for (op, dt), rows in by.items():
+            tok, wid = _num(rows, "tokens"), _num(rows, "width")
+            t = _num(rows, "median_ms") * 1e-3
+            base = np.array([an.elementwise_cost(self.gpu, _base_op(op), tok[i], int(wid[i]), dt, IDEAL).seconds
+                             for i in range(len(rows))])
+            self.elem[(op, dt)] = Curve(tok * wid, np.log(t / base))
+
+    def elementwise(self, prof, op, tokens, width, dtype="bf16") -> OpCost:
+        base = an.elementwise_cost(prof.gpu, _base_op(op), tokens, width, dtype, IDEAL)
+        curve = self.elem.get((op, dtype)) or self.elem.get((op, "bf16"))
+        if curve is None:
+            return an.elementwise_cost(prof.gpu, _base_op(op), tokens, width, dtype, prof.eff)
+        el = np.asarray(tokens, dtype=float) * width
+        lr = curve(el)
+        src = np.where(curve.contains(el), INTERPOLATED, ANALYTICAL)
+        return OpCost.of(base.seconds * np.exp(lr), base.bound, self._src(prof, src), base.flops, base.bytes)
+
+    # ------------------------------------------------------------------ collectives
+    def _build_collectives(self):
+        self.coll: dict[tuple[str, int], Curve] = {}
+        by: dict[tuple, list] = {}
+        for r in self._coll_rows:
+            by.setdefault((r["op"], int(r["gpus"])), []).append(r)
+        for (op, g), rows in by.items():
+            nb = _num(rows, "bytes")
+            t = _num(rows, "median_ms") * 1e-3
+            base = an.collective_cost(self.gpu, op, nb, g, IDEAL).seconds
+            self.coll[(op, g)] = Curve(nb, np.log(t / base))
+
+    def collective(self, prof, coll, nbytes, gpus) -> OpCost:
+        base = an.collective_cost(prof.gpu, coll, nbytes, gpus, IDEAL)
+        curve = self.coll.get((coll, gpus))
+        if curve is None or gpus <= 1:
+            return an.collective_cost(prof.gpu, coll, nbytes, gpus, prof.eff)
+        b = np.asarray(nbytes, dtype=float)
+        lr = curve(b)
+        src = np.where(curve.contains(b), INTERPOLATED, ANALYTICAL)
+        return OpCost.of(base.seconds * np.exp(lr), base.bound, self._src(prof, src), base.flops, base.bytes)
+
+    def _src(self, prof, src):
+        # on another GPU the figure is its datasheet times ratios learned here: analytical
+        return src if prof.gpu is self.gpu else np.full(np.shape(src), ANALYTICAL)
+
+    # ------------------------------------------------------------------ scalar efficiencies
+    def _fit_efficiency(self) -> an.Efficiency:
+        """Scalar efficiencies for the physics fallback, fitted on this profile's largest/smallest kernels."""
+        g = self.gpu
+        e = dataclasses.asdict(an.PRIOR)
+        if self._gemm_rows:
+            m, n, k = (_num(self._gemm_rows, c) for c in ("m", "n", "k"))
+            t = _num(self._gemm_rows, "median_ms") * 1e-3
+            bf = np.array([r["dtype"] == "bf16" for r in self._gemm_rows])
+            big = bf & (m >= 4096) & (n >= 4096) & (k >= 4096)
+            if big.any():
+                e["gemm_compute"] = float(np.median(2 * m[big] * n[big] * k[big] / t[big] / g.flops("bf16")))
+            small = bf & (m <= 16) & (n * k >= 1 << 24)
+            if small.any():
+                by = (m[small] * k[small] + n[small] * k[small] + m[small] * n[small]) * 2
+                e["gemm_memory"] = float(np.median(by / t[small] / g.mem_bw_bytes_per_s))
+            e["gemm_floor_s"] = float(np.min(t))
+        if self._elem_rows:
+            el = _num(self._elem_rows, "bytes")
+            t = _num(self._elem_rows, "median_ms") * 1e-3
+            big = el >= 64 << 20
+            if big.any():
+                e["elem_memory"] = float(np.median(el[big] / t[big] / g.mem_bw_bytes_per_s))
+            e["elem_floor_s"] = float(np.percentile(t, 2))
+        if self._attn_rows:
+            q = _num(self._attn_rows, "q_len")
+            t = _num(self._attn_rows, "median_ms") * 1e-3
+            rows = self._attn_rows
+            pre = (q >= 4096)
+            if pre.any():
+                fl = np.array([an.attention_cost(g, float(r["batch"]), int(r["heads"]), int(r["kv_heads"]),
+                                                 int(r["head_dim"]), float(r["q_len"]), float(r["kv_len"]),
+                                                 True).flops for r in rows])
+                e["attn_compute"] = float(np.median(fl[pre] / t[pre] / g.flops("bf16")))
+            dec = q == 1
+            if dec.any():
+                by = np.array([an.attention_cost(g, float(r["batch"]), int(r["heads"]), int(r["kv_heads"]),
+                                                 int(r["head_dim"]), 1.0, float(r["kv_len"]), False).bytes
+                               for r in rows])
+                big = dec & (by >= 256 << 20)
+                if big.any():
+                    e["attn_memory"] = float(np.median(by[big] / t[big] / g.mem_bw_bytes_per_s))
+            e["attn_floor_s"] = float(np.min(t))
+        for key in ("gemm_compute", "gemm_memory", "elem_memory", "attn_compute", "attn_memory"):
+            e[key] = float(min(max(e[key], 0.05), 1.0))
+        e["source"] = self.meta.get("gpu_id", g.id)
+        return an.Efficiency(**e)
+
+
+def _base_op(op: str) -> str:
+    return op
+
+
+def _load_hosts(root: Path) -> dict:
+    from perfcast.profiles import HostModel
+
+    p = root / "host.json"
+    if not p.is_file():
+        return {}
+    d = json.loads(p.read_text())
+    out = {}
+    for name, v in d.get("runtimes", {}).items():
+        kw = {k: float(v[k]) for k in ("per_op_s", "per_layer_s", "per_step_s", "graph_launch_s") if k in v}
+        out[name] = HostModel(**kw, source=d.get("source", "measured"))
+    return out
+
+
+@functools.cache
+def _tables_cached(path: str, gpu_id: str) -> Tables:
+    from perfcast.hardware import get_gpu
+
+    return Tables(path, get_gpu(gpu_id))
+
+
+def load_tables(path, gpu: GPUSpec) -> Tables:
+    """Tables of a profile directory; ratios are taken against the GPU the profile was measured on."""
+    from perfcast.hardware import get_gpu
+
+    meta = json.loads((Path(str(path)) / "meta.json").read_text())
+    measured_on = meta.get("gpu_id") or gpu.id
+    try:
+        get_gpu(measured_on)
+    except ValueError:
+        measured_on = gpu.id
+    return _tables_cached(str(path), measured_on)
+
 
 def learned_hosts(exclude: str = "") -> dict:
+    """Host models measured on other GPUs' hosts (the host CPU, not the GPU, sets these)."""
+    from perfcast.profiles.registry import shipped_profile_dir, shipped_profiles
+
+    for gid in shipped_profiles():
+        if gid == exclude:
+            continue
+        hosts = _load_hosts(Path(str(shipped_profile_dir(gid))))
+        if hosts:
+            return hosts
     return {}
-
-
-def load_tables(path, gpu):
-    raise FileNotFoundError(f"no measured tables at {path}")

@@ -72,10 +72,29 @@ def _measured(path: str, gpu: GPUSpec) -> Profile:
 
 @functools.cache
 def _none(gpu: GPUSpec) -> Profile:
-    eff = learned_efficiency(gpu.architecture, exclude=gpu.id)
-    from perfcast.profiles.measured import learned_hosts
+    """Datasheet of ``gpu`` times the efficiency ratios measured on another GPU (same architecture
+    first), never ``gpu``'s own measurements."""
+    from perfcast.hardware import get_gpu
+    from perfcast.profiles.measured import learned_hosts, load_tables
 
-    return Profile(gpu=gpu, eff=eff, hosts=learned_hosts(exclude=gpu.id), name=f"none ({eff.source})")
+    donors = [g for g in shipped_profiles() if g != gpu.id]
+    same = [g for g in donors if _arch(g) == gpu.architecture]
+    pick = (same or donors)[:1]
+    eff = learned_efficiency(gpu.architecture, exclude=gpu.id)
+    hosts = learned_hosts(exclude=gpu.id)
+    if not pick:
+        return Profile(gpu=gpu, eff=eff, hosts=hosts, name="none (prior efficiencies)")
+    t = load_tables(shipped_profile_dir(pick[0]), get_gpu(pick[0]))
+    return Profile(gpu=gpu, eff=t.efficiency, hosts=hosts, name=f"none (ratios learned on {pick[0]})", tables=t)
+
+
+def _arch(gid: str) -> str:
+    from perfcast.hardware import get_gpu
+
+    try:
+        return get_gpu(gid).architecture
+    except ValueError:
+        return ""
 
 
 def resolve_profile(gpu: GPUSpec, profile: str = "auto") -> Profile:

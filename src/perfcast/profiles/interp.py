@@ -1,0 +1,88 @@
+"""Interpolation in log space, vectorized: 1-D curves, 2-D row grids, inverse-distance blends.
+
+Interpolated quantities are log ratios of measured time over the ideal roofline, so that between
+grid points physics (wave quantization, the roofline knee) carries the shape and the measurements
+carry the level. Outside the measured range values are held at the nearest edge.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Curve:
+    """y(x) from points, interpolated linearly in log x; duplicate x values are averaged."""
+
+    def __init__(self, x, y):
+        x = np.log(np.asarray(x, dtype=float))
+        y = np.asarray(y, dtype=float)
+        ux, inv = np.unique(x, return_inverse=True)
+        sums = np.bincount(inv, weights=y)
+        cnt = np.bincount(inv)
+        self.x = ux
+        self.y = sums / cnt
+        self.lo, self.hi = float(np.exp(ux[0])), float(np.exp(ux[-1]))
+
+    def __call__(self, q):
+        return np.interp(np.log(np.asarray(q, dtype=float)), self.x, self.y)
+
+    def contains(self, q):
+        q = np.asarray(q, dtype=float)
+        return (q >= self.lo * (1 - 1e-9)) & (q <= self.hi * (1 + 1e-9))
+
+    def on_grid(self, q):
+        lq = np.log(np.asarray(q, dtype=float))
+        idx = np.clip(np.searchsorted(self.x, lq), 0, len(self.x) - 1)
+        near = np.minimum(np.abs(self.x[idx] - lq), np.abs(self.x[np.maximum(idx - 1, 0)] - lq))
+        return near < 1e-9
+
+
+class RowGrid:
+    """y(x1, x2) from scattered points that lie on rows of constant x1 (each row a Curve in x2).
+
+    Rows are interpolated in log x2 first, then linearly in log x1 between the two nearest rows.
+    """
+
+    def __init__(self, x1, x2, y, min_row_points: int = 1):
+        x1 = np.asarray(x1, dtype=float)
+        rows = {}
+        for v in np.unique(x1):
+            sel = x1 == v
+            if sel.sum() >= min_row_points:
+                rows[float(v)] = Curve(np.asarray(x2)[sel], np.asarray(y)[sel])
+        self.keys = np.log(np.array(sorted(rows)))
+        self.rows = [rows[k] for k in sorted(rows)]
+
+    def __call__(self, q1, q2):
+        q1 = np.asarray(q1, dtype=float)
+        q2 = np.asarray(q2, dtype=float)
+        shape = np.broadcast(q1, q2).shape
+        lq1 = np.broadcast_to(np.log(q1), shape)
+        vals = np.stack([np.broadcast_to(r(q2), shape) for r in self.rows])  # R x shape
+        if len(self.rows) == 1:
+            return vals[0]
+        pos = np.clip(np.searchsorted(self.keys, lq1) - 1, 0, len(self.keys) - 2)
+        x0, x1 = self.keys[pos], self.keys[pos + 1]
+        w = np.clip((lq1 - x0) / (x1 - x0), 0.0, 1.0)
+        v0 = np.take_along_axis(vals, pos[None, ...], axis=0)[0]
+        v1 = np.take_along_axis(vals, (pos + 1)[None, ...], axis=0)[0]
+        return v0 * (1 - w) + v1 * w
+
+    def contains(self, q1, q2):
+        q1 = np.asarray(q1, dtype=float)
+        lo, hi = np.exp(self.keys[0]), np.exp(self.keys[-1])
+        in1 = (q1 >= lo * (1 - 1e-9)) & (q1 <= hi * (1 + 1e-9))
+        in2 = np.zeros(np.broadcast(q1, q2).shape, dtype=bool)
+        for r in self.rows:
+            in2 |= np.broadcast_to(r.contains(q2), in2.shape)
+        return in1 & in2
+
+
+def idw_weights(dist: np.ndarray, k: int = 4, power: float = 2.0):
+    """Indices and weights of the ``k`` nearest points (exact hits take all the weight)."""
+    order = np.argsort(dist)[:k]
+    d = dist[order]
+    if d[0] < 1e-12:
+        return order[:1], np.array([1.0])
+    w = 1.0 / d**power
+    return order, w / w.sum()

@@ -1,0 +1,120 @@
+"""CPU smoke tests of the GPU-side harnesses (perfcast.measure): decoder numerics and model_step output."""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from perfcast.measure import model_step  # noqa: E402
+from perfcast.measure.decoder import Decoder  # noqa: E402
+from perfcast.models.spec import ModelSpec  # noqa: E402
+
+TINY = dict(name="tiny", model_type="llama", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+            intermediate=128, vocab=256, max_positions=4096)
+
+TINY_CONFIG = {
+    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 256,
+    "max_position_embeddings": 4096, "rope_theta": 500000.0, "tie_word_embeddings": False,
+    "hidden_act": "silu", "rms_norm_eps": 1e-5,
+}
+
+
+@pytest.mark.parametrize("extra", [{}, {"attn_bias": True, "qk_norm": True, "tied_embeddings": True},
+                                   {"mlp_act": "geglu", "n_kv_heads": 4}, {"mlp_act": "gelu", "n_kv_heads": 1}])
+def test_decode_with_cache_matches_full_prefill(extra):
+    spec = ModelSpec(**{**TINY, **extra})
+    dec = Decoder(spec, device="cpu", dtype=torch.float32, seed=1)
+    batch, n = 3, 11
+    ids = torch.randint(0, spec.vocab, (batch, n + 1))
+    dec.alloc_cache(batch, n + 1)
+    full = dec.prefill(ids)  # logits of the last position over n + 1 tokens
+    assert full.shape == (batch, spec.vocab)
+    assert torch.isfinite(full).all()
+    dec.alloc_cache(batch, n + 1)  # a fresh random cache: prefill must overwrite what decode reads
+    dec.prefill(ids[:, :n])
+    step = dec.decode(ids[:, n:], context=n)
+    assert step.shape == (batch, spec.vocab)
+    assert torch.allclose(step, full, atol=1e-4, rtol=0), (step - full).abs().max()
+
+
+def test_decoder_shards_for_tensor_parallel():
+    spec = ModelSpec(**{**TINY, "n_heads": 8, "n_kv_heads": 2})
+    d = Decoder(spec, device="cpu", dtype=torch.float32, tp_rank=1, tp_size=4)
+    assert (d.hq, d.hkv, d.inter, d.vocab_local) == (2, 1, 32, 64)  # kv heads replicated over tp 4
+    assert d.layers[0].wqkv.shape == ((2 + 2 * 1) * 16, 64)
+    assert d.layers[0].wo.shape == (64, 32)
+    assert d.layers[0].wgu.shape == (64, 64) and d.layers[0].wdown.shape == (64, 32)
+    assert float(d.layers[0].wqkv.abs().sum()) > 0  # random, never zeros
+    with pytest.raises(ValueError):
+        Decoder(spec, device="cpu", tp_size=3)
+
+
+def test_gpu_id_rule():
+    assert model_step.gpu_id("NVIDIA H100 80GB HBM3") == "h100-sxm"
+    assert model_step.gpu_id("NVIDIA H200") == "h200"
+    assert model_step.gpu_id("NVIDIA A100-SXM4-80GB") == "a100-sxm4-80gb"
+
+
+def _run(tmp_path, cases):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY_CONFIG))
+    lines = [{"model": str(cfg), "tp": 1, **c} for c in cases]
+    (tmp_path / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in lines))
+    out = tmp_path / "out.jsonl"
+    rc = model_step.main(["--cases", str(tmp_path / "cases.jsonl"), "--out", str(out), "--device", "cpu",
+                          "--dtype", "fp32"])
+    return rc, [json.loads(x) for x in out.read_text().splitlines()]
+
+
+def test_model_step_plain_eager_on_cpu(tmp_path):
+    rc, rows = _run(tmp_path, [
+        {"batch": 2, "prompt": 8, "context": 16, "runtime": "eager", "impl": "plain"},
+        {"batch": 1, "prompt": 4, "context": 4, "runtime": "eager", "impl": "plain", "measure": "decode",
+         "layers": 1},
+        {"batch": 1, "prompt": 4, "context": 4, "runtime": "cuda-graph"},  # no CUDA here: an error line
+    ])
+    assert rc == 1 and len(rows) == 3
+    r = rows[0]
+    for k in ("prefill_ms", "prefill_min_ms", "prefill_p90_ms", "prefill_reps", "decode_ms", "decode_min_ms",
+              "decode_p90_ms", "decode_reps", "gpu", "gpu_id", "torch", "transformers", "cuda", "driver", "date",
+              "tp", "model", "batch", "prompt", "context", "runtime"):
+        assert k in r, k
+    assert r["gpu_id"] == "cpu" and r["impl"] == "plain-decoder" and r["layers"] == 2
+    assert 0 < r["prefill_min_ms"] <= r["prefill_ms"] <= r["prefill_p90_ms"]
+    assert r["prefill_reps"] >= 5
+    assert rows[1]["layers"] == 1 and "decode_ms" in rows[1] and "prefill_ms" not in rows[1]
+    assert "error" in rows[2] and "CUDA" in rows[2]["error"]
+
+
+def test_model_step_hf_eager_on_cpu(tmp_path):
+    pytest.importorskip("transformers")
+    rc, rows = _run(tmp_path, [{"batch": 2, "prompt": 8, "context": 16, "runtime": "eager"}])
+    assert rc == 0, rows
+    r = rows[0]
+    assert r["impl"] == "hf-transformers" and r["hf_cache"] == "DynamicCache"
+    assert r["prefill_ms"] > 0 and r["decode_ms"] > 0
+
+
+def test_hf_decode_cache_has_context_tokens():
+    pytest.importorskip("transformers")
+    import pathlib
+    import tempfile
+
+    from perfcast.measure import hf_step
+
+    with tempfile.TemporaryDirectory() as d:
+        p = pathlib.Path(d) / "config.json"
+        p.write_text(json.dumps(TINY_CONFIG))
+        m = hf_step.build(str(p), layers=1, device="cpu", dtype=torch.float32)
+        assert m.config.num_hidden_layers == 1
+        prep, fn = hf_step.decode_step(m, batch=2, context=5)
+        with torch.inference_mode():
+            prep()
+            first = fn()
+            assert first.shape == (2, 1, 256)
+            prep()  # a fresh cache of `context` tokens again: the same step gives the same logits
+            assert torch.equal(fn(), first)
+            again = fn()  # without prep the cache has grown by one token: different logits
+            assert not torch.equal(again, first)
