@@ -10,6 +10,11 @@ from perfcast.measure import model_step  # noqa: E402
 from perfcast.measure.decoder import Decoder  # noqa: E402
 from perfcast.models.spec import ModelSpec  # noqa: E402
 
+@pytest.fixture(autouse=True)
+def _quick(monkeypatch):
+    monkeypatch.setattr(model_step, "TARGET_S", 0.02)
+
+
 TINY = dict(name="tiny", model_type="llama", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
             intermediate=128, vocab=256, max_positions=4096)
 

@@ -14,6 +14,14 @@ SMI_FIELDS = ("clocks.sm", "clocks.max.sm", "clocks.mem", "clocks.max.mem", "pow
               "driver_version")
 
 
+def command_line() -> str:
+    """The command that started this process (``python -m`` spelled out for module runs)."""
+    argv = list(sys.argv)
+    if argv and argv[0].replace("\\", "/").endswith("perfcast/measure/calibrate.py"):
+        argv = ["python", "-m", "perfcast.measure.calibrate", *argv[1:]]
+    return shlex.join(argv)
+
+
 def gpu_id_guess(name: str, total_bytes: int) -> str:
     """A perfcast GPU id from the device name ('NVIDIA H100 80GB HBM3' -> 'h100-sxm')."""
     up = name.upper()
@@ -62,7 +70,7 @@ def collect(torch, device: str = "cuda") -> dict:
         "python_version": platform.python_version(),
         "hostname": socket.gethostname(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "command": command_line(),
         "device": device,
     }
     try:

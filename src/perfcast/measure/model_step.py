@@ -383,6 +383,11 @@ def run(cases: list[dict], out_path: str, device_kind: str = "cuda", dtype_name:
     finally:
         if out:
             out.close()
+    if rank == 0:  # lines were written as measured (a killed run keeps them); now in the file's order
+        with open(out_path) as f:
+            rows = [json.loads(x) for x in f if x.strip()]
+        with open(out_path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["case"]))
     return errors
 
 

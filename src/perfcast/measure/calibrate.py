@@ -1,0 +1,395 @@
+"""Kernel calibration harness: time GEMM, attention, elementwise and launch costs on this GPU.
+
+    python -m perfcast.measure.calibrate --out DIR [--quick] [--heldout]
+        [--only gemm,attention,elementwise,launch] [--device cuda|cpu] [--seed N] [--quiet]
+
+Writes a profile directory (meta.json, gemm.csv, attention.csv, elementwise.csv, launch.csv) whose
+layout docs/profile-format.md describes. Nothing is written outside that directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+from perfcast.measure import env, shapes
+from perfcast.measure.timing import GPU_HINT, CpuTimer, CudaTimer, Progress, Stats, host_loop_us, import_torch
+
+FAMILIES = ("gemm", "attention", "elementwise", "launch")
+TIMES = ["median_ms", "min_ms", "p90_ms", "reps"]
+COLUMNS = {
+    "gemm": ["dtype", "m", "n", "k", *TIMES],
+    "attention": ["dtype", "batch", "heads", "kv_heads", "head_dim", "q_len", "kv_len", "causal", *TIMES],
+    "elementwise": ["op", "dtype", "tokens", "width", "elements", "bytes", *TIMES],
+    "launch": ["mode", "op", "median_us", "min_us", "p90_us", "reps"],
+}
+FORMAT_VERSION = 1
+EPS = 1e-5
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+class _Csv:
+    """A CSV file written row by row (flushed, so a crashed run keeps what it measured)."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.f = open(path, "w", newline="")
+        self.w = csv.writer(self.f)
+        self.w.writerow(columns)
+        self.rows = 0
+
+    def row(self, case: dict, st: Stats, scale: float = 1.0) -> None:
+        vals = list(case.values()) + [st.median_ms * scale, st.min_ms * scale, st.p90_ms * scale, st.reps]
+        self.w.writerow([_fmt(v) for v in vals])
+        self.f.flush()
+        self.rows += 1
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class _Run:
+    """State shared by the family runners: torch, device, timer, counters."""
+
+    def __init__(self, torch, device: str, timer, progress: bool):
+        import torch.nn.functional as F
+
+        self.torch, self.F, self.device, self.timer, self.progress = torch, F, device, timer, progress
+        self.dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+        self.skipped = 0
+        self.errors: list[str] = []
+        self.oom = getattr(torch.cuda, "OutOfMemoryError", MemoryError)
+
+    def randn(self, *shape, dtype="bf16"):
+        return self.torch.randn(*shape, dtype=self.dtypes[dtype], device=self.device)
+
+    def measure(self, out: _Csv, case: dict, build) -> None:
+        """Build the inputs (``build()`` returns the callable to time), time it, write one row."""
+        fn = None
+        try:
+            fn = build()
+            out.row(case, self.timer.bench(fn))
+        except self.oom:
+            self.skipped += 1
+        except RuntimeError as e:  # an unsupported shape must not end a long run
+            self.skipped += 1
+            if len(self.errors) < 20:
+                self.errors.append(f"{case}: {str(e).splitlines()[0][:200]}")
+        finally:
+            del fn
+
+
+# ---- families ----------------------------------------------------------------------------------
+def run_gemm(r: _Run, cases: list[dict], out: _Csv, bar: Progress) -> None:
+    groups: dict[tuple, list[dict]] = {}
+    for c in cases:
+        groups.setdefault((c["dtype"], c["n"], c["k"]), []).append(c)
+    for (dtype, n, k), cs in groups.items():
+        try:  # one weight and one activation buffer per (n, k); x[:m] is contiguous
+            w = r.randn(n, k, dtype=dtype)
+            x = r.randn(max(c["m"] for c in cs), k, dtype=dtype)
+        except r.oom:
+            r.skipped += len(cs)
+            bar.update(len(cs))
+            continue
+        for c in sorted(cs, key=lambda c: c["m"]):
+            xm = x[: c["m"]]
+            r.measure(out, c, lambda xm=xm: (lambda: r.F.linear(xm, w)))
+            bar.update()
+        del w, x
+
+
+def run_attention(r: _Run, cases: list[dict], out: _Csv, bar: Progress) -> None:
+    for c in cases:
+        def build(c=c):
+            q = r.randn(c["batch"], c["heads"], c["q_len"], c["head_dim"])
+            k = r.randn(c["batch"], c["kv_heads"], c["kv_len"], c["head_dim"])
+            v = r.randn(c["batch"], c["kv_heads"], c["kv_len"], c["head_dim"])
+            gqa = c["kv_heads"] < c["heads"]
+            return lambda: r.F.scaled_dot_product_attention(q, k, v, is_causal=c["causal"], enable_gqa=gqa)
+
+        r.measure(out, c, build)
+        bar.update()
+
+
+def _head_dim(width: int) -> int:
+    return shapes.HEAD_DIM if width >= 4 * shapes.HEAD_DIM else 32  # 32: the tiny CPU grid
+
+
+def ew_builder(r: _Run, op: str, t: int, width: int, tables: dict):
+    """The callable that runs elementwise ``op`` on ``t`` tokens of ``width`` (see the docs)."""
+    torch, F, bf = r.torch, r.F, r.torch.bfloat16
+    if op == "rmsnorm":
+        x, w = r.randn(t, width), r.randn(width)
+        return lambda: F.rms_norm(x, (width,), w, EPS)
+    if op == "rmsnorm_eager":  # Hugging Face LlamaRMSNorm.forward
+        x, w = r.randn(t, width), r.randn(width)
+
+        def eager():
+            h = x.to(torch.float32)
+            var = h.pow(2).mean(-1, keepdim=True)
+            h = h * torch.rsqrt(var + EPS)
+            return w * h.to(bf)
+        return eager
+    if op in ("silu_mul", "gelu_mul"):
+        g, u = r.randn(t, width), r.randn(t, width)
+        if op == "silu_mul":
+            return lambda: F.silu(g) * u
+        return lambda: F.gelu(g, approximate="tanh") * u
+    if op == "rope":  # Hugging Face apply_rotary_pos_emb, q [t, heads, d], k [t, kv_heads, d]
+        d = _head_dim(width)
+        heads = (width // d) * 4 // 5
+        q, k = r.randn(t, heads, d), r.randn(t, width // d - heads, d)
+        cos, sin = r.randn(t, d), r.randn(t, d)
+
+        def rot(x):
+            return torch.cat((-x[..., d // 2:], x[..., : d // 2]), dim=-1)
+
+        def rope():
+            c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+            return q * c + rot(q) * s, k * c + rot(k) * s
+        return rope
+    if op == "add":
+        x, y = r.randn(t, width), r.randn(t, width)
+        return lambda: x + y
+    if op in ("kv_write", "kv_write_decode"):
+        d = _head_dim(width)
+        kvh = width // (2 * d)
+        batch, new, max_len = (1, t, 2 * t) if op == "kv_write" else (t, 1, 256)
+        kc, vc = r.randn(batch, kvh, max_len, d), r.randn(batch, kvh, max_len, d)
+        nk, nv = r.randn(batch, kvh, new, d), r.randn(batch, kvh, new, d)
+        pos = torch.arange(max_len - new, max_len, device=r.device)
+        return lambda: (kc.index_copy_(2, pos, nk), vc.index_copy_(2, pos, nv))
+    if op == "embedding":
+        vocab = shapes.VOCAB if r.device == "cuda" else 1000
+        if ("emb", width) not in tables:
+            tables.clear()
+            tables[("emb", width)] = r.randn(vocab, width)
+        table = tables[("emb", width)]
+        ids = torch.randint(0, vocab, (t,), device=r.device)
+        return lambda: F.embedding(ids, table)
+    if op == "copy":
+        x, y = r.randn(t, width), torch.empty(t, width, dtype=bf, device=r.device)
+        return lambda: y.copy_(x)
+    raise ValueError(f"unknown elementwise op {op!r}")
+
+
+def run_elementwise(r: _Run, cases: list[dict], out: _Csv, bar: Progress) -> None:
+    tables: dict = {}
+    for c in sorted(cases, key=lambda c: (c["op"], c["width"], c["tokens"])):
+        r.measure(out, c, lambda c=c: ew_builder(r, c["op"], c["tokens"], c["width"], tables))
+        bar.update()
+    tables.clear()
+
+
+def _tiny_ops(r: _Run) -> dict:
+    """Tiny-tensor ops whose cost is all launch / dispatch overhead."""
+    torch, F = r.torch, r.F
+    a, b = r.randn(1), r.randn(1)
+    x, w, nw = r.randn(1, 64), r.randn(64, 64), r.randn(64)
+    q = r.randn(1, 4, 1, 64)
+    kv = r.randn(1, 4, 16, 64)
+    cache, new = r.randn(1, 4, 16, 64), r.randn(1, 4, 1, 64)
+    pos = torch.tensor([3], device=r.device)
+    return {
+        "add": lambda: torch.add(a, b),
+        "linear": lambda: F.linear(x, w),
+        "rms_norm": lambda: F.rms_norm(x, (64,), nw, EPS),
+        "sdpa": lambda: F.scaled_dot_product_attention(q, kv, kv),
+        "index_copy": lambda: cache.index_copy_(2, pos, new),
+        "cat": lambda: torch.cat((x, x), dim=-1),
+    }
+
+
+def run_launch(r: _Run, cases: list[dict], out: _Csv, bar: Progress) -> None:
+    torch = r.torch
+    cuda = r.device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    inner = 1000 if cuda else 50
+
+    def put(mode, op, st: Stats):
+        out.row({"mode": mode, "op": op}, st, scale=1.0)  # host_loop_us and graph stats are in us
+        bar.update()
+
+    for op, fn in _tiny_ops(r).items():
+        try:
+            put("eager", op, host_loop_us(fn, sync, inner=inner, reps=7 if cuda else 3))
+        except RuntimeError as e:
+            r.skipped += 1
+            r.errors.append(f"launch eager {op}: {str(e).splitlines()[0][:200]}")
+    if not cuda:
+        return
+    a, x, w = r.randn(1), r.randn(1, 64), r.randn(64, 64)
+    for op, fn in (("add", lambda: a.add_(1.0)), ("linear", lambda: r.F.linear(x, w))):
+        put("graph", op, _graph_per_kernel_us(torch, fn, 1000))
+    put("sync", "idle", host_loop_us(torch.cuda.synchronize, lambda: None, inner=1000, reps=7))
+    put("sync", "after_kernel", host_loop_us(lambda: (a.add_(1.0), torch.cuda.synchronize()), lambda: None,
+                                             inner=1000, reps=7))
+    g = _capture(torch, lambda: a.add_(1.0), 1)
+    put("graph_launch", "replay_1", host_loop_us(lambda: (g.replay(), torch.cuda.synchronize()), lambda: None,
+                                                  inner=1000, reps=7))
+
+
+def _capture(torch, fn, n: int):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(n):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    return g
+
+
+def _graph_per_kernel_us(torch, fn, n: int, reps: int = 20) -> Stats:
+    g = _capture(torch, fn, n)
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        g.replay()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) * 1e3 / n)
+    return Stats.of(times)
+
+
+RUNNERS = {"gemm": run_gemm, "attention": run_attention, "elementwise": run_elementwise, "launch": run_launch}
+
+
+# ---- driver ------------------------------------------------------------------------------------
+def _families(only) -> list[str]:
+    if only is None or only == "" or only == []:
+        return list(FAMILIES)
+    names = [s.strip() for s in (only.split(",") if isinstance(only, str) else only) if s.strip()]
+    bad = [n for n in names if n not in FAMILIES]
+    if bad:
+        raise ValueError(f"unknown famil{'ies' if len(bad) > 1 else 'y'} {', '.join(bad)}; "
+                         f"choose from {', '.join(FAMILIES)}")
+    return [f for f in FAMILIES if f in names]
+
+
+def _warm_gpu(torch, seconds: float = 1.0) -> None:
+    """Bring the clocks up before the first measurement."""
+    a = torch.randn(4096, 4096, dtype=torch.bfloat16, device="cuda")
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize()
+
+
+def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, device: str = "cuda",
+              progress: bool = True, seed: int = 0, tiny: bool | None = None) -> dict:
+    """Measure kernels on ``device`` and write a profile directory; returns its meta.json dict.
+
+    ``only``: a comma-separated string or list of families. ``tiny`` (default: on for the CPU) runs a
+    few small shapes only, for tests. Times in the CSV files are milliseconds (launch.csv: microseconds).
+    """
+    fams = _families(only)
+    torch = import_torch()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"no CUDA device visible to torch {torch.__version__}; {GPU_HINT}")
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"device must be 'cuda' or 'cpu', not {device!r}")
+    tiny = device == "cpu" if tiny is None else tiny
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    meta = env.collect(torch, device)
+    cuda = device == "cuda"
+    timer = CudaTimer(torch) if cuda else CpuTimer()
+    meta.update(
+        format_version=FORMAT_VERSION, seed=seed, heldout=heldout, quick=quick, tiny=tiny, families=fams,
+        timing={
+            "clock": "cuda-events" if cuda else "perf_counter",
+            "l2_flush": "read of a 2x L2 buffer before each rep, outside the timed region" if cuda else "none",
+            "flush_ms": getattr(timer, "flush_ms", 0.0),
+            "target_ms": timer.target_ms, "min_reps": timer.min_reps, "max_reps": timer.max_reps,
+            "warmup_calls": timer.warmup, "statistic": "median of reps; min and p90 also given",
+        },
+        elapsed_s={}, cases={}, skipped={}, errors=[], complete=False,
+    )
+    if cuda and "attention" in fams:
+        import torch.nn.functional as F
+
+        meta["sdpa_backend"] = env.sdpa_backend(torch, F)
+    _write_meta(out, meta)
+    grids = shapes.grids(quick=quick, heldout=heldout, tiny=tiny, seed=seed, sm_count=meta["sm_count"] or 132)
+    if cuda:
+        _warm_gpu(torch, 0.3 if quick else 1.0)
+    r = _Run(torch, device, timer, progress)
+    t_all = time.perf_counter()
+    for fam in fams:
+        cases = grids.get(fam, [])
+        t0 = time.perf_counter()
+        f = _Csv(out / f"{fam}.csv", COLUMNS[fam])
+        bar = Progress(fam, len(cases) if fam != "launch" else 11, enabled=progress)
+        r.skipped, r.errors = 0, []
+        try:
+            RUNNERS[fam](r, cases, f, bar)
+        finally:
+            f.close()
+            bar.close()
+        meta["elapsed_s"][fam] = round(time.perf_counter() - t0, 2)
+        meta["cases"][fam] = f.rows
+        meta["skipped"][fam] = r.skipped
+        meta["errors"] += r.errors
+        if cuda:
+            torch.cuda.empty_cache()
+        if progress:
+            print(f"perfcast calibrate: {fam}: {f.rows} cases, {r.skipped} skipped, "
+                  f"{meta['elapsed_s'][fam]:.1f} s", file=sys.stderr)
+        _write_meta(out, meta)
+    meta["elapsed_s"]["total"] = round(time.perf_counter() - t_all, 2)
+    meta["complete"] = True
+    _write_meta(out, meta)
+    return meta
+
+
+def _write_meta(out: Path, meta: dict) -> None:
+    tmp = out / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    tmp.replace(out / "meta.json")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="perfcast calibrate", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="profile directory to write (created if missing)")
+    p.add_argument("--quick", action="store_true", help="a ~20 s subset of the grid")
+    p.add_argument("--heldout", action="store_true", help="a seeded random set off the grid, for accuracy checks")
+    p.add_argument("--only", default=None, help=f"comma-separated families: {','.join(FAMILIES)}")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-family lines")
+    p.add_argument("--tiny", action="store_true", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    try:
+        meta = calibrate(a.out, quick=a.quick, heldout=a.heldout, only=a.only, device=a.device,
+                         progress=not a.quiet, seed=a.seed, tiny=a.tiny)
+    except (ValueError, RuntimeError) as e:
+        print(f"perfcast calibrate: {e}", file=sys.stderr)
+        return 2
+    if not a.quiet:
+        total = meta["elapsed_s"].get("total", 0.0)
+        print(f"perfcast calibrate: wrote {a.out} ({meta.get('gpu_name')}, {total:.1f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The calibration harness end to end on a tiny CPU grid, and the model GEMM shape table."""
+
+import csv
+import json
+
+import pytest
+
+from perfcast.measure import shapes
+
+COLUMNS = {
+    "gemm.csv": "dtype,m,n,k,median_ms,min_ms,p90_ms,reps",
+    "attention.csv": "dtype,batch,heads,kv_heads,head_dim,q_len,kv_len,causal,median_ms,min_ms,p90_ms,reps",
+    "elementwise.csv": "op,dtype,tokens,width,elements,bytes,median_ms,min_ms,p90_ms,reps",
+    "launch.csv": "mode,op,median_us,min_us,p90_us,reps",
+}
+META_KEYS = {
+    "gpu_name", "gpu_id", "sm_count", "l2_bytes", "total_memory_bytes", "clocks", "driver_version",
+    "cuda_version", "torch_version", "cudnn_version", "python_version", "hostname", "date_utc", "command",
+    "seed", "heldout", "elapsed_s", "skipped", "cases", "timing", "format_version", "complete",
+}
+
+
+def test_calibrate_cpu_tiny(tmp_path):
+    pytest.importorskip("torch")
+    from perfcast.measure.calibrate import calibrate
+
+    meta = calibrate(out_dir=tmp_path, quick=True, device="cpu", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*COLUMNS, "meta.json"])
+    for name, header in COLUMNS.items():
+        with open(tmp_path / name, newline="") as f:
+            rows = list(csv.reader(f))
+        assert ",".join(rows[0]) == header, name
+        assert len(rows) > 1, f"{name} has no rows"
+        cols = rows[0]
+        t = cols.index("median_ms") if "median_ms" in cols else cols.index("median_us")
+        for row in rows[1:]:
+            assert len(row) == len(cols)
+            med, lo, p90, reps = float(row[t]), float(row[t + 1]), float(row[t + 2]), int(row[t + 3])
+            assert 0 < lo <= med <= p90 and reps >= 1, (name, row)
+    on_disk = json.loads((tmp_path / "meta.json").read_text())
+    assert META_KEYS <= set(on_disk), META_KEYS - set(on_disk)
+    assert on_disk["complete"] is True and on_disk == json.loads(json.dumps(meta, default=str))
+    assert set(on_disk["elapsed_s"]) >= {"gemm", "attention", "elementwise", "launch"}
+    ops = {r["op"] for r in csv.DictReader(open(tmp_path / "elementwise.csv"))}
+    assert ops == set(shapes.EW_OPS)
+
+
+def test_calibrate_only_rejects_unknown_family(tmp_path):
+    pytest.importorskip("torch")
+    from perfcast.measure.calibrate import calibrate
+
+    with pytest.raises(ValueError, match="unknown family"):
+        calibrate(out_dir=tmp_path, device="cpu", only="gemm,flops", progress=False)
+
+
+def test_llm_gemm_shapes_llama8b():
+    spec = shapes.model_dims("meta-llama/Llama-3.1-8B")
+    tp1 = shapes.llm_gemm_shapes(spec, 1)
+    assert tp1["qkv"] == (6144, 4096)
+    assert tp1["q"] == (4096, 4096)
+    assert tp1["kv"] == (1024, 4096)
+    assert tp1["o"] == (4096, 4096)
+    assert tp1["gate_up"] == (28672, 4096)
+    assert tp1["gate"] == (14336, 4096)
+    assert tp1["down"] == (4096, 14336)
+    assert tp1["lm_head"] == (128256, 4096)
+    tp2 = shapes.llm_gemm_shapes(spec, 2)
+    assert tp2 == {"qkv": (3072, 4096), "q": (2048, 4096), "kv": (512, 4096), "o": (4096, 2048),
+                   "gate_up": (14336, 4096), "gate": (7168, 4096), "down": (4096, 7168),
+                   "lm_head": (64128, 4096)}
+    tp8 = shapes.llm_gemm_shapes(spec, 8)
+    assert tp8["kv"] == (128, 4096) and tp8["qkv"] == (512 + 256, 4096)
+
+
+def test_llm_gemm_shapes_replicates_kv_heads_and_rejects_bad_tp():
+    spec = shapes.FALLBACK["Qwen/Qwen2.5-7B"]  # 28 heads, 4 KV heads
+    assert shapes.llm_gemm_shapes(spec, 4)["kv"] == (128, 3584)
+    with pytest.raises(ValueError):
+        shapes.llm_gemm_shapes(spec, 8)
+
+
+def test_standard_grid_covers_every_model_shape():
+    gemm = {(c["n"], c["k"]) for c in shapes.gemm_grid() if c["dtype"] == "bf16"}
+    for mid in shapes.MODELS:
+        spec = shapes.model_dims(mid)
+        for tp in shapes.TPS:
+            if shapes.tp_ok(spec, tp):
+                assert set(shapes.llm_gemm_shapes(spec, tp).values()) <= gemm, (mid, tp)
+    for fam, cases in shapes.grids().items():
+        keys = [tuple(c.values()) for c in cases]
+        assert len(keys) == len(set(keys)), f"{fam} grid has duplicates"
+
+
+def test_heldout_is_seeded_and_off_grid():
+    a = shapes.grids(heldout=True, seed=3)
+    b = shapes.grids(heldout=True, seed=3)
+    assert a == b
+    assert len(a["gemm"]) == 300 and len(a["attention"]) == 80 and len(a["elementwise"]) == 80
+    assert not {c["m"] for c in a["gemm"]} & set(shapes.M_GRID)
+    assert all(2 * c["m"] * c["n"] * c["k"] <= shapes.MAX_GEMM_FLOP for c in a["gemm"])
+    assert shapes.grids(heldout=True, seed=4)["gemm"] != a["gemm"]
+    for c in a["attention"]:
+        assert c["heads"] % c["kv_heads"] == 0

@@ -1,0 +1,106 @@
+"""Tier 1: FLOP, byte and memory formulas against hand-computed numbers."""
+
+import numpy as np
+import pytest
+
+from perfcast.hardware import get_gpu
+from perfcast.models import get_model
+from perfcast.ops import roofline as rl
+from perfcast.ops.analytical import PRIOR, gemm_compute_time, collective_cost
+from perfcast.ops.base import COMPUTE, MEMORY
+from perfcast.step import memory as mem
+
+pytestmark = pytest.mark.unit
+
+
+def test_gemm_counts():
+    assert rl.gemm_flops(4096, 4096, 4096) == 2 * 4096**3 == 137438953472
+    # x[1,4096], w[4096,4096], y[1,4096] in bf16
+    assert rl.gemm_bytes(1, 4096, 4096) == (4096 + 4096 * 4096 + 4096) * 2 == 33570816
+    # int4 weight-only: weights at half a byte, activations bf16
+    assert rl.gemm_bytes(1, 4096, 4096, "bf16", "int4") == 4096 * 2 + 4096 * 4096 * 0.5 + 4096 * 2
+
+
+def test_attention_pairs_by_hand():
+    assert rl.attention_pairs(4, 4, True) == 1 + 2 + 3 + 4
+    assert rl.attention_pairs(1, 10, False) == 10
+    assert rl.attention_pairs(4, 10, True) == 7 + 8 + 9 + 10  # chunk after 6 cached tokens
+    assert rl.attention_pairs(4, 10, True, window=8) == 7 + 8 + 8 + 8
+    assert rl.attention_pairs(1, 10, False, window=8) == 8
+
+
+def test_attention_flops_and_bytes():
+    # decode: 2 sequences, 32 heads, head_dim 128, 1000 keys: QK and PV, 2 FLOP per MAC
+    assert rl.attention_flops(2, 32, 128, 1, 1000, False) == 2 * 2 * 32 * 1000 * 256
+    # bytes: q and o (32 heads x 128 each) + K and V (8 kv heads x 1000 x 128 each), bf16
+    want = 2 * (32 * 1 * 256 * 2 + 8 * 1000 * 256 * 2)
+    assert rl.attention_bytes(2, 32, 8, 128, 1, 1000) == want
+
+
+def test_elementwise_bytes():
+    assert rl.elementwise_bytes("add", 10, 4096) == 3 * 10 * 4096 * 2
+    assert rl.elementwise_bytes("rmsnorm", 10, 4096) == 2 * 10 * 4096 * 2 + 4096 * 2
+
+
+def test_collective_wire_bytes():
+    assert rl.collective_wire_bytes("all_reduce", 1000, 4) == 2 * 3 / 4 * 1000
+    assert rl.collective_wire_bytes("all_gather", 1000, 4) == 3 * 1000
+    assert rl.collective_wire_bytes("reduce_scatter", 1000, 4) == 3 / 4 * 1000
+    c = collective_cost(get_gpu("h100"), "all_reduce", 1 << 30, 4)
+    # NVLink 4: 450 GB/s one way, 80% prior efficiency, plus latency
+    bw_time = 2 * 3 / 4 * (1 << 30) / (450e9 * PRIOR.coll_link)
+    assert float(c.seconds) == pytest.approx(bw_time + PRIOR.coll_latency_s + 5e-6)
+
+
+def test_roofline_bound():
+    t, b = rl.roofline(2e12, 1e9, 1e15, 1e12)
+    assert float(t) == pytest.approx(2e-3) and int(b) == COMPUTE
+    t, b = rl.roofline(1e9, 2e9, 1e15, 1e12)
+    assert float(t) == pytest.approx(2e-3) and int(b) == MEMORY
+
+
+def test_wave_quantization():
+    g = get_gpu("h100")  # 132 SMs
+    # 132 tiles of 128x256 fill one wave; one more tile costs a second wave
+    one = gemm_compute_time(g, 128 * 12, 256 * 11, 8192, "bf16", PRIOR)
+    two = gemm_compute_time(g, 128 * 12 + 1, 256 * 11, 8192, "bf16", PRIOR)
+    assert float(two) > float(one) * 1.05
+    # never faster than the datasheet peak
+    m = np.array([1, 17, 1000, 8192])
+    assert np.all(gemm_compute_time(g, m, 4096, 4096, "bf16", PRIOR) >= 2 * m * 4096 * 4096 / g.flops("bf16"))
+
+
+def test_weights_and_kv_cache_by_hand():
+    s = get_model("meta-llama/Llama-3.1-8B")
+    g = get_gpu("h100")
+    assert s.total_params() == 8_030_261_248
+    assert mem.weights_bytes_per_gpu(s, 1, 1) == 8_030_261_248 * 2
+    # 32 layers x (K + V) x 8 heads x 128 x 2 bytes
+    assert mem.kv_bytes_per_token_per_gpu(s, 1, 1) == 32 * 2 * 8 * 128 * 2 == 131072
+    m = mem.memory(s, g, 8, 2048, 2048)
+    assert float(m.kv_cache_bytes) == 8 * 2049 * 131072
+    # TP2: everything but the norms is split in half
+    norms = s.n_layers * s.norm_params() + s.final_norm_params()
+    assert mem.weights_bytes_per_gpu(s, 2, 1) == pytest.approx(((s.total_params() - norms) / 2 + norms) * 2)
+    # TP16 > 8 KV heads: each rank keeps one whole KV head, so K/V weights do not shrink past 8
+    kv16 = mem.kv_bytes_per_token_per_gpu(s, 16, 1)
+    assert kv16 == mem.kv_bytes_per_token_per_gpu(s, 8, 1) == 32 * 2 * 1 * 128 * 2
+
+
+def test_pipeline_stages_split_layers():
+    assert [len(r) for r in mem.stage_layers(80, 3)] == [27, 27, 26]
+    s = get_model("meta-llama/Llama-3.1-70B")
+    w1 = mem.weights_bytes_per_gpu(s, 1, 1)
+    w4 = mem.weights_bytes_per_gpu(s, 1, 4)
+    assert w1 / 4 < w4 < w1 / 3.5
+
+
+def test_max_batch_and_context_are_tight():
+    s = get_model("meta-llama/Llama-3.1-8B")
+    g = get_gpu("h100")
+    b = mem.max_batch(s, g, 4096)
+    assert bool(mem.memory(s, g, b, 4096, 4096).fits)
+    assert not bool(mem.memory(s, g, b + 1, 4096, 4096).fits)
+    c = mem.max_context(s, get_gpu("l4"), 16)
+    assert bool(mem.memory(s, get_gpu("l4"), 16, c, c).fits)
+    assert not bool(mem.memory(s, get_gpu("l4"), 16, c + 1, c + 1).fits)
