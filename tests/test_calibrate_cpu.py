@@ -41,7 +41,8 @@ def test_calibrate_cpu_tiny(tmp_path):
     assert META_KEYS <= set(on_disk), META_KEYS - set(on_disk)
     assert on_disk["complete"] is True and on_disk == json.loads(json.dumps(meta, default=str))
     assert set(on_disk["elapsed_s"]) >= {"gemm", "attention", "elementwise", "launch"}
-    ops = {r["op"] for r in csv.DictReader(open(tmp_path / "elementwise.csv"))}
+    with open(tmp_path / "elementwise.csv", newline="") as f:
+        ops = {r["op"] for r in csv.DictReader(f)}
     assert ops == set(shapes.EW_OPS)
 
 

@@ -293,5 +293,26 @@ def measure(ctx):
     sys.exit(model_step.main(list(ctx.args)) or 0)
 
 
+# ----------------------------------------------------------------------------- extensions
+# Each feature package adds its commands through a light ``cli`` module with ``register(main)``;
+# those modules import their heavy parts inside the command functions.
+_EXTENSIONS = ("perfcast.serving.cli", "perfcast.offload.cli", "perfcast.report.cli")
+
+
+def _register_extensions():
+    import importlib
+
+    for name in _EXTENSIONS:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        mod.register(main)
+
+
+_register_extensions()
+
 if __name__ == "__main__":
     main()

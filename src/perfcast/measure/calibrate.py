@@ -43,7 +43,7 @@ class _Csv:
     """A CSV file written row by row (flushed, so a crashed run keeps what it measured)."""
 
     def __init__(self, path: Path, columns: list[str]):
-        self.f = open(path, "w", newline="")
+        self.f = open(path, "w", newline="")  # noqa: SIM115 - closed by close()
         self.w = csv.writer(self.f)
         self.w.writerow(columns)
         self.rows = 0
@@ -104,7 +104,7 @@ def run_gemm(r: _Run, cases: list[dict], out: _Csv, bar: Progress) -> None:
             continue
         for c in sorted(cs, key=lambda c: c["m"]):
             xm = x[: c["m"]]
-            r.measure(out, c, lambda xm=xm: (lambda: r.F.linear(xm, w)))
+            r.measure(out, c, lambda xm=xm, w=w: (lambda: r.F.linear(xm, w)))
             bar.update()
         del w, x
 

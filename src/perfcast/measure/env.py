@@ -27,9 +27,9 @@ def gpu_id_guess(name: str, total_bytes: int) -> str:
     up = name.upper()
     if "H200" in up:
         return "h200-nvl" if "NVL" in up else "h200"
-    if "H100" in up and "PCIE" not in up and "NVL" not in up:
-        if "HBM3" in up or "SXM" in up or total_bytes > 79e9:
-            return "h100-sxm"
+    sxm_like = "HBM3" in up or "SXM" in up or total_bytes > 79e9
+    if "H100" in up and "PCIE" not in up and "NVL" not in up and sxm_like:
+        return "h100-sxm"
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower().replace("nvidia", "")).strip("-")
     return slug or "unknown-gpu"
 
@@ -39,7 +39,7 @@ def nvidia_smi(index: int = 0) -> dict:
     try:
         r = subprocess.run(
             ["nvidia-smi", f"--query-gpu={','.join(SMI_FIELDS)}", "--format=csv,noheader,nounits", f"--id={index}"],
-            capture_output=True, text=True, timeout=15,
+            capture_output=True, text=True, timeout=15, check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return {}
@@ -69,13 +69,13 @@ def collect(torch, device: str = "cuda") -> dict:
         "cuda_version": torch.version.cuda,
         "python_version": platform.python_version(),
         "hostname": socket.gethostname(),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": command_line(),
         "device": device,
     }
     try:
         meta["cudnn_version"] = torch.backends.cudnn.version()
-    except Exception:
+    except Exception:  # noqa: BLE001 - cuDNN missing or broken: record None
         meta["cudnn_version"] = None
     if device != "cuda":
         meta.update(gpu_name=platform.processor() or platform.machine(), gpu_id="cpu", sm_count=0,
@@ -107,7 +107,7 @@ def sdpa_backend(torch, F) -> dict:
             k = torch.randn(b, kvh, kv_len, 128, dtype=torch.bfloat16, device="cuda")
             v = torch.randn_like(k)
 
-            def run():
+            def run(q=q, k=k, v=v, causal=causal):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
 
             run()
@@ -119,8 +119,8 @@ def sdpa_backend(torch, F) -> dict:
                 torch.cuda.synchronize()
             names = [e.name for e in prof.events() if getattr(e.device_type, "name", "") == "CUDA"]
             out[label] = classify_sdpa(names)
-            out[f"{label}_kernels"] = sorted(set(n[:120] for n in names if "Memset" not in n))[:4]
-        except Exception as e:  # the profiler is an aid, never a reason to fail a run
+            out[f"{label}_kernels"] = sorted({n[:120] for n in names if "Memset" not in n})[:4]
+        except Exception as e:  # noqa: BLE001 - the profiler is an aid, never a reason to fail a run
             out[label] = "unknown"
             out[f"{label}_error"] = str(e)[:200]
     return out

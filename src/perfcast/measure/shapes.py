@@ -85,7 +85,7 @@ def model_dims(hf_id: str) -> Dims | None:
 
         s = get_model(hf_id)
         return Dims(s.hidden, s.n_heads, s.n_kv_heads, s.head_dim, s.intermediate, s.vocab)
-    except Exception as e:  # config not shipped yet, or the models package is mid-edit
+    except Exception as e:  # noqa: BLE001 - config not shipped yet, or the models package is mid-edit
         if hf_id in FALLBACK:
             warnings.warn(f"{hf_id}: shipped config unavailable ({e}); using the built-in table", stacklevel=2)
             return FALLBACK[hf_id]
@@ -315,7 +315,7 @@ def elementwise_grid(quick: bool = False, tiny: bool = False) -> list[dict]:
 
 # ---- held-out set: seeded, off the calibration grid ----------------------------------------------
 def _logu(rng: random.Random, lo: float, hi: float) -> int:
-    return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+    return round(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
 def _off(rng, lo, hi, grid) -> int:
