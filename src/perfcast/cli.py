@@ -306,7 +306,7 @@ def _register_extensions():
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name == name:
+            if e.name and name.startswith(e.name):
                 continue
             raise
         mod.register(main)
