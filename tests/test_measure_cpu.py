@@ -6,17 +6,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from perfcast.measure import model_step  # noqa: E402
-from perfcast.measure.decoder import Decoder  # noqa: E402
-from perfcast.models.spec import ModelSpec  # noqa: E402
+from perfcast.measure import model_step
+from perfcast.measure.decoder import Decoder
+from perfcast.models.spec import ModelSpec
+
 
 @pytest.fixture(autouse=True)
 def _quick(monkeypatch):
     monkeypatch.setattr(model_step, "TARGET_S", 0.02)
 
 
-TINY = dict(name="tiny", model_type="llama", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
-            intermediate=128, vocab=256, max_positions=4096)
+TINY = {"name": "tiny", "model_type": "llama", "hidden": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
+        "head_dim": 16, "intermediate": 128, "vocab": 256, "max_positions": 4096}
 
 TINY_CONFIG = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
@@ -57,7 +58,7 @@ def test_decoder_shards_for_tensor_parallel():
 
 
 def test_gpu_id_rule():
-    assert model_step.gpu_id("NVIDIA H100 80GB HBM3") == "h100-sxm"
+    assert model_step.gpu_id("NVIDIA H100 80GB HBM3", 85 * 10**9) == "h100-sxm"
     assert model_step.gpu_id("NVIDIA H200") == "h200"
     assert model_step.gpu_id("NVIDIA A100-SXM4-80GB") == "a100-sxm4-80gb"
 
@@ -102,6 +103,26 @@ def test_model_step_hf_eager_on_cpu(tmp_path):
     assert r["prefill_ms"] > 0 and r["decode_ms"] > 0
 
 
+def test_model_step_tensor_parallel_on_cpu_gloo(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    monkeypatch.setenv("PERFCAST_MEASURE_TARGET_S", "0.01")  # the spawned ranks read it at import
+    cfg = {**TINY_CONFIG, "model_type": "qwen2", "num_attention_heads": 8, "num_key_value_heads": 1}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    cases = [{"model": str(tmp_path / "c.json"), "batch": 2, "prompt": 8, "context": 8, "tp": 2, "runtime": "eager"},
+             {"model": str(tmp_path / "c.json"), "batch": 1, "prompt": 8, "context": 8, "tp": 1, "runtime": "eager"}]
+    (tmp_path / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cases))
+    out = tmp_path / "out.jsonl"
+    rc = model_step.main(["--cases", str(tmp_path / "cases.jsonl"), "--out", str(out), "--tp", "2",
+                          "--device", "cpu", "--dtype", "fp32"])
+    assert rc == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["tp"] == 2 and rows[0]["impl"] == "plain-decoder"  # tp-1 case skipped
+    assert rows[0]["prefill_ms"] > 0 and rows[0]["decode_ms"] > 0
+
+
 def test_hf_decode_cache_has_context_tokens():
     pytest.importorskip("transformers")
     import pathlib
@@ -123,3 +144,18 @@ def test_hf_decode_cache_has_context_tokens():
             assert torch.equal(fn(), first)
             again = fn()  # without prep the cache has grown by one token: different logits
             assert not torch.equal(again, first)
+
+
+def test_collective_sizes_and_bus_bandwidth():
+    from perfcast.measure import collectives as co
+
+    s = co.sizes()
+    assert s[0] == 1024 and s[-1] == 2 << 30 and s == sorted(set(s))
+    assert 1536 not in s and 3072 in s  # 1.5x points between every other pair of powers
+    assert all(x % 8 == 0 for x in s)  # bf16 elements divide by 4 ranks
+    ms = 1.0  # 1 GB in 1 ms = 1000 GB/s algorithm bandwidth
+    assert co.busbw_gbps("all_reduce", 10**9, 4, ms) == pytest.approx(1500.0)
+    assert co.busbw_gbps("all_gather", 10**9, 4, ms) == pytest.approx(3000.0)  # output is 4 GB
+    assert co.busbw_gbps("reduce_scatter", 10**9, 4, ms) == pytest.approx(750.0)
+    assert co.busbw_gbps("send_recv", 10**9, 2, ms) == pytest.approx(1000.0)
+    assert co._parse_bytes("2G") == 2 << 30 and co._parse_bytes("64MiB") == 64 << 20

@@ -44,7 +44,7 @@ class _Csv:
 
     def __init__(self, path: Path, columns: list[str]):
         self.f = open(path, "w", newline="")  # noqa: SIM115 - closed by close()
-        self.w = csv.writer(self.f)
+        self.w = csv.writer(self.f, lineterminator="\n")
         self.w.writerow(columns)
         self.rows = 0
 
@@ -357,6 +357,8 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
                   f"{meta['elapsed_s'][fam]:.1f} s", file=sys.stderr)
         _write_meta(out, meta)
     meta["elapsed_s"]["total"] = round(time.perf_counter() - t_all, 2)
+    if cuda:
+        meta["clocks_end"] = env.clocks_now(torch)
     meta["complete"] = True
     _write_meta(out, meta)
     return meta

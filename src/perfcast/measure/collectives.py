@@ -218,10 +218,14 @@ def _write(out_dir: str, rows, world: int, graph: bool, fallbacks: list, elapsed
         for r in rows:
             w.writerow([r[0], r[1], r[2], f"{r[3]:.6g}", f"{r[4]:.6g}", f"{r[5]:.6g}", r[6], f"{r[7]:.4g}"])
     try:
-        topo = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=60).stdout
+        topo = subprocess.run(["nvidia-smi", "topo", "-m"], check=False, capture_output=True, text=True,
+                              timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as e:
         topo = f"unavailable: {e}"
+    from perfcast.measure import env
+
     meta = {
+        **env.collect(torch, "cuda"),
         **env_info("cuda"),
         "gpu_count": world,
         "gpu_names": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
@@ -236,7 +240,7 @@ def _write(out_dir: str, rows, world: int, graph: bool, fallbacks: list, elapsed
         "env": {k: v for k, v in sorted(os.environ.items())
                 if k.startswith(("NCCL_", "TORCH_", "NVSHMEM_", "CUDA_", "PYTORCH_")) or k in SAFE_ENV},
         "elapsed_s": round(elapsed_s, 1),
-        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "written": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)

@@ -48,8 +48,24 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class _Layer:
     """The weights of one decoder layer (plain tensors, no nn.Module bookkeeping)."""
 
-    __slots__ = ("ln1", "ln1_b", "wqkv", "bqkv", "qn", "kn", "wo", "bo", "pn1", "ln2", "ln2_b",
-                 "wgu", "bgu", "wdown", "bdown", "pn2")
+    __slots__ = (
+        "bdown",
+        "bgu",
+        "bo",
+        "bqkv",
+        "kn",
+        "ln1",
+        "ln1_b",
+        "ln2",
+        "ln2_b",
+        "pn1",
+        "pn2",
+        "qn",
+        "wdown",
+        "wgu",
+        "wo",
+        "wqkv",
+    )
 
 
 class Decoder:

@@ -62,6 +62,11 @@ def _smi_to_meta(smi: dict) -> dict:
     return {new: smi[old] for old, new in keys.items() if old in smi}
 
 
+def clocks_now(torch) -> dict:
+    """Clocks and temperature now (meta.json keeps them at the start and at the end of a run)."""
+    return _smi_to_meta(nvidia_smi(torch.cuda.current_device()))
+
+
 def collect(torch, device: str = "cuda") -> dict:
     """Everything meta.json records about the machine and software (no timings)."""
     meta = {

@@ -25,20 +25,17 @@ in free GPU memory writes ``{"error": "oom", ...}``; any other failure writes it
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
+import contextlib
 import gc
 import json
 import os
-import platform
-import re
 import socket
-import subprocess
 import sys
 import time
 
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 MARGIN_BYTES = 1 << 30  # headroom kept free beyond the estimate
-TARGET_S = 1.0
+TARGET_S = float(os.environ.get("PERFCAST_MEASURE_TARGET_S", "1.0"))  # seconds of reps per measurement
 
 
 def set_safe_env() -> None:
@@ -46,39 +43,29 @@ def set_safe_env() -> None:
     os.environ.update(SAFE_ENV)
 
 
-def gpu_id(name: str) -> str:
-    """perfcast's GPU id for a CUDA device name ('NVIDIA H100 80GB HBM3' -> 'h100-sxm')."""
-    if "H200" in name:
-        return "h200"
-    if "H100" in name:
-        return "h100-sxm"
-    s = re.sub(r"^nvidia\s+", "", name.strip().lower())
-    return re.sub(r"[^a-z0-9]+", "-", s).strip("-") or "unknown"
+def gpu_id(name: str, total_bytes: int = 80 * 10**9) -> str:
+    """perfcast's GPU id for a CUDA device name, by the calibration harness's rule (env.gpu_id_guess)."""
+    from perfcast.measure.env import gpu_id_guess
+
+    return gpu_id_guess(name, total_bytes)
 
 
 def env_info(device: str = "cuda") -> dict:
-    """GPU name and id, software versions and the date: provenance for every measured line."""
+    """GPU name and id, software versions and the date (from env.collect): provenance for every line."""
     import torch
 
-    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "date": _dt.date.today().isoformat()}
+    from perfcast.measure.env import collect
+
+    m = collect(torch, device if torch.cuda.is_available() else "cpu")
     try:
         import transformers
 
-        info["transformers"] = transformers.__version__
+        tf = transformers.__version__
     except ImportError:
-        info["transformers"] = None
-    if device == "cuda" and torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-        info.update(gpu=name, gpu_id=gpu_id(name))
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30).stdout
-            info["driver"] = out.strip().splitlines()[0] if out.strip() else None
-        except (OSError, subprocess.SubprocessError):
-            info["driver"] = None
-    else:
-        info.update(gpu=platform.processor() or platform.machine(), gpu_id="cpu", driver=None)
-    return info
+        tf = None
+    return {"gpu": m["gpu_name"], "gpu_id": m["gpu_id"], "torch": m["torch_version"], "cuda": m["cuda_version"],
+            "transformers": tf, "driver": m.get("driver_version"), "date": m["date_utc"][:10],
+            "sm_clock_mhz": m.get("clocks", {}).get("sm_clock_mhz")}
 
 
 def summarize(times_ms: list[float]) -> dict:
@@ -113,7 +100,7 @@ def _n_reps(t_one_ms: float, lo: int, hi: int, device) -> int:
     return int(min(hi, max(lo, round(TARGET_S * 1e3 / t))))
 
 
-def time_eager(fn, prep, device, warmup: int = 2, lo: int = 5, hi: int = 100) -> list[float]:
+def time_eager(fn, prep, device, warmup: int = 3, lo: int = 5, hi: int = 100) -> list[float]:
     """Host clock around ``fn()`` + synchronize; ``prep()`` (untimed) runs before each call."""
     import torch
 
@@ -133,7 +120,13 @@ def time_eager(fn, prep, device, warmup: int = 2, lo: int = 5, hi: int = 100) ->
     for _ in range(warmup):
         once()
     reps = _n_reps(once(), lo, hi, device)
-    return _all_max([once() for _ in range(reps)], device)
+    gc.collect()
+    gc.disable()  # no collector pauses inside the timed host loop
+    try:
+        times = [once() for _ in range(reps)]
+    finally:
+        gc.enable()
+    return _all_max(times, device)
 
 
 def time_graph(fn, device, lo: int = 10, hi: int = 200) -> list[float]:
@@ -169,10 +162,14 @@ def time_graph(fn, device, lo: int = 10, hi: int = 200) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------- cases
+class CaseError(ValueError):
+    """A case line that cannot be run as written (found before any GPU work, the same on every rank)."""
+
+
 def _phases(case: dict) -> list[str]:
     m = case.get("measure", "both")
     if m not in ("prefill", "decode", "both"):
-        raise ValueError(f"measure must be prefill, decode or both, got {m!r}")
+        raise CaseError(f"measure must be prefill, decode or both, got {m!r}")
     return ["prefill", "decode"] if m == "both" else [m]
 
 
@@ -181,7 +178,7 @@ def _impl(case: dict) -> str:
     default = "hf" if case.get("runtime", "cuda-graph") == "eager" and tp == 1 else "plain"
     impl = case.get("impl", default)
     if impl not in ("hf", "plain") or (impl == "hf" and tp > 1):
-        raise ValueError(f"impl must be 'plain' or (at tp 1) 'hf', got {impl!r}")
+        raise CaseError(f"impl must be 'plain' or (at tp 1) 'hf', got {impl!r}")
     return impl
 
 
@@ -273,12 +270,17 @@ def run_case(group: _Group, case: dict, device) -> dict:
     """Measure one case with a built group; returns the result fields (or an error)."""
     import torch
 
-    b, prompt, context = int(case["batch"]), int(case["prompt"]), int(case["context"])
+    try:
+        b, prompt, context = int(case["batch"]), int(case["prompt"]), int(case["context"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CaseError(f"batch, prompt and context must be integers ({e})") from None
+    if min(b, prompt, context) < 1:
+        raise CaseError("batch, prompt and context must be positive")
     runtime = case.get("runtime", "cuda-graph")
     if runtime not in ("cuda-graph", "eager"):
-        raise ValueError(f"runtime must be cuda-graph or eager, got {runtime!r}")
+        raise CaseError(f"runtime must be cuda-graph or eager, got {runtime!r}")
     if runtime == "cuda-graph" and device.type != "cuda":
-        raise ValueError("runtime cuda-graph needs a CUDA device")
+        raise CaseError("runtime cuda-graph needs a CUDA device")
     res = {"impl": "hf-transformers" if group.impl == "hf" else "plain-decoder", "layers": group.n_layers,
            "weights_gib": round(group.weights / 2**30, 3)}
     for phase in _phases(case):
@@ -313,6 +315,55 @@ def run_case(group: _Group, case: dict, device) -> dict:
     return res
 
 
+def _group_cases(todo: list) -> dict:
+    """Cases keyed by model build (model, layers, impl), in the order of first appearance."""
+    keys: dict = {}
+    for i, c in todo:
+        try:
+            k = (c["model"], c.get("layers"), _impl(c))
+        except KeyError as e:
+            k = ("__bad__", f"missing field {e}", "")
+        except CaseError as e:
+            k = ("__bad__", str(e), "")
+        keys.setdefault(k, []).append((i, c))
+    return keys
+
+
+def _build(model, layers, impl, device, dtype, rank, world):
+    """``(group, None)`` or ``(None, error message)``; every rank learns whether all builds worked."""
+    import torch
+
+    group, err = None, None
+    if model == "__bad__":
+        return None, layers  # the key carries the message
+    try:
+        group = _Group(model, layers, impl, device, dtype, rank, world)
+    except torch.OutOfMemoryError:
+        err = "oom"
+    except Exception as e:  # noqa: BLE001 - any build failure is recorded per case
+        err = f"{type(e).__name__}: {e}"
+    if not _agree(group is not None, device):
+        return None, err or "model build failed on another rank"
+    return group, None
+
+
+def _measure(group, case: dict, device, world: int) -> dict:
+    import torch
+
+    try:
+        return run_case(group, case, device)
+    except CaseError as e:
+        return {"error": str(e)}
+    except torch.OutOfMemoryError:
+        _cleanup(device)
+        return {"error": "oom"}
+    except Exception as e:
+        if world > 1:
+            raise  # ranks may be out of step: stop rather than hang
+        _cleanup(device)
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 def run(cases: list[dict], out_path: str, device_kind: str = "cuda", dtype_name: str = "bf16",
         rank: int = 0, world: int = 1) -> int:
     """Run every case whose tp equals ``world``; rank 0 writes JSONL. Returns the number of errors."""
@@ -320,75 +371,36 @@ def run(cases: list[dict], out_path: str, device_kind: str = "cuda", dtype_name:
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
     device = torch.device("cuda", torch.cuda.current_device()) if device_kind == "cuda" else torch.device("cpu")
-    info = env_info(device_kind)
-    info["dtype"] = dtype_name
-    if world > 1:
+    info = {**env_info(device_kind), "dtype": dtype_name}
+    if world > 1 and device.type == "cuda":
         info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
     todo = [(i, c) for i, c in enumerate(cases) if int(c.get("tp", 1)) == world]
     if rank == 0:
         print(f"{len(todo)} of {len(cases)} cases have tp={world}; device {info['gpu']} ({info['gpu_id']})",
               flush=True)
-    # group consecutive work by model build, keeping the file's order of first appearance
-    keys: dict = {}
-    for i, c in todo:
-        try:
-            k = (c["model"], c.get("layers"), _impl(c))
-        except (KeyError, ValueError) as e:
-            k = ("__bad__", str(e), "")
-        keys.setdefault(k, []).append((i, c))
-    errors = 0
-    out = open(out_path, "w") if rank == 0 else None
-    t_start = time.perf_counter()
-    try:
-        for (model, layers, impl), items in keys.items():
-            group, group_err = None, None
-            if model != "__bad__":
-                try:
-                    group = _Group(model, layers, impl, device, dtype, rank, world)
-                except torch.OutOfMemoryError:
-                    group_err = "oom"
-                except Exception as e:  # noqa: BLE001 - any build failure is recorded per case
-                    group_err = f"{type(e).__name__}: {e}"
-                if not _agree(group is not None, device) and group_err is None:
-                    group_err = "model build failed on another rank"
-            else:
-                group_err = layers
+    rows, t_start = [], time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(out_path, "w")) if rank == 0 else None
+        for (model, layers, impl), items in _group_cases(todo).items():
+            group, err = _build(model, layers, impl, device, dtype, rank, world)
             for i, c in items:
                 t0 = time.perf_counter()
-                if group_err:
-                    res = {"error": group_err}
-                else:
-                    try:
-                        res = run_case(group, c, device)
-                    except torch.OutOfMemoryError:
-                        _cleanup(device)
-                        res = {"error": "oom"}
-                    except Exception as e:  # noqa: BLE001 - one bad case must not stop the run
-                        if world > 1:
-                            raise  # ranks may be out of step: stop rather than hang
-                        _cleanup(device)
-                        res = {"error": f"{type(e).__name__}: {e}"}
-                errors += "error" in res
-                line = {**c, "tp": world, "case": i, **res, **info}
-                if out:
-                    out.write(json.dumps(line) + "\n")
+                res = {"error": err} if err else _measure(group, c, device, world)
+                rows.append({**c, "tp": world, "case": i, **res, **info})
+                if out:  # written as measured: a killed run keeps what it has
+                    out.write(json.dumps(rows[-1]) + "\n")
                     out.flush()
                     shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()
                              if k in ("prefill_ms", "decode_ms", "error")}
                     print(f"[{time.perf_counter() - t_start:6.1f}s] #{i} {model} L={c.get('layers', 'all')} "
-                          f"{c.get('runtime')} b={c['batch']} p={c['prompt']} c={c['context']} "
+                          f"{c.get('runtime')} b={c.get('batch')} p={c.get('prompt')} c={c.get('context')} "
                           f"{shown} ({time.perf_counter() - t0:.1f}s)", flush=True)
             group = None
             _cleanup(device)
-    finally:
-        if out:
-            out.close()
-    if rank == 0:  # lines were written as measured (a killed run keeps them); now in the file's order
-        with open(out_path) as f:
-            rows = [json.loads(x) for x in f if x.strip()]
+    if out:  # finally in the case file's order
         with open(out_path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["case"]))
-    return errors
+    return sum("error" in r for r in rows)
 
 
 def _free_port() -> int:
@@ -412,12 +424,15 @@ def _main_dist(args) -> int:
     set_safe_env()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
-    torch.cuda.set_device(local)
-    dist.init_process_group("nccl", device_id=torch.device("cuda", local),
-                            timeout=datetime.timedelta(minutes=5))
+    timeout = datetime.timedelta(minutes=5)
+    if args.device == "cuda":
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local), timeout=timeout)
+    else:  # gloo on the CPU: smoke tests of the tensor-parallel path
+        dist.init_process_group("gloo", timeout=timeout)
     try:
         with torch.inference_mode():
-            errs = run(_read_cases(args.cases), args.out, "cuda", args.dtype, rank, world)
+            errs = run(_read_cases(args.cases), args.out, args.device, args.dtype, rank, world)
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -425,8 +440,8 @@ def _main_dist(args) -> int:
 
 
 def _read_cases(path: str) -> list[dict]:
-    f = sys.stdin if path == "-" else open(path)
-    with f:
+    with contextlib.ExitStack() as stack:
+        f = sys.stdin if path == "-" else stack.enter_context(open(path))
         return [json.loads(line) for line in f if line.strip() and not line.lstrip().startswith("#")]
 
 
@@ -444,10 +459,13 @@ def main(argv=None) -> int:
     if args.tp > 1:
         import torch.multiprocessing as mp
 
-        if args.device != "cuda":
-            p.error("--tp > 1 needs --device cuda")
-        mp.spawn(_worker, args=(args, args.tp, _free_port()), nprocs=args.tp, join=True)
-        return 0
+        try:
+            mp.spawn(_worker, args=(args, args.tp, _free_port()), nprocs=args.tp, join=True)
+        except Exception as e:  # noqa: BLE001 - a rank died: say so, exit 3
+            print(f"model_step: a rank failed: {e}", file=sys.stderr)
+            return 3
+        with open(args.out) as f:
+            return 1 if any("error" in json.loads(x) for x in f if x.strip()) else 0
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -53,8 +53,13 @@ FALLBACK = {
     "mistralai/Mistral-7B-v0.1": Dims(4096, 32, 8, 128, 14336, 32000),
 }
 
-M_GRID = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
-          4096, 6144, 8192, 12288, 16384)
+M_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448,
+          512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192,
+          10240, 12288, 14336, 16384)
+# misaligned weights (a dimension not a multiple of 8 elements): cuBLAS leaves the TMA fast path
+MISALIGNED_NK = ((4099, 4096), (4096, 4099), (11001, 4096), (4096, 11001), (14337, 5120), (5121, 14336),
+                 (2001, 2001), (8191, 8191), (24575, 8192), (3001, 12289), (30001, 1537), (1023, 30719))
+MISALIGNED_M = (1, 8, 32, 128, 256, 512, 1024, 2048, 4096, 8192)
 SQUARES = (256, 512, 768, 1000, 1024, 1536, 2048, 3000, 3072, 4096, 5120, 6144, 7168, 8192, 10000,
            12288, 16384)
 MAX_GEMM_FLOP = 3e13  # ~40 ms on an H100; larger shapes are skipped except a few kept on purpose
@@ -171,7 +176,7 @@ def _g(dtype, m, n, k):
     return {"dtype": dtype, "m": m, "n": n, "k": k}
 
 
-def gemm_grid(quick: bool = False, tiny: bool = False, sm_count: int = 132, budget_s: float = 125.0) -> list[dict]:
+def gemm_grid(quick: bool = False, tiny: bool = False, sm_count: int = 132, budget_s: float = 200.0) -> list[dict]:
     """bf16 model GEMMs over M, squares, wave/tile-quantization probes, and an fp16 subset."""
     if tiny:
         return [_g("bf16", m, n, k) for m in (1, 16) for n, k in ((64, 64), (192, 128))] + [_g("fp16", 8, 64, 64)]
@@ -198,6 +203,8 @@ def gemm_grid(quick: bool = False, tiny: bool = False, sm_count: int = 132, budg
     l8 = llm_gemm_shapes(model_dims("meta-llama/Llama-3.1-8B") or FALLBACK["meta-llama/Llama-3.1-8B"], 1)
     fixed += [_g("fp16", m, n, k) for (n, k) in dict.fromkeys(l8.values()) for m in (1, 16, 128, 1024, 4096)]
     fixed += [_g("fp16", s, s, s) for s in (1024, 4096, 8192)]
+    fixed += [_g("bf16", m, n, k) for (n, k) in MISALIGNED_NK for m in MISALIGNED_M
+              if 2 * m * n * k <= MAX_GEMM_FLOP]
 
     # thin M for the least popular (n, k) until the estimate fits the budget
     thin_order = sorted(pop, key=lambda nk: (pop[nk], nk[0] * nk[1]))

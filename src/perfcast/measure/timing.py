@@ -4,10 +4,10 @@ GPU method (see docs/profile-format.md): warm up, estimate the kernel time from 
 an adaptive number of reps (enough for ~25 ms of kernel time, at least 5, at most 200). Before each rep
 the L2 cache is flushed by *reading* a buffer twice the L2 size (outside the timed region: a read
 leaves no dirty lines whose write-back would land inside the next timed kernel); CUDA events are
-recorded around the kernel(s) of the rep alone. Reps are queued in chunks of 25 behind a spin kernel
-(``torch.cuda._sleep``) long enough for the host to queue the chunk, so host dispatch gaps never enter
-the timed region (multi-kernel ops are timed back to back, as a CUDA graph would run them). Reported:
-median, min and p90 of the reps.
+recorded around the kernel(s) of the rep alone. Reps are queued in chunks of 25, each behind a spin
+kernel (``torch.cuda._sleep``) as long as the host is expected to lag the GPU over the chunk, so host
+dispatch gaps never enter the timed region (multi-kernel ops are timed back to back, as a CUDA graph
+would run them). Reported: median, min and p90 of the reps.
 
 CPU method (``device="cpu"``, for tests): ``time.perf_counter`` around each call, no flush.
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CHUNK = 25  # reps queued behind one spin kernel (well under the driver's launch-queue depth)
+CHUNK = 25  # reps queued behind one spin kernel
 SPIN_CYCLES_PER_MS = 2.0e6  # >= the SM clock of current GPUs, so a spin lasts at least as asked
 GPU_HINT = "calibration needs PyTorch with CUDA: install perfcast[gpu] (pip install 'perfcast[gpu]') on a GPU host"
 
@@ -67,11 +67,31 @@ class CudaTimer:
         l2 = int(getattr(props, "L2_cache_size", 0) or 50 * 2**20)
         self.flush_buf = torch.randn(2 * l2 // 4, dtype=torch.float32, device="cuda") if flush else None
         self.flush_out = torch.empty((), dtype=torch.float32, device="cuda")
+        self.flush_graph = self._capture_flush() if flush else None
         self.has_sleep = hasattr(torch.cuda, "_sleep")
+        self.stream = torch.cuda.current_stream()
         self.flush_ms = self._time_flush() if flush else 0.0
 
+    def _capture_flush(self):
+        """The flush as a CUDA graph: one replay costs the host a few us instead of a reduction's ~30."""
+        t = self.torch
+        try:
+            s = t.cuda.Stream()
+            s.wait_stream(t.cuda.current_stream())
+            with t.cuda.stream(s):
+                t.sum(self.flush_buf, dim=0, out=self.flush_out)
+            t.cuda.current_stream().wait_stream(s)
+            g = t.cuda.CUDAGraph()
+            with t.cuda.graph(g):
+                t.sum(self.flush_buf, dim=0, out=self.flush_out)
+            return g
+        except RuntimeError:  # capture unsupported here: flush eagerly
+            return None
+
     def _flush(self) -> None:
-        if self.flush_buf is not None:
+        if self.flush_graph is not None:
+            self.flush_graph.replay()
+        elif self.flush_buf is not None:
             self.torch.sum(self.flush_buf, dim=0, out=self.flush_out)
 
     def _time_flush(self) -> float:
@@ -90,29 +110,27 @@ class CudaTimer:
               ) -> tuple[list[float], float]:
         """Per-rep event times (ms) and the host seconds spent queueing one rep.
 
-        Reps run in chunks; before each chunk a spin kernel long enough for the host to queue the
-        whole chunk keeps the GPU from ever waiting on the host inside a timed region.
+        Reps are queued in chunks; ahead of each chunk a spin kernel covers the time by which the
+        host is expected to lag the GPU over that chunk, so the GPU never waits on the host inside a
+        timed region (and is not held back when the host keeps up).
         """
-        ev = self.torch.cuda.Event
-        times: list[float] = []
-        host_total = 0.0
+        ev, stream = self.torch.cuda.Event, self.stream
+        starts = [ev(enable_timing=True) for _ in range(reps)]
+        ends = [ev(enable_timing=True) for _ in range(reps)]
+        lag_ms = max(1.3 * host_s * 1e3 - 0.7 * (gpu_ms + self.flush_ms), 0.0)
+        t0 = time.perf_counter()
         for c0 in range(0, reps, CHUNK):
             n = min(CHUNK, reps - c0)
-            starts = [ev(enable_timing=True) for _ in range(n)]
-            ends = [ev(enable_timing=True) for _ in range(n)]
             if self.has_sleep:
-                lead_ms = n * max(1.25 * host_s * 1e3 - 0.7 * (gpu_ms + self.flush_ms), 0.25 * host_s * 1e3)
-                self.torch.cuda._sleep(int((lead_ms + 0.02) * SPIN_CYCLES_PER_MS))
-            t0 = time.perf_counter()
-            for s, e in zip(starts, ends):
+                self.torch.cuda._sleep(int((n * lag_ms + 0.01) * SPIN_CYCLES_PER_MS))
+            for s, e in zip(starts[c0:c0 + n], ends[c0:c0 + n]):
                 self._flush()
-                s.record()
+                s.record(stream)
                 fn()
-                e.record()
-            host_total += time.perf_counter() - t0
-            ends[-1].synchronize()
-            times += [s.elapsed_time(e) for s, e in zip(starts, ends)]
-        return times, host_total / reps
+                e.record(stream)
+        host = (time.perf_counter() - t0) / reps
+        ends[-1].synchronize()
+        return [s.elapsed_time(e) for s, e in zip(starts, ends)], host
 
     def bench(self, fn: Callable[[], object]) -> Stats:
         for _ in range(self.warmup):

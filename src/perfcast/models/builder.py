@@ -110,7 +110,8 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     if spec.qk_norm:
         elem("qk_norm", norm, (heads + kvh) * hd, host_ops=2 * norm_ops)
     elem("rope", "rope", (heads + kvh) * hd, host_ops=14.0)
-    elem("kv_write", layout.kv_write_op, 2 * kvh * hd, host_ops=2.0)
+    kv_op = layout.kv_write_op + ("_decode" if shape.phase == "decode" else "")
+    elem("kv_write", kv_op, 2 * kvh * hd, host_ops=2.0)
     n_swa = spec.sliding_layers if spec.sliding_window else 0
     for name, count, window in (("attention", L - n_swa, None), ("attention_swa", n_swa, spec.sliding_window)):
         if count <= 0:

@@ -87,7 +87,8 @@ _ELEM_TRAFFIC = {
     "gelu": 2.0,
     "add": 3.0,  # read x and residual, write sum
     "rope": 2.0,  # read q/k, write rotated (cos/sin counted below)
-    "kv_write": 2.0,  # read new K/V, write into the cache
+    "kv_write": 2.0,  # read new K/V, write into the cache (prefill: many tokens of one sequence)
+    "kv_write_decode": 2.0,  # one new token in each of many sequences (scattered rows)
     "embedding": 2.0,  # read the rows, write the output
     "copy": 2.0,
 }

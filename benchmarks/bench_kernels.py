@@ -1,0 +1,85 @@
+"""Kernel accuracy on held-out measurements (shapes off the calibration grid, measured in a separate run).
+
+For every benchmarks/data/<run>/heldout directory: predict each measured kernel with the GPU's own
+shipped profile ("auto") and with "none" (datasheet + ratios learned on the other measured GPU), and
+print MAPE / median / p90 absolute percentage error per op family. ``--json`` writes the table.
+
+    python benchmarks/bench_kernels.py [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from perfcast.hardware import get_gpu
+from perfcast.profiles.registry import resolve_profile
+
+ROOT = Path(__file__).resolve().parent / "data"
+
+
+def rows(path: Path):
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def predict_rows(gpu, prof, family, rs):
+    out = []
+    for r in rs:
+        if family == "gemm":
+            c = prof.gemm(int(r["m"]), int(r["n"]), int(r["k"]), r["dtype"])
+            fam = "gemm"
+        elif family == "attention":
+            q = int(r["q_len"])
+            c = prof.attention(int(r["batch"]), int(r["heads"]), int(r["kv_heads"]), int(r["head_dim"]), q,
+                               int(r["kv_len"]), str(r["causal"]).lower() in ("1", "true"), None, r["dtype"])
+            fam = "attention_decode" if q == 1 else "attention_prefill"
+        else:
+            c = prof.elementwise(r["op"], int(r["tokens"]), int(r["width"]), r["dtype"])
+            fam = "elementwise"
+        out.append((fam, float(c.seconds) * 1e3, float(r["median_ms"]), int(c.source)))
+    return out
+
+
+def summarize(preds):
+    fams = {}
+    for fam, p, m, _ in preds:
+        fams.setdefault(fam, []).append(abs(p - m) / m * 100)
+    return {f: {"n": len(e), "mape": float(np.mean(e)), "median": float(np.median(e)),
+                "p90": float(np.percentile(e, 90)), "max": float(np.max(e))} for f, e in fams.items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    report = {}
+    for run in sorted(ROOT.glob("*/heldout/meta.json")):
+        d = run.parent
+        meta = json.loads(run.read_text())
+        gpu = get_gpu(meta["gpu_id"])
+        for mode in ("auto", "none"):
+            prof = resolve_profile(gpu, mode)
+            preds = []
+            for fam in ("gemm", "attention", "elementwise"):
+                preds += predict_rows(gpu, prof, fam, rows(d / f"{fam}.csv"))
+            key = f"{d.parent.name}:{gpu.id}:{mode}"
+            report[key] = {"profile": prof.name, "families": summarize(preds)}
+    print(f"{'run:gpu:profile':42s} {'family':18s} {'n':>4s} {'MAPE%':>7s} {'med%':>6s} {'p90%':>6s} {'max%':>7s}")
+    for key, r in report.items():
+        for fam, s in sorted(r["families"].items()):
+            print(f"{key:42s} {fam:18s} {s['n']:4d} {s['mape']:7.2f} {s['median']:6.2f} {s['p90']:6.2f} {s['max']:7.1f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

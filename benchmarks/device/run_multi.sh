@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Multi-GPU measurements for perfcast (one host, NCCL), run from the repository root on the GPU machine:
+#   bash benchmarks/device/run_multi.sh                 # "smoke coll tp2 tp4": ~6 min on 4 H100s
+#   bash benchmarks/device/run_multi.sh "coll"          # collectives only (2 and 4 GPUs)
+#   bash benchmarks/device/run_multi.sh "smoke"         # 4-layer TP2 check of every path (~40 s)
+# Parts: smoke (cases_smoke.jsonl at tp 2; when it fails, tp2 and tp4 are skipped), coll
+# (perfcast.measure.collectives), tp2 / tp4 (perfcast.measure.model_step --tp N on the first N GPUs,
+# cases_tp.jsonl). Writes under $OUT/<gpu_id>/: step_smoke_tp2.jsonl, coll/collectives.csv,
+# coll/meta.json, step_tp2.jsonl, step_tp4.jsonl, run_multi.log.
+set -o pipefail
+cd "$(dirname "$0")/../.." || exit 2
+source benchmarks/device/_common.sh
+PARTS="${1:-smoke coll tp2 tp4}"
+SMOKE_OK=1
+D=$(gpu_dir)
+mkdir -p "$D"
+RC=0
+NGPU=$(nvidia-smi -L | grep -c '^GPU')
+
+tp_part() {  # tp_part NAME N CASES OUTFILE
+  if [ "$NGPU" -lt "$2" ]; then echo "=== $1: skipped, $NGPU GPUs < $2"; return 0; fi
+  if [ "$SMOKE_OK" != 1 ]; then echo "=== $1: skipped, the TP smoke test failed"; RC=3; return 0; fi
+  CUDA_VISIBLE_DEVICES=$(seq -s, 0 $(($2 - 1))) run_part "$1" python3 -m perfcast.measure.model_step \
+    --cases "$3" --out "$4" --tp "$2"
+}
+
+main() {
+  nvidia-smi
+  nvidia-smi topo -m
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda,
+"nccl", torch.cuda.nccl.version(), "gpus", torch.cuda.device_count())'
+  for part in $PARTS; do
+    case $part in
+      coll)  run_part coll python3 -m perfcast.measure.collectives --out "$D/coll" ;;
+      tp2)   tp_part tp2 2 benchmarks/device/cases_tp.jsonl "$D/step_tp2.jsonl" ;;
+      tp4)   tp_part tp4 4 benchmarks/device/cases_tp.jsonl "$D/step_tp4.jsonl" ;;
+      smoke) local before=$RC; RC=0
+             tp_part smoke 2 benchmarks/device/cases_smoke.jsonl "$D/step_smoke_tp2.jsonl"
+             [ "$RC" -eq 0 ] || SMOKE_OK=0; [ "$before" -gt "$RC" ] && RC=$before ;;
+      *) echo "unknown part '$part' (coll, tp2, tp4, smoke)"; RC=2 ;;
+    esac
+  done
+  pack_out "$D"
+  echo "run_multi: parts '$PARTS' done, status $RC"
+  return "$RC"
+}
+
+main 2>&1 | tee -a "$D/run_multi.log"

@@ -1,0 +1,202 @@
+"""Host CPU cost model for offload plans: effective ceilings and per-op times (seconds, vectorized).
+
+A :class:`CPUModel` holds the ceilings one CPU reaches at one thread count: GEMM FLOP/s and
+weight-streaming (GEMV) bandwidth per dtype class, STREAM bandwidth, the fixed cost of one eager
+torch op, and the host-device link (pinned and pageable, each direction). It comes either from the
+catalog (datasheet x :class:`CPUEfficiency`) or from a profile measured by ``perfcast calibrate-cpu``
+(``cpu_profile.py``). Every op time is a roofline on those ceilings, times a measured GEMM shape
+ratio where a profile has one, plus ``host_ops`` x the per-op overhead (a CPU runs eager PyTorch
+synchronously: dispatch and compute do not overlap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from perfcast.hardware.spec import CPUSpec, GPUSpec
+from perfcast.ops import roofline as rl
+from perfcast.ops.base import COMPUTE, LATENCY, MEMORY, NETWORK, Op
+
+
+@dataclass(frozen=True)
+class CPUEfficiency:
+    """Fractions of datasheet peaks a CPU reaches in PyTorch, and fixed costs (priors, not measured here).
+
+    Sources of the priors: STREAM reaches ~70-85% of theoretical DRAM bandwidth on servers; a GEMV
+    streaming weights from DRAM reaches ~60-80% of STREAM; oneDNN large GEMMs reach ~60-75% of the
+    AVX-512 fp32 peak and ~40-60% of the AMX/AVX512-BF16 peak. Without native bf16, PyTorch converts
+    (measured on an AVX2 Zen 3 host: bf16 GEMM ~1/8 of the fp32 peak, bf16 GEMV as fast as fp32).
+    """
+
+    stream: float = 0.80  # STREAM (copy/triad) fraction of the theoretical DRAM bandwidth
+    gemv: float = 0.70  # weight-streaming GEMV fraction of STREAM
+    gemm_fp32: float = 0.65  # large fp32 GEMM fraction of the fp32 peak
+    gemm_bf16: float = 0.50  # large bf16 GEMM fraction of the native bf16 peak (AMX, AVX512-BF16)
+    bf16_emulated: float = 0.12  # bf16 GEMM rate / fp32 peak when the CPU has no native bf16
+    attn_compute: float = 0.50  # CPU SDPA (prefill) fraction of the GEMM rate
+    attn_memory: float = 0.70  # CPU SDPA (decode) fraction of the GEMV bandwidth
+    per_core_stream_bytes_per_s: float = 12e9  # what one core pulls from DRAM (caps few-thread runs)
+    op_overhead_s: float = 8e-6  # one eager torch op on the CPU: dispatch + OpenMP fork/join
+    pcie: float = 0.80  # pinned copy fraction of the one-direction PCIe rate
+    pageable: float = 0.50  # pageable / pinned copy rate (the driver stages through a bounce buffer)
+    transfer_latency_s: float = 15e-6  # one small blocking copy, synchronize included
+    source: str = "prior"
+
+
+PRIOR = CPUEfficiency()
+DIRECTIONS = ("h2d", "d2h")
+
+
+def dtype_class(dtype: str) -> str:
+    """CPU kernels come in two speeds: fp32, and 16-bit (bf16/fp16; weight-only int8/int4 dequantize to it)."""
+    return "fp32" if dtype in ("fp32", "tf32") else "bf16"
+
+
+@dataclass(frozen=True)
+class Link:
+    """One direction of the host-device link for one memory kind: ``latency_s + bytes / bytes_per_s``."""
+
+    latency_s: float
+    bytes_per_s: float
+
+    def seconds(self, nbytes):
+        b = np.asarray(nbytes, dtype=float)
+        return np.where(b > 0, self.latency_s + b / self.bytes_per_s, 0.0)
+
+
+@dataclass(frozen=True)
+class CPUModel:
+    """Effective ceilings of one host CPU at ``threads`` threads (SI units)."""
+
+    id: str
+    name: str
+    threads: int
+    cores: int
+    mem_capacity_bytes: float
+    stream_bw: float  # bytes/s, copy/triad
+    gemv_bw: dict  # dtype class -> bytes/s a weight-streaming GEMV reaches
+    gemm_flops: dict  # dtype class -> FLOP/s a large GEMM reaches
+    op_overhead_s: float
+    links: dict  # (direction, "pinned" | "pageable") -> Link
+    eff: CPUEfficiency = PRIOR
+    ratio: dict = field(default_factory=dict)  # dtype class -> (log m, log(measured / roofline))
+    source: str = "catalog"  # "catalog:<id>" or "measured:<dir>"
+
+    @property
+    def measured(self) -> bool:
+        return self.source.startswith("measured")
+
+    # ------------------------------------------------------------------ kernels
+    def gemm(self, m, n, k, dtype="bf16", wdtype=None):
+        """(seconds, bound) of ``y[m,n] = x[m,k] @ w[n,k]^T`` without the dispatch overhead."""
+        dc = dtype_class(dtype)
+        flops = rl.gemm_flops(m, n, k)
+        nbytes = rl.gemm_bytes(m, n, k, "fp32" if dc == "fp32" else "bf16", wdtype)
+        tc = flops / self.gemm_flops[dc]
+        tm = nbytes / self.gemv_bw[dc]
+        t = np.maximum(tc, tm)
+        if dc in self.ratio:
+            lm, lr = self.ratio[dc]
+            t = t * np.exp(np.interp(np.log(np.maximum(np.asarray(m, dtype=float), 1.0)), lm, lr))
+        return t, np.where(tc >= tm, COMPUTE, MEMORY)
+
+    def attention(self, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window=None,
+                  dtype="bf16", kv_dtype=None):
+        dc = dtype_class(dtype)
+        flops = rl.attention_flops(batch, heads, head_dim, q_len, kv_len, causal, window)
+        nbytes = rl.attention_bytes(batch, heads, kv_heads, head_dim, q_len, kv_len,
+                                    "fp32" if dc == "fp32" else "bf16", kv_dtype, window)
+        tc = flops / (self.gemm_flops[dc] * self.eff.attn_compute)
+        tm = nbytes / (self.gemv_bw[dc] * self.eff.attn_memory)
+        return np.maximum(tc, tm), np.where(tc >= tm, COMPUTE, MEMORY)
+
+    def elementwise(self, op, tokens, width, dtype="bf16"):
+        dt = "fp32" if dtype_class(dtype) == "fp32" else "bf16"
+        t = rl.elementwise_bytes(op, tokens, width, dt) / self.stream_bw
+        return t, np.full(np.shape(t), MEMORY)
+
+    def op_seconds(self, op: Op):
+        """(seconds per launch including dispatch, bound) of a step op run on this CPU."""
+        d = op.dims
+        if op.kind == "gemm":
+            t, b = self.gemm(d["m"], d["n"], d["k"], op.dtype, op.wdtype)
+        elif op.kind == "attention":
+            t, b = self.attention(d["batch"], d["heads"], d["kv_heads"], d["head_dim"], d["q_len"],
+                                  d["kv_len"], bool(d["causal"]), d.get("window"), op.dtype,
+                                  op.meta.get("kv_dtype"))
+        elif op.kind == "elementwise":
+            t, b = self.elementwise(d["op"], d["tokens"], d["width"], op.dtype)
+        elif op.kind in ("collective", "p2p"):
+            return np.zeros(()), np.asarray(NETWORK)  # tp = pp = 1 under offload: nothing to send
+        else:
+            raise ValueError(f"the CPU model has no cost for op kind {op.kind!r}")
+        t = np.asarray(t, dtype=float) * np.asarray(op.meta.get("repeat", 1.0), dtype=float)
+        over = op.host_ops * self.op_overhead_s  # host_ops already counts repeated launches
+        return t + over, np.where(t < over, LATENCY, b)
+
+    # ------------------------------------------------------------------ host-device link
+    def link(self, direction: str, pinned: bool = False) -> Link:
+        return self.links[(direction, "pinned" if pinned else "pageable")]
+
+    def transfer(self, nbytes, direction: str, pinned: bool = False):
+        """Seconds of one blocking copy of ``nbytes`` (``direction`` 'h2d' or 'd2h')."""
+        return self.link(direction, pinned).seconds(nbytes)
+
+
+def prior_links(cpu_pcie: float, gpu: GPUSpec | None, eff: CPUEfficiency) -> dict:
+    """Links from datasheets: the slower of the CPU's and the GPU's PCIe rates times efficiencies."""
+    bw = min(cpu_pcie, gpu.pcie_bw_bytes_per_s) if gpu is not None else cpu_pcie
+    pinned = Link(eff.transfer_latency_s, bw * eff.pcie)
+    pageable = Link(eff.transfer_latency_s, bw * eff.pcie * eff.pageable)
+    return {(d, k): (pinned if k == "pinned" else pageable) for d in DIRECTIONS for k in ("pinned", "pageable")}
+
+
+def from_catalog(spec: CPUSpec, threads: int | None = None, gpu: GPUSpec | None = None,
+                 eff: CPUEfficiency = PRIOR) -> CPUModel:
+    """A CPU model from datasheet facts and prior efficiencies."""
+    cores = spec.cores * spec.sockets
+    t = cores if threads is None else int(threads)
+    if t < 1:
+        raise ValueError(f"cpu_threads must be a positive integer, got {threads!r}")
+    t = min(t, cores)
+    stream = min(spec.mem_bw_bytes_per_s * eff.stream, t * eff.per_core_stream_bytes_per_s)
+    fp32 = spec.peak_flops("fp32", t) * eff.gemm_fp32
+    if spec.bf16_flops_per_cycle_per_core > 0:
+        bf16 = spec.peak_flops("bf16", t) * eff.gemm_bf16
+    else:
+        bf16 = spec.peak_flops("fp32", t) * eff.bf16_emulated
+    gemv = stream * eff.gemv
+    return CPUModel(
+        id=spec.id, name=spec.name, threads=t, cores=cores,
+        mem_capacity_bytes=spec.mem_capacity_bytes * spec.sockets,
+        stream_bw=stream, gemv_bw={"fp32": gemv, "bf16": gemv}, gemm_flops={"fp32": fp32, "bf16": bf16},
+        op_overhead_s=eff.op_overhead_s, links=prior_links(spec.pcie_bw_bytes_per_s, gpu, eff), eff=eff,
+        source=f"catalog:{spec.id}",
+    )
+
+
+def resolve_cpu(cpu, threads: int | None = None, gpu: GPUSpec | None = None) -> CPUModel:
+    """A catalog id/alias, a :class:`CPUSpec`, a :class:`CPUModel`, or a ``calibrate-cpu`` profile dir."""
+    from pathlib import Path
+
+    from perfcast.hardware import get_cpu, list_cpus
+
+    if isinstance(cpu, CPUModel):
+        return cpu
+    if cpu is None or (isinstance(cpu, str) and not cpu.strip()):
+        ids = ", ".join(c.id for c in list_cpus())
+        raise ValueError(f"offload needs 'cpu': a catalog id ({ids}) or a directory written by "
+                         "`perfcast calibrate-cpu`")
+    if isinstance(cpu, str) and Path(cpu).is_dir():
+        from perfcast.offload.cpu_profile import load_cpu_profile
+
+        return load_cpu_profile(cpu, threads, gpu)
+    if isinstance(cpu, str) and (Path(cpu).exists() or "/" in cpu):
+        raise ValueError(f"cpu {cpu!r} is not a CPU profile directory (written by `perfcast calibrate-cpu`, "
+                         "holding meta.json and cpu.csv) nor a catalog id")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                or threads < 1):
+        raise ValueError(f"cpu_threads must be a positive integer, got {threads!r}")
+    return from_catalog(get_cpu(cpu), threads, gpu)

@@ -1,0 +1,141 @@
+"""A CPU profile directory (written by ``perfcast calibrate-cpu``) -> a :class:`CPUModel`.
+
+The measured ceilings at the requested thread count are interpolated linearly between the measured
+thread counts (clamped at the ends):
+
+- STREAM bandwidth: the best of ``copy`` and ``triad``;
+- GEMV bandwidth per dtype class: bytes / time of the ``m = 1`` GEMM (weights streamed from DRAM);
+- GEMM FLOP/s per dtype class: the best FLOP/s over the measured ``m``;
+- the shape ratio: measured time / roofline on those two ceilings, as a function of ``log m``
+  (taken at the measured thread count nearest the request);
+- the per-op overhead: the tiny-op time;
+- the link: per (direction, pinned/pageable) ``latency = time of the smallest copy`` and
+  ``bandwidth = slope between the smallest and the largest copy``. Without CUDA at calibration time
+  the link falls back to the datasheet prior of the GPU it is paired with.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from perfcast.hardware.spec import GPUSpec
+from perfcast.offload.cpu import DIRECTIONS, PRIOR, CPUModel, Link, dtype_class, prior_links
+
+FORMAT = "perfcast-cpu-profile"
+
+
+@functools.cache
+def _read(root: str) -> tuple[dict, tuple[dict, ...]]:
+    p = Path(root)
+    meta_p, csv_p = p / "meta.json", p / "cpu.csv"
+    if not meta_p.is_file() or not csv_p.is_file():
+        raise ValueError(f"{root} is not a CPU profile: it needs meta.json and cpu.csv "
+                         "(write one with `perfcast calibrate-cpu --out DIR`)")
+    meta = json.loads(meta_p.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_p} is not a perfcast CPU profile (format {meta.get('format')!r}); "
+                         "GPU profiles come from `perfcast calibrate`, CPU ones from `perfcast calibrate-cpu`")
+    with open(csv_p, newline="") as f:
+        rows = tuple(r for r in csv.DictReader(f) if r.get("median_ms"))
+    return meta, rows
+
+
+def _per_thread(rows, value) -> tuple[np.ndarray, np.ndarray]:
+    """(thread counts, best ``value(row)`` at each), sorted by threads."""
+    best: dict[int, float] = {}
+    for r in rows:
+        t = int(r["threads"])
+        best[t] = max(best.get(t, 0.0), value(r))
+    ts = sorted(best)
+    return np.array(ts, dtype=float), np.array([best[t] for t in ts])
+
+
+def _at(threads: int, pts: tuple[np.ndarray, np.ndarray]) -> float:
+    ts, vs = pts
+    return float(np.interp(threads, ts, vs))
+
+
+def _rate(r, key: str) -> float:
+    return float(r[key]) / (float(r["median_ms"]) * 1e-3)
+
+
+def _links(rows, gpu: GPUSpec | None) -> dict:
+    prior = prior_links(32e9, gpu, PRIOR)
+    out = dict(prior)
+    for d in DIRECTIONS:
+        for kind in ("pinned", "pageable"):
+            rs = sorted((float(r["bytes"]), float(r["median_ms"]) * 1e-3) for r in rows
+                        if r["kind"] == f"{d}_{kind}")
+            if len(rs) < 2:
+                continue
+            (b0, t0), (b1, t1) = rs[0], rs[-1]
+            bw = (b1 - b0) / max(t1 - t0, 1e-9)
+            out[(d, kind)] = Link(latency_s=max(t0 - b0 / bw, 1e-6), bytes_per_s=bw)
+    return out
+
+
+def _ratio(gemm_rows, threads_near: int, gemv_bw: float, flops: float):
+    """(log m, log ratio) of measured time over the two-ceiling roofline, at one thread count."""
+    by_m: dict[float, list[float]] = {}
+    for r in gemm_rows:
+        if int(r["threads"]) != threads_near:
+            continue
+        t = float(r["median_ms"]) * 1e-3
+        roof = max(float(r["flops"]) / flops, float(r["bytes"]) / gemv_bw)
+        by_m.setdefault(float(r["m"]), []).append(np.log(t / roof))
+    if not by_m:
+        return None
+    ms = sorted(by_m)
+    return np.log(np.array(ms)), np.array([float(np.mean(by_m[m])) for m in ms])
+
+
+def load_cpu_profile(root, threads: int | None = None, gpu: GPUSpec | None = None) -> CPUModel:
+    """The CPU model of a measured profile at ``threads`` (default: every core it was measured with)."""
+    meta, rows = _read(str(Path(root).resolve()))
+    cores = int(meta.get("cores") or 1)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                or threads < 1):
+        raise ValueError(f"cpu_threads must be a positive integer, got {threads!r}")
+    t = min(int(threads or cores), cores)
+    stream_rows = [r for r in rows if r["kind"] in ("copy", "triad")]
+    if not stream_rows:
+        raise ValueError(f"{root}/cpu.csv has no copy/triad rows: rerun `perfcast calibrate-cpu`")
+    stream = _at(t, _per_thread(stream_rows, lambda r: _rate(r, "bytes")))
+    gemv, flops, ratio = {}, {}, {}
+    for dc in ("fp32", "bf16"):
+        g = [r for r in rows if r["kind"] == "gemm" and dtype_class(r["dtype"]) == dc]
+        if not g:
+            continue
+        gemv_pts = _per_thread([r for r in g if int(r["m"]) == 1], lambda r: _rate(r, "bytes"))
+        flop_pts = _per_thread(g, lambda r: _rate(r, "flops"))
+        if not len(gemv_pts[0]):
+            continue
+        gemv[dc], flops[dc] = _at(t, gemv_pts), _at(t, flop_pts)
+        ts = flop_pts[0]
+        near = int(ts[np.argmin(np.abs(ts - t))])
+        r = _ratio(g, near, _at(near, gemv_pts), _at(near, flop_pts))
+        if r is not None:
+            ratio[dc] = r
+    if not gemv:
+        raise ValueError(f"{root}/cpu.csv has no m=1 GEMM rows: rerun `perfcast calibrate-cpu`")
+    for a, b in (("bf16", "fp32"), ("fp32", "bf16")):  # a dtype class not measured borrows the other
+        if a not in gemv:
+            gemv[a], flops[a] = gemv[b], flops[b]
+            if b in ratio:
+                ratio[a] = ratio[b]
+    op_rows = [r for r in rows if r["kind"] == "op"]
+    over = PRIOR.op_overhead_s
+    if op_rows:
+        near = min(op_rows, key=lambda r: abs(int(r["threads"]) - t))
+        over = float(near["median_ms"]) * 1e-3
+    return CPUModel(
+        id=str(meta.get("cpu_id") or "measured"), name=str(meta.get("cpu_name", "measured CPU")), threads=t,
+        cores=cores, mem_capacity_bytes=float(meta.get("mem_total_bytes") or 0.0), stream_bw=stream,
+        gemv_bw=gemv, gemm_flops=flops, op_overhead_s=over, links=_links(rows, gpu), eff=PRIOR, ratio=ratio,
+        source=f"measured:{Path(root).name}",
+    )

@@ -1,0 +1,191 @@
+"""Offload plans: memory adds up, limits match the core model, hand-computed bounds, search, errors."""
+
+import json
+
+import pytest
+
+from perfcast.offload.plans import predict_offload
+from perfcast.offload.search import search
+from perfcast.step.predict import predict
+
+GIB = float(1 << 30)
+L8B = "meta-llama/Llama-3.1-8B"
+KW = {"batch": 1, "prompt": 512, "context": 1024}
+PLANS = [{"plan": "layers", "gpu_layers": 0}, {"plan": "layers", "gpu_layers": 13}, {"plan": "ffn_cpu"},
+         {"plan": "cpu"}, {"plan": "stream"}, {"plan": "stream", "gpu_layers": 7},
+         {"plan": "neurons", "hot_fraction": 0.3, "sparsity": 0.9}, {"plan": "neurons", "hot_fraction": 0.5,
+                                                                      "sparsity": 0.0}]
+
+
+def _total_weight_gib(model: str) -> float:
+    from perfcast.models import get_model
+
+    return get_model(model).total_params() * 2 / GIB
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("off", PLANS, ids=lambda o: json.dumps(o))
+def test_weights_on_gpu_plus_cpu_is_the_model(off):
+    r = predict_offload(L8B, "h100-pcie", "xeon-8480", off, **KW)
+    o = r["offload"]
+    assert r["weights_gib"] == pytest.approx(o["gpu_weights_gib"])
+    assert o["gpu_weights_gib"] + o["cpu_weights_gib"] == pytest.approx(_total_weight_gib(L8B), rel=1e-9)
+    assert r["total_gib"] >= r["weights_gib"] + r["kv_cache_gib"]
+    assert r["prefill_ms"] > 0 and r["decode_ms"] > 0
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("n", [0, 5, 27])
+def test_experts_on_cpu_memory_adds_up(n):
+    m = "mistralai/Mixtral-8x7B-v0.1"
+    r = predict_offload(m, "h100-pcie", "epyc-9654", {"plan": "experts_cpu", "n_cpu_moe": n}, **KW)
+    o = r["offload"]
+    assert o["gpu_weights_gib"] + o["cpu_weights_gib"] == pytest.approx(_total_weight_gib(m), rel=1e-9)
+    assert o["cpu_weights_gib"] == pytest.approx(n * 8 * 3 * 4096 * 14336 * 2 / GIB)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("runtime", ["cuda-graph", "eager"])
+@pytest.mark.parametrize("model", [L8B, "Qwen/Qwen2.5-7B"])
+def test_all_layers_on_gpu_is_the_core_prediction(model, runtime):
+    from perfcast.models import get_model
+
+    L = get_model(model).n_layers
+    r = predict_offload(model, "h100-sxm", "xeon-8480", {"plan": "layers", "gpu_layers": L}, runtime=runtime, **KW)
+    p = predict(model, "h100-sxm", runtime=runtime, **KW).to_dict()
+    for k in ("prefill_ms", "decode_ms", "weights_gib", "kv_cache_gib", "activations_gib", "total_gib"):
+        assert r[k] == pytest.approx(p[k], rel=1e-12), k
+    assert r["fits"] == p["fits"] and r["offload"]["cpu_weights_gib"] == 0
+    assert r["offload"]["decode"]["pcie_bytes"] == 0
+
+
+@pytest.mark.unit
+def test_all_layers_on_cpu_decode_is_bounded_by_cpu_memory_bandwidth():
+    # Llama-3.1-8B layers: 32 x (qkv 4096x6144 + o 4096x4096 + gate/up/down 3x4096x14336 + 2 norms) bf16
+    layer_bytes = 2 * 32 * (4096 * 6144 + 4096 * 4096 + 3 * 4096 * 14336 + 2 * 4096)
+    assert layer_bytes == 13_959_168_000
+    # xeon-8480 catalog, 56 threads: STREAM = 0.80 x 307.2 GB/s, a GEMV reaches 0.70 of that
+    gemv_bw = 0.80 * 307.2e9 * 0.70
+    floor_ms = layer_bytes / gemv_bw * 1e3  # 81.14 ms
+    r = predict_offload(L8B, "h100-pcie", "xeon-8480", {"plan": "layers", "gpu_layers": 0}, **KW)
+    cpu_ms = r["offload"]["decode"]["cpu_ms"]
+    assert floor_ms == pytest.approx(81.14, abs=0.01)
+    assert floor_ms <= cpu_ms <= 1.2 * floor_ms  # + KV reads and one eager dispatch per op
+    assert r["decode_ms"] >= layer_bytes / 307.2e9 * 1e3  # never faster than theoretical DRAM
+    assert r["decode_bound"] == "memory"
+
+
+@pytest.mark.unit
+def test_fewer_threads_are_never_faster_and_pinned_links_are_faster():
+    off = {"plan": "layers", "gpu_layers": 10}
+    slow = predict_offload(L8B, "h100-pcie", "xeon-8480", off, cpu_threads=4, **KW)
+    fast = predict_offload(L8B, "h100-pcie", "xeon-8480", off, **KW)
+    assert slow["decode_ms"] > fast["decode_ms"] and slow["prefill_ms"] > fast["prefill_ms"]
+    page = predict_offload(L8B, "h100-pcie", "xeon-8480", {"plan": "ffn_cpu"}, batch=8, prompt=2048, context=2048)
+    pin = predict_offload(L8B, "h100-pcie", "xeon-8480", {"plan": "ffn_cpu", "pinned": True}, batch=8,
+                          prompt=2048, context=2048)
+    assert pin["offload"]["prefill"]["pcie_ms"] < page["offload"]["prefill"]["pcie_ms"]
+
+
+@pytest.mark.unit
+def test_stream_is_at_least_the_transfer_and_the_compute():
+    r = predict_offload(L8B, "h100-pcie", "xeon-8480", {"plan": "stream"}, **KW)
+    d = r["offload"]["decode"]
+    assert r["decode_ms"] >= max(d["gpu_ms"], d["pcie_ms"]) - 1e-9
+    assert d["pcie_bytes"] == pytest.approx(r["offload"]["cpu_weights_gib"] * GIB)
+
+
+@pytest.mark.parametrize("model,gpu,cpu,vram", [
+    ("meta-llama/Llama-3.1-70B", "h100-pcie", "xeon-8480", None),
+    (L8B, "rtx-4090", "ryzen-9-7950x", 8.0),
+    ("mistralai/Mixtral-8x7B-v0.1", "rtx-4090", "epyc-9654", None),
+])
+def test_chosen_plan_is_never_slower_than_memory_first(model, gpu, cpu, vram):
+    r = search(model, gpu, cpu, vram_gib=vram, context=4096)
+    assert r["best"]["fits"] and r["memory_first"]["fits"]
+    assert r["best"]["decode_tokens_per_s"] >= r["memory_first"]["decode_tokens_per_s"]
+    if r["frequency_first"] is not None:
+        assert r["best"]["decode_tokens_per_s"] >= r["frequency_first"]["decode_tokens_per_s"]
+    budget = r["vram_gib"]
+    assert all(c["gpu_gib"] <= budget + 1e-9 for c in r["candidates"] if c["fits"])
+    ngl = r["memory_first"]["offload"]["gpu_layers"]
+    over = [c for c in r["candidates"] if c["offload"] == {"plan": "layers", "gpu_layers": ngl + 1}]
+    assert not over or not over[0]["fits"]  # memory-first is the most layers that fit
+
+
+BAD = [
+    ({"plan": "nope"}, "unknown offload plan 'nope'"),
+    ({"plan": "layers"}, "needs field 'gpu_layers'"),
+    ({"plan": "layers", "gpu_layers": 99}, "gpu_layers=99 exceeds the 32 layers"),
+    ({"plan": "layers", "gpu_layers": -1}, "non-negative integer"),
+    ({"plan": "layers", "gpu_layers": "all"}, "non-negative integer"),
+    ({"plan": "layers", "gpu_layers": 4, "ngl": 3}, "unknown offload field 'ngl'"),
+    ({"plan": "experts_cpu"}, "needs a mixture-of-experts model"),
+    ({"plan": "neurons", "hot_fraction": 0.5}, "exactly one of 'sparsity'"),
+    ({"plan": "neurons", "hot_fraction": 1.5, "sparsity": 0.5}, "number in [0, 1]"),
+    ({"plan": "ffn_cpu", "pinned": "yes"}, "true or false"),
+    ([1, 2], "offload must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize("off,msg", BAD, ids=lambda x: str(x)[:40])
+def test_bad_offload_fields_say_what_is_wrong(off, msg):
+    with pytest.raises(ValueError, match=None) as e:
+        predict_offload(L8B, "h100-pcie", "xeon-8480", off, **KW)
+    assert msg in str(e.value)
+
+
+def test_bad_cpu_and_parallelism_say_what_is_wrong(tmp_path):
+    with pytest.raises(ValueError, match="offload needs 'cpu'"):
+        predict_offload(L8B, "h100-pcie", None, {"plan": "ffn_cpu"}, **KW)
+    with pytest.raises(ValueError, match="unknown CPU"):
+        predict_offload(L8B, "h100-pcie", "pentium-4", {"plan": "ffn_cpu"}, **KW)
+    with pytest.raises(ValueError, match="not a CPU profile"):
+        predict_offload(L8B, "h100-pcie", str(tmp_path), {"plan": "ffn_cpu"}, **KW)
+    with pytest.raises(ValueError, match="cpu_threads"):
+        predict_offload(L8B, "h100-pcie", "xeon-8480", {"plan": "ffn_cpu"}, cpu_threads=0, **KW)
+    with pytest.raises(ValueError, match="neurons' splits dense FFNs"):
+        predict_offload("mistralai/Mixtral-8x7B-v0.1", "h100-pcie", "xeon-8480",
+                        {"plan": "neurons", "hot_fraction": 0.5, "sparsity": 0.5}, **KW)
+
+
+def test_batch_lines_route_offload_and_keep_errors_in_place():
+    from perfcast.batch import predict_lines
+
+    base = {"model": L8B, "gpu": "h100-pcie", "batch": 1, "prompt": 512, "context": 1024}
+    lines = [json.dumps({**base, "offload": {"plan": "layers", "gpu_layers": 20}, "cpu": "xeon-8480"}),
+             json.dumps({**base, "offload": {"plan": "layers", "gpu_layers": 20}}),
+             json.dumps({**base, "offload": {"plan": "ffn_cpu"}, "cpu": "epyc-9654", "tp": 2}),
+             json.dumps(base)]
+    out, ok = predict_lines(lines)
+    assert not ok and len(out) == 4
+    assert out[0]["offload"]["gpu_layers"] == 20 and out[0]["offload"]["cpu"] == "xeon-8480"
+    for k in ("prefill_ms", "decode_ms", "weights_gib", "kv_cache_gib", "activations_gib", "total_gib", "fits",
+              "prefill_bound", "decode_bound", "source"):
+        assert k in out[0] and k in out[3], k
+    assert out[0]["decode_ms"] > out[3]["decode_ms"]
+    assert "offload needs 'cpu'" in out[1]["error"]
+    assert "tp=1" in out[2]["error"]
+    assert out[0]["offload"]["decode"]["pcie_bytes"] > 0 and out[0]["offload"]["cpu_weights_gib"] > 0
+
+
+def test_offload_cli_table_and_json():
+    import click
+    from click.testing import CliRunner
+
+    from perfcast.offload.cli import register
+
+    @click.group()
+    def main():
+        pass
+
+    register(main)
+    args = ["offload", "--model", L8B, "--gpu", "rtx-4090", "--cpu", "ryzen-9-7950x", "--vram-gib", "10"]
+    r = CliRunner().invoke(main, args + ["--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["best"]["decode_tokens_per_s"] >= d["memory_first"]["decode_tokens_per_s"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and "memory-first" in r.output
+    r = CliRunner().invoke(main, ["offload", "--model", L8B, "--gpu", "rtx-4090", "--cpu", "nope"])
+    assert r.exit_code == 1 and "unknown CPU" in r.output

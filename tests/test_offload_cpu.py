@@ -1,0 +1,131 @@
+"""The CPU model: catalog ceilings by hand, a measured profile read back, calibration and harness on CPU."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from perfcast.hardware import get_cpu, get_gpu
+from perfcast.offload.cpu import PRIOR, from_catalog, resolve_cpu
+from perfcast.offload.cpu_profile import load_cpu_profile
+
+COLS = ("kind", "dtype", "threads", "m", "n", "k", "bytes", "flops", "median_ms", "min_ms", "p90_ms", "reps")
+
+
+@pytest.mark.unit
+def test_catalog_ceilings_by_hand():
+    c = from_catalog(get_cpu("epyc-9654"), gpu=get_gpu("h100-pcie"))
+    assert c.threads == 96
+    assert c.stream_bw == pytest.approx(0.80 * 460.8e9)  # DRAM-bound: 96 cores x 12 GB/s is more
+    assert c.gemv_bw["bf16"] == pytest.approx(0.80 * 460.8e9 * 0.70)
+    assert c.gemm_flops["fp32"] == pytest.approx(96 * 32 * 3.55e9 * 0.65)
+    assert c.gemm_flops["bf16"] == pytest.approx(96 * 64 * 3.55e9 * 0.50)
+    few = from_catalog(get_cpu("epyc-9654"), threads=8)
+    assert few.stream_bw == pytest.approx(8 * 12e9)  # few threads cannot pull the whole DRAM bandwidth
+    # PCIe: min(CPU Gen5 64 GB/s, H100 PCIe link) x 0.8 pinned, half that pageable; 15 us per copy
+    pcie = min(64e9, get_gpu("h100-pcie").pcie_bw_bytes_per_s)
+    assert c.transfer(64e6, "h2d", pinned=True) == pytest.approx(15e-6 + 64e6 / (0.8 * pcie))
+    assert c.transfer(64e6, "d2h") == pytest.approx(15e-6 + 64e6 / (0.4 * pcie))
+    assert c.transfer(0, "d2h") == 0.0
+
+
+@pytest.mark.unit
+def test_gemv_is_memory_bound_and_gemm_compute_bound():
+    c = from_catalog(get_cpu("xeon-8480"))
+    t, bound = c.gemm(1, 4096, 4096, "bf16")
+    assert float(t) == pytest.approx((4096 * 4096 * 2 + 2 * 4096 * 2) / c.gemv_bw["bf16"])
+    assert int(bound) == 1  # memory
+    t, bound = c.gemm(8192, 4096, 4096, "bf16")
+    assert float(t) == pytest.approx(2 * 8192 * 4096 * 4096 / c.gemm_flops["bf16"])
+    assert int(bound) == 0  # compute
+    # no native bf16 (an AVX2 host): bf16 GEMMs run at a fraction of the fp32 peak
+    assert PRIOR.bf16_emulated < PRIOR.gemm_fp32
+
+
+def _write_profile(root, rows, cores=8):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "meta.json").write_text(json.dumps({"format": "perfcast-cpu-profile", "format_version": 1,
+                                                "cpu_name": "Test CPU", "cpu_id": None, "cores": cores,
+                                                "mem_total_bytes": 64 << 30}))
+    with open(root / "cpu.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({**{k: 0 for k in COLS}, "min_ms": r["median_ms"], "p90_ms": r["median_ms"], "reps": 3, **r})
+
+
+def _gemm_row(threads, m, gb_s, gflop_s, dtype="fp32"):
+    n = k = 1024
+    nbytes, flops = 4.0 * (m * k + n * k + m * n), 2.0 * m * n * k
+    ms = max(nbytes / (gb_s * 1e9), flops / (gflop_s * 1e9)) * 1e3
+    return {"kind": "gemm", "dtype": dtype, "threads": threads, "m": m, "n": n, "k": k, "bytes": nbytes,
+            "flops": flops, "median_ms": ms}
+
+
+@pytest.mark.unit
+def test_measured_profile_read_back(tmp_path):
+    rows = [{"kind": "copy", "threads": 1, "bytes": 1e9, "median_ms": 100.0},   # 10 GB/s
+            {"kind": "triad", "threads": 1, "bytes": 1.5e9, "median_ms": 100.0},  # 15 GB/s (best)
+            {"kind": "copy", "threads": 8, "bytes": 1e9, "median_ms": 20.0},    # 50 GB/s
+            {"kind": "op", "threads": 8, "median_ms": 0.004},
+            _gemm_row(1, 1, 10, 50), _gemm_row(1, 256, 10, 50), _gemm_row(8, 1, 40, 400),
+            _gemm_row(8, 256, 40, 400),
+            {"kind": "h2d_pinned", "bytes": 1e6, "median_ms": 0.06},  # 10 us + 1 MB / 20 GB/s
+            {"kind": "h2d_pinned", "bytes": 1e8, "median_ms": 5.01}]
+    _write_profile(tmp_path / "p", rows)
+    c = load_cpu_profile(tmp_path / "p")
+    assert c.threads == 8 and c.measured and c.name == "Test CPU"
+    assert c.stream_bw == pytest.approx(50e9)
+    assert c.gemv_bw["fp32"] == pytest.approx(40e9) and c.gemm_flops["fp32"] == pytest.approx(400e9)
+    assert c.gemv_bw["bf16"] == c.gemv_bw["fp32"]  # an unmeasured dtype class borrows the other
+    assert c.op_overhead_s == pytest.approx(4e-6)
+    link = c.link("h2d", pinned=True)
+    assert link.bytes_per_s == pytest.approx(20e9, rel=1e-3) and link.latency_s == pytest.approx(10e-6, rel=1e-2)
+    half = load_cpu_profile(tmp_path / "p", threads=4)  # between the measured 1 and 8 threads
+    assert 15e9 < half.stream_bw < 50e9
+    # at a measured point the model returns the measurement
+    t, _ = c.gemm(256, 1024, 1024, "fp32")
+    assert float(t) * 1e3 == pytest.approx(_gemm_row(8, 256, 40, 400)["median_ms"], rel=1e-9)
+    assert resolve_cpu(str(tmp_path / "p")).source.startswith("measured")
+
+
+def test_calibrate_cpu_tiny_writes_a_profile_the_model_reads(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from perfcast.measure import cpu_calibrate as cc
+
+    monkeypatch.setattr(cc, "STREAM_MIN_BYTES", 1 << 20)
+    monkeypatch.setattr(cc, "GEMM_NK", 256)
+    monkeypatch.setattr(cc, "M_QUICK", (1, 16, 64))
+    monkeypatch.setattr(cc, "_stream_elems", lambda facts: 1 << 18)
+    monkeypatch.setattr(cc, "guarded", lambda measure, **kw: (measure(), 0.0))  # no re-timing on busy hosts
+    meta = cc.calibrate_cpu(tmp_path, threads=[1], dtypes=("fp32", "bf16"), quick=True, progress=False)
+    assert meta["complete"] and meta["cores"] >= 1 and meta["cpu_name"]
+    with open(tmp_path / "cpu.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["kind"] for r in rows} >= {"copy", "triad", "gemm", "op"}
+    assert all(float(r["median_ms"]) > 0 for r in rows)
+    c = load_cpu_profile(tmp_path, threads=1)
+    assert c.stream_bw > 0 and c.gemm_flops["bf16"] > 0 and np.isfinite(c.op_overhead_s)
+
+
+def test_offload_step_decode_matches_prefill_on_cpu():
+    torch = pytest.importorskip("torch")
+    from perfcast.measure.offload_step import SplitDecoder, placement
+    from perfcast.models.spec import ModelSpec
+
+    spec = ModelSpec(name="tiny", model_type="qwen2", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                     head_dim=16, intermediate=128, vocab=256, max_positions=4096, attn_bias=True)
+    ends, where = placement(spec, {"plan": "cpu"}, has_gpu=False)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        placement(spec, {"plan": "ffn_cpu"}, has_gpu=False)
+    d = SplitDecoder(spec, ends, where, torch.float32)
+    for L in d.layers:  # random, not the tiled pool, so positions differ
+        L["wqkv"].normal_(0, 0.2)
+    ids = torch.randint(0, 256, (2, 9))
+    d.alloc(2, 9)
+    full = d.forward(ids, list(range(9)), None)
+    d.alloc(2, 9)
+    d.forward(ids[:, :8], list(range(8)), None)
+    step = d.forward(ids[:, 8:], [8], 9)
+    torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-4)
