@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Multi-GPU measurements for perfcast (one host, NCCL), run from the repository root on the GPU machine:
-#   bash benchmarks/device/run_multi.sh                 # "smoke coll tp2 tp4": ~6 min on 4 H100s
+#   bash benchmarks/device/run_multi.sh                 # "smoke coll tp2 tp4": ~4-5 min on 4 H100s
 #   bash benchmarks/device/run_multi.sh "coll"          # collectives only (2 and 4 GPUs)
 #   bash benchmarks/device/run_multi.sh "smoke"         # 4-layer TP2 check of every path (~40 s)
 # Parts: smoke (cases_smoke.jsonl at tp 2; when it fails, tp2 and tp4 are skipped), coll

@@ -2,7 +2,7 @@
 # Single-GPU measurements for perfcast, run from the repository root on the GPU machine:
 #   bash benchmarks/device/run_single.sh "step"              # model steps only (~3-4 min on an H100)
 #   bash benchmarks/device/run_single.sh "calib heldout"     # kernel calibration (perfcast.measure.calibrate)
-#   bash benchmarks/device/run_single.sh "smoke"             # 2-layer check of every path (~1 min)
+#   bash benchmarks/device/run_single.sh "smoke"             # 2-layer check of every path (~30 s)
 # Parts: calib, heldout, step, smoke (space separated, run in that order of the argument).
 # Writes under $OUT/<gpu_id>/: calib/ heldout/ (packed to .tgz when more than 8 files would come back),
 # step_single.jsonl, step_smoke.jsonl, run_single.log. Exit status: the largest of the parts'.

@@ -286,6 +286,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.gpus = [int(g) for g in args.gpus.split(",") if g.strip()]
     set_safe_env()
+    # send/recv run on the default group, alone: its serialization warning says nothing here
+    os.environ.setdefault("TORCH_NCCL_SHOW_EAGER_INIT_P2P_SERIALIZATION_WARNING", "false")
     if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _dist_main(args)
         return 0

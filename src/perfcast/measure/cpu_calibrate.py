@@ -93,9 +93,14 @@ def _snapshot() -> tuple[float, float, float]:
     return sum(v), v[3] + (v[4] if len(v) > 4 else 0.0), (t.user + t.system) * os.sysconf("SC_CLK_TCK")
 
 
-def guarded(measure, tries: int = 4, threshold: float = 0.10, wait_s: float = 30.0):
+def guarded(measure, tries: int = 3, threshold: float | None = None, wait_s: float = 20.0):
     """Run ``measure()`` until other processes used under ``threshold`` of the host's CPUs meanwhile
-    (shared hosts: OpenMP threads that share a core stall at every barrier). Returns (result, share)."""
+    (shared hosts: OpenMP threads that share a core stall at every barrier). The default threshold
+    leaves the cores this process does not use to others, less 10%. Returns (result, their share)."""
+    if threshold is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = _threads()
+        threshold = max(0.10, (cores - threads) / cores - 0.10)
     share = 0.0
     for i in range(tries):
         try:
@@ -110,6 +115,15 @@ def guarded(measure, tries: int = 4, threshold: float = 0.10, wait_s: float = 30
             return res, share
         wait_for_idle(wait_s)
     return res, share
+
+
+def _threads() -> int:
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except ImportError:
+        return os.cpu_count() or 1
 
 
 def busy_fraction(interval_s: float = 0.5) -> float:

@@ -83,10 +83,10 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
         ops.append(Op(name, "gemm", {"m": T if group != "post" else B, "n": int(n), "k": int(k)},
                       count, dtype, wd, group, host_ops=host_ops))
 
-    def elem(name, op, width, count=L, tokens=None, group="layer", host_ops=1.0):
+    def elem(name, op, width, count=L, tokens=None, group="layer", host_ops=1.0, kernels=1):
         ops.append(Op(name, "elementwise", {"op": op, "tokens": T if tokens is None else tokens,
                                             "width": int(width)}, count, dtype, None, group,
-                      host_ops=host_ops))
+                      host_ops=host_ops, meta={"kernels": kernels}))
 
     def allreduce(name, count=L, tokens=None):
         if tp > 1:
@@ -108,10 +108,10 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
         gemm("k_proj", kvh * hd, h, host_ops=2.0)
         gemm("v_proj", kvh * hd, h, host_ops=2.0)
     if spec.qk_norm:
-        elem("qk_norm", norm, (heads + kvh) * hd, host_ops=2 * norm_ops)
-    elem("rope", "rope", (heads + kvh) * hd, host_ops=14.0)
+        elem("qk_norm", norm, (heads + kvh) * hd, host_ops=2 * norm_ops, kernels=2)
+    elem("rope", "rope", (heads + kvh) * hd, host_ops=14.0, kernels=10)  # q*cos + rotate_half(q)*sin, q and k
     kv_op = layout.kv_write_op + ("_decode" if shape.phase == "decode" else "")
-    elem("kv_write", kv_op, 2 * kvh * hd, host_ops=2.0)
+    elem("kv_write", kv_op, 2 * kvh * hd, host_ops=2.0, kernels=2)  # index_copy_ of K and of V
     n_swa = spec.sliding_layers if spec.sliding_window else 0
     for name, count, window in (("attention", L - n_swa, None), ("attention_swa", n_swa, spec.sliding_window)):
         if count <= 0:
@@ -135,7 +135,7 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
             gemm("up_proj", inter, h)
     else:
         gemm("up_proj", inter, h)
-    elem("act", act_op, inter, host_ops=2.0)
+    elem("act", act_op, inter, host_ops=2.0, kernels=2)  # act(gate), then * up
     gemm("down_proj", h, inter)
     allreduce("mlp_allreduce")
     if spec.post_norms:

@@ -115,10 +115,6 @@ class Parts:
     prof: object
     tokens: np.ndarray  # tokens whose hidden states cross PCIe at a device change
 
-    @property
-    def n_layers(self) -> int:
-        return self.cfg.model.n_layers
-
     def act_bytes(self):
         """Bytes of one activation crossing: ``tokens x hidden`` in the activation dtype."""
         from perfcast.hardware.spec import DTYPE_BYTES

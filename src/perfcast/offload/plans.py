@@ -99,7 +99,7 @@ def result_dict(case: Case, res: PlanResult) -> dict:
     off = {"plan": res.plan, **res.params, "gpu_layers": res.gpu_layers, "cpu_layers": (
         None if res.gpu_layers is None else case.L - res.gpu_layers),
         "cpu": cpu.id, "cpu_name": cpu.name, "cpu_source": cpu.source, "cpu_threads": cpu.threads,
-        "pinned": case.pinned, "gpu_weights_gib": _f(m.gpu_weights) / GIB, "gpu_extra_gib": _f(m.gpu_extra) / GIB,
+        "pinned": res.params.get("pinned", bool(case.pinned)), "gpu_weights_gib": _f(m.gpu_weights) / GIB, "gpu_extra_gib": _f(m.gpu_extra) / GIB,
         "cpu_weights_gib": _f(m.cpu_weights) / GIB, "cpu_kv_cache_gib": _f(m.cpu_kv) / GIB,
         "cpu_activations_gib": _f(m.cpu_act) / GIB, "cpu_total_gib": _f(m.cpu_total) / GIB,
         "cpu_capacity_gib": m.cpu_capacity / GIB, "fits_gpu": bool(np.ravel(m.fits_gpu)[0]),

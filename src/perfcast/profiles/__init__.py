@@ -22,6 +22,10 @@ class HostModel:
     per_layer_s: float = 15.0e-6  # module call overhead per decoder layer (eager)
     per_step_s: float = 300.0e-6  # forward() set-up: masks, positions, cache bookkeeping (eager)
     graph_launch_s: float = 15.0e-6  # one CUDA-graph replay, host to first kernel
+    # a kernel timed alone (CUDA events around one launch) carries launch latency that a kernel
+    # replayed back to back inside a CUDA graph does not: subtracted per kernel under cuda-graph
+    graph_kernel_discount_s: float = 0.0
+    graph_kernel_min_s: float = 1.4e-6  # smallest in-graph kernel time (measured: launch.csv 'graph')
     source: str = "prior"
 
 

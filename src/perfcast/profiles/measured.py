@@ -61,7 +61,9 @@ class Tables:
 
     # ------------------------------------------------------------------ GEMM
     def _build_gemm(self):
+        """Per measured (dtype, n, k): log time vs log m (own GPU) and log ratio vs log m (transfer)."""
         self.gemm_curves: dict[tuple[str, int, int], Curve] = {}
+        self.gemm_time: dict[tuple[str, int, int], Curve] = {}
         by: dict[tuple, list] = {}
         for r in self._gemm_rows:
             by.setdefault((r["dtype"], int(r["n"]), int(r["k"])), []).append(r)
@@ -70,28 +72,40 @@ class Tables:
             t = _num(rows, "median_ms") * 1e-3
             base = an.gemm_cost(self.gpu, m, n, k, dt, None, IDEAL).seconds
             self.gemm_curves[(dt, n, k)] = Curve(m, np.log(t / base))
+            self.gemm_time[(dt, n, k)] = Curve(m, np.log(t))
         self._gemm_keys = {}
         for dt, n, k in self.gemm_curves:
-            self._gemm_keys.setdefault(dt, []).append((n, k))
+            self._gemm_keys.setdefault((dt, _aligned(n, k)), []).append((n, k))
 
     def gemm(self, prof, m, n, k, dtype="bf16", wdtype=None) -> OpCost:
-        dt = dtype if dtype in self._gemm_keys else ("bf16" if dtype == "fp16" and "bf16" in self._gemm_keys else None)
         base = an.gemm_cost(prof.gpu, m, n, k, dtype, wdtype, IDEAL)
-        if dt is None or wdtype:
-            return an.gemm_cost(prof.gpu, m, n, k, dtype, wdtype, prof.eff)
+        n, k = int(n), int(k)
         m_arr = np.asarray(m, dtype=float)
-        curve = self.gemm_curves.get((dt, int(n), int(k)))
-        if curve is not None:
-            lr = curve(m_arr)
-            inside = curve.contains(m_arr)
-            src = np.where(curve.on_grid(m_arr), MEASURED, np.where(inside, INTERPOLATED, ANALYTICAL))
-        else:
-            lr, inside = self._gemm_blend(dt, m_arr, int(n), int(k))
-            src = np.where(inside, INTERPOLATED, ANALYTICAL)
+        # fp16 runs on the same tensor cores as bf16: use bf16 tables where fp16 has none
+        dts = [d for d in (dtype, "bf16" if dtype == "fp16" else None) if d and (d, _aligned(n, k)) in self._gemm_keys]
+        if not dts or wdtype:
+            return an.gemm_cost(prof.gpu, m, n, k, dtype, wdtype, prof.eff)
+        own = prof.gpu is self.gpu
+        for dt in dts:
+            if (dt, n, k) in self.gemm_time:
+                curve = self.gemm_time[(dt, n, k)]
+                inside = curve.contains(m_arr)
+                src = np.where(curve.on_grid(m_arr), MEASURED, np.where(inside, INTERPOLATED, ANALYTICAL))
+                if own:
+                    # log-log interpolation of the measured times inside the range; physics ratio outside
+                    t_in = np.exp(curve(m_arr))
+                    t_out = base.seconds * np.exp(self.gemm_curves[(dt, n, k)](m_arr))
+                    t = np.where(inside, t_in, t_out)
+                else:
+                    t = base.seconds * np.exp(self.gemm_curves[(dt, n, k)](m_arr))
+                return OpCost.of(t, base.bound, self._src(prof, src), base.flops, base.bytes)
+        lr, inside = self._gemm_blend(dts[0], m_arr, n, k)
+        src = np.where(inside, INTERPOLATED, ANALYTICAL)
         return OpCost.of(base.seconds * np.exp(lr), base.bound, self._src(prof, src), base.flops, base.bytes)
 
     def _gemm_blend(self, dt, m, n, k):
-        keys = self._gemm_keys[dt]
+        """Nearest measured weights of the same alignment class, blended by inverse distance in log n, log k."""
+        keys = self._gemm_keys[(dt, _aligned(n, k))]
         nk = np.log(np.array(keys, dtype=float))
         dist = np.hypot(nk[:, 0] - np.log(n), nk[:, 1] - np.log(k))
         idx, w = idw_weights(dist, k=4)
@@ -248,6 +262,11 @@ class Tables:
         return an.Efficiency(**e)
 
 
+def _aligned(n: int, k: int) -> bool:
+    """cuBLAS's fast (TMA) kernels need 16-byte aligned rows: n and k multiples of 8 elements."""
+    return n % 8 == 0 and k % 8 == 0
+
+
 def _base_op(op: str) -> str:
     return op
 
@@ -261,7 +280,8 @@ def _load_hosts(root: Path) -> dict:
     d = json.loads(p.read_text())
     out = {}
     for name, v in d.get("runtimes", {}).items():
-        kw = {k: float(v[k]) for k in ("per_op_s", "per_layer_s", "per_step_s", "graph_launch_s") if k in v}
+        kw = {k: float(v[k]) for k in ("per_op_s", "per_layer_s", "per_step_s", "graph_launch_s",
+                                       "graph_kernel_discount_s", "graph_kernel_min_s") if k in v}
         out[name] = HostModel(**kw, source=d.get("source", "measured"))
     return out
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import threading
 import warnings
 
 from flask import Flask, Response, request
@@ -28,6 +29,9 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 MAX_BODY_BYTES = 64 * 1024
 log = logging.getLogger("perfcast.ui")
+# The step model is CPU-bound Python under the GIL, so running one prediction at a time costs no
+# throughput; it also means a cold cache (profile tables) is filled once, not by every waiting thread.
+_COMPUTE = threading.Lock()
 
 
 def _json(obj, status: int = 200) -> Response:
@@ -57,12 +61,15 @@ def _source() -> dict:
     return request.args.to_dict()
 
 
-def _answer(compute) -> Response:
-    """Run ``compute`` on the request's fields; every failure becomes a 4xx JSON error."""
+def _answer(parse, compute) -> Response:
+    """Check the request's fields with ``parse``, then run ``compute`` on what it returns; every
+    failure becomes a 4xx JSON error. Bad input is answered without waiting for the compute lock."""
     try:
-        with warnings.catch_warnings():
+        args = parse(_source())
+        with _COMPUTE, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _json(compute(_source()))
+            result = compute(args)
+        return _json(result)
     except BadInput as e:
         return _error(str(e), 400)
     except HTTPException:
@@ -105,17 +112,19 @@ def options() -> dict:
             "limits": params.LIMITS, "max_sweep_points": params.MAX_SWEEP_POINTS}
 
 
-def predict_case(src: dict) -> dict:
+def predict_case(case: dict) -> dict:
+    """``/api/predict``: the explanation of a case checked by :func:`parse_case`."""
     from perfcast.report.explain import explain
 
-    return explain(**parse_case(src)).to_dict()
+    return explain(**case).to_dict()
 
 
-def sweep_case(src: dict) -> dict:
+def sweep_case(parsed: tuple[dict, str, list[int]]) -> dict:
+    """``/api/sweep``: a case checked by :func:`parse_sweep`, swept over its axis."""
     from perfcast.report.sweeps import batch_sweep, context_sweep
     from perfcast.step.predict import make_config
 
-    case, axis, values = parse_sweep(src)
+    case, axis, values = parsed
     cfg = make_config(case["model"], case["gpu"], case["tp"], case["pp"], case["dtype"], case["runtime"],
                       case["profile"])
     if axis == "batch":
@@ -123,6 +132,16 @@ def sweep_case(src: dict) -> dict:
     else:
         r = context_sweep(cfg, values, case["batch"])
     return {"axis": axis, "case": case, **r}
+
+
+def warm_up() -> None:
+    """Load the catalogs and every GPU's profile once, before the first user waits for them."""
+    model_rows()
+    for g in gpu_rows():
+        try:
+            predict_case(parse_case({"model": "meta-llama/Llama-3.1-8B", "gpu": g["id"]}))
+        except Exception:  # a GPU that cannot run the default case is warmed on first use
+            log.debug("no warm-up for %s", g["id"], exc_info=True)
 
 
 def create_app() -> Flask:
@@ -147,8 +166,8 @@ def create_app() -> Flask:
     app.add_url_rule("/api/gpus", "gpus", lambda: _json(gpu_rows()))
     app.add_url_rule("/api/models", "models", lambda: _json(model_rows()))
     app.add_url_rule("/api/options", "options", lambda: _json(options()))
-    app.add_url_rule("/api/predict", "predict", lambda: _answer(predict_case), methods=["GET", "POST"])
-    app.add_url_rule("/api/sweep", "sweep", lambda: _answer(sweep_case), methods=["GET", "POST"])
+    app.add_url_rule("/api/predict", "predict", lambda: _answer(parse_case, predict_case), methods=["GET", "POST"])
+    app.add_url_rule("/api/sweep", "sweep", lambda: _answer(parse_sweep, sweep_case), methods=["GET", "POST"])
 
     @app.after_request
     def headers(resp: Response) -> Response:
@@ -179,6 +198,9 @@ def serve(host: str = "127.0.0.1", port: int = 8765, quiet: bool = False) -> Non
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.create_server((host, port), family=family, backlog=128) as sock:
         server = make_server(host, port, create_app(), threaded=True, fd=sock.fileno())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warm_up()
     shown = f"[{host}]" if ":" in host else host
     print(f"perfcast ui: serving on http://{shown}:{server.port}/ (Ctrl-C to stop)", flush=True)
     try:

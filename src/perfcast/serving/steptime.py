@@ -10,10 +10,11 @@ from the step model's own ops (``perfcast.step``), split by what each op's cost 
 - the LM head (and the TP logits gather) depends on ``S``, the sequences in the batch;
 - decode attention: a table over (decoding sequences, kv length), read at the mean context;
 - prefill attention: one varlen launch over every chunk, costed as a uniform launch of ``n``
-  chunks with the chunks' mean ``q`` and the kv length that keeps the causal FLOPs exact; cached
-  by rounded shape and rescaled by the exact FLOPs;
+  chunks with the chunks' mean ``q`` and the kv length that keeps the causal FLOPs exact; its
+  seconds per query-key pair interpolated between cached shapes (16 per octave) and multiplied by
+  the exact pairs;
 - the runtime's overhead: the CUDA-graph launch (constant), or for eager the host time not hidden
-  behind the GPU, as a function of the iteration's GPU time, read off the runtime's own model.
+  behind the GPU, tabulated over (tokens, attention seconds) from the runtime's own model.
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ DENSE_TOKENS = 16384  # exact table up to here; log grid above
 _LOG_POINTS = 96  # grid points per table above DENSE_TOKENS and along kv length
 
 
-def _round_sig(x: float, bits: int = 5) -> int:
-    """Round a positive length to ``bits`` significant bits (<= 3.2% off), for cache keys; the
-    cached cost is rescaled by the exact FLOPs, which leaves well under 0.1% on the run's means."""
-    x = max(1, round(x))
-    s = x.bit_length() - bits
-    return x if s <= 0 else ((x + (1 << (s - 1))) >> s) << s
+def _bracket(x: float, bits: int = 4) -> tuple[int, int, float]:
+    """Neighbours ``lo <= x <= hi`` of a positive length on a grid of ``bits`` significant bits
+    (16 points per octave), and ``x``'s weight towards ``hi``."""
+    xi = max(1, int(x))
+    shift = xi.bit_length() - bits
+    if shift <= 0:
+        return xi, xi + 1, x - xi
+    lo = (xi >> shift) << shift
+    return lo, lo + (1 << shift), (x - lo) / (1 << shift)
 
 
 def _pairs(q: float, kv: float) -> float:
@@ -156,21 +160,32 @@ class IterationModel:
         return row[j - 1] + w * (row[j] - row[j - 1])
 
     def prefill_attention(self, n: int, q_sum: int, pairs_sum: float) -> float:
-        """Seconds of one varlen prefill-attention launch over ``n`` chunks (causal)."""
+        """Seconds of one varlen prefill-attention launch over ``n`` chunks (causal).
+
+        Costed as a uniform launch of ``n`` chunks of the mean length, at the kv length that keeps
+        the causal pairs exact: its seconds per query-key pair are interpolated between shapes on a
+        grid of 16 per octave in both lengths (cached: each costs a profile lookup), then
+        multiplied by the exact pairs."""
         if n <= 0:
             return 0.0
         q = q_sum / n
         kv = pairs_sum / n / q + (q - 1) / 2.0
-        key = (n, _round_sig(q), _round_sig(kv))
+        q0, q1, wq = _bracket(q)
+        k0, k1, wk = _bracket(kv)
+        rate = ((1 - wq) * ((1 - wk) * self._per_pair(n, q0, k0) + wk * self._per_pair(n, q0, k1))
+                + wq * ((1 - wk) * self._per_pair(n, q1, k0) + wk * self._per_pair(n, q1, k1)))
+        return rate * pairs_sum / n
+
+    def _per_pair(self, n: int, q: int, kv: int) -> float:
+        key = (n, q, kv)
         s = self._prefill_cache.get(key)
         if s is None:
-            qr, kvr = key[1], max(key[2], key[1])
-            ops = [replace(o, dims={**o.dims, "batch": n, "q_len": qr, "kv_len": kvr, "causal": True})
+            kv = max(kv, q)
+            ops = [replace(o, dims={**o.dims, "batch": n, "q_len": q, "kv_len": kv, "causal": True})
                    for o in self._attn_ops]
             _, per = self._charged(ops)
-            s = float(sum(per)) / _pairs(qr, kvr)
-            self._prefill_cache[key] = s
-        return s * pairs_sum / n
+            s = self._prefill_cache[key] = float(sum(per)) / _pairs(q, kv)
+        return s
 
     def overhead(self, tokens: int, attn_s: float) -> float:
         """Runtime seconds beyond the kernels: the graph launch, or eager's unhidden host time."""

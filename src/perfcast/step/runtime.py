@@ -54,7 +54,7 @@ def get_runtime(name: str) -> RuntimeFn:
 
 @runtime("cuda-graph")
 def cuda_graph(ops: list[Op], costs: list[OpCost], host: HostModel, eff) -> StepTime:
-    gap = eff.graph_kernel_gap_s
+    disc, kmin = host.graph_kernel_discount_s, host.graph_kernel_min_s
     total = 0.0
     per, bounds = [], []
     for op, c in zip(ops, costs):
@@ -62,7 +62,8 @@ def cuda_graph(ops: list[Op], costs: list[OpCost], host: HostModel, eff) -> Step
             per.append(np.zeros_like(c.seconds))
             bounds.append(c.bound)
             continue
-        s = c.seconds + gap
+        k = op.meta.get("kernels", 1)
+        s = np.maximum(c.seconds - k * disc, k * kmin)
         per.append(s)
         bounds.append(c.bound)
         total = total + op.count * s

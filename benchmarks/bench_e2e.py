@@ -1,0 +1,89 @@
+"""End-to-end step accuracy: predictions against every measured model step under benchmarks/data.
+
+Each measured line (written by ``perfcast.measure.model_step``) is predicted with the same model,
+GPU (the line's ``gpu_id``), batch, prompt, context, tp and runtime; lines that only calibrate host
+overhead (``tag: host``, a ``layers`` override, or the plain decoder under eager at tp 1) are skipped.
+
+    python benchmarks/bench_e2e.py [--profile auto|none] [--json out.json] [--cases]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from perfcast.models import get_model
+from perfcast.step.predict import make_config, predict_many
+
+ROOT = Path(__file__).resolve().parent / "data"
+
+
+def measured_lines():
+    for f in sorted(ROOT.glob("*/step_*.jsonl")):
+        if "smoke" in f.name:
+            continue
+        for line in f.read_text().splitlines():
+            d = json.loads(line)
+            if "error" in d or d.get("tag") == "host":
+                continue
+            spec = get_model(d["model"])
+            if d.get("layers") and int(d["layers"]) != spec.n_layers:
+                continue
+            if d["runtime"] == "eager" and int(d.get("tp", 1)) == 1 and "hf" not in str(d.get("impl", "hf")):
+                continue
+            yield f.parent.name, d
+
+
+def group_of(d, phase):
+    tp = int(d.get("tp", 1))
+    if tp > 1:
+        return f"tp{tp} {phase}"
+    return f"{phase} ({d['runtime']})"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", default="auto")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--cases", action="store_true", help="print every case")
+    a = ap.parse_args(argv)
+    rows = []
+    warnings.simplefilter("ignore")
+    for run, d in measured_lines():
+        cfg = make_config(d["model"], d["gpu_id"], int(d.get("tp", 1)), 1, "bf16", d["runtime"], a.profile)
+        pred = predict_many(cfg, d["batch"], d["prompt"], d["context"])[0]
+        for phase in ("prefill", "decode"):
+            if d.get(f"{phase}_ms") is None:
+                continue
+            meas = float(d[f"{phase}_ms"])
+            p = getattr(pred, f"{phase}_ms")
+            rows.append({"run": run, "gpu": d["gpu_id"], "group": group_of(d, phase), "model": d["model"],
+                         "batch": d["batch"], "prompt": d["prompt"], "context": d["context"], "tp": d.get("tp", 1),
+                         "runtime": d["runtime"], "phase": phase, "measured_ms": meas, "predicted_ms": p,
+                         "err_pct": (p - meas) / meas * 100})
+    if a.cases:
+        for r in rows:
+            print(f"{r['gpu']:9s} {r['group']:22s} {r['model']:26s} b{r['batch']:<4d} p{r['prompt']:<5d} "
+                  f"c{r['context']:<5d} meas {r['measured_ms']:9.3f} pred {r['predicted_ms']:9.3f} {r['err_pct']:+6.1f}%")
+    summary = {}
+    for r in rows:
+        summary.setdefault((r["gpu"], r["group"]), []).append(abs(r["err_pct"]))
+    print(f"{'gpu':9s} {'case family':24s} {'n':>4s} {'MAPE%':>7s} {'p90%':>7s} {'max%':>7s}   (profile={a.profile})")
+    out = {}
+    for (g, grp), e in sorted(summary.items()):
+        e = np.array(e)
+        out[f"{g}:{grp}"] = {"n": len(e), "mape": float(e.mean()), "p90": float(np.percentile(e, 90)),
+                             "max": float(e.max())}
+        print(f"{g:9s} {grp:24s} {len(e):4d} {e.mean():7.2f} {np.percentile(e, 90):7.2f} {e.max():7.1f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"summary": out, "cases": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Fit the host-side constants of a GPU's profile (host.json) from its own measured runs.
+
+- eager-hf / eager-tp: host time per decoder layer and per forward, from the ``tag: host`` cases
+  (batch 1, 16 tokens, where the GPU idles): full-depth minus 2-layer time over the layer difference.
+- cuda-graph: the graph launch and the smallest in-graph kernel come from the kernel profile's
+  launch.csv; the per-kernel discount (launch latency inside a standalone event-timed kernel that
+  a graph replay does not pay) is fitted on ONE model's cuda-graph decode steps (Llama-3.2-1B) and
+  validated on every other model by benchmarks/bench_e2e.py.
+
+    python benchmarks/fit_host.py --run benchmarks/data/h200-run1 --profile src/perfcast/profiles/data/h200
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+FIT_MODEL = "meta-llama/Llama-3.2-1B"
+
+
+def per_layer(lines, impl):
+    full, two = {}, {}
+    for d in lines:
+        if d.get("runtime") != "eager" or impl not in str(d.get("impl")) or d.get("batch") != 1 or d.get("prompt") != 16:
+            continue
+        tgt = two if int(d.get("layers", 0)) == 2 else full
+        tgt[d["model"]] = d
+    lay, step = [], []
+    for m, f in full.items():
+        if m not in two:
+            continue
+        L = int(f["layers"])
+        for ph in ("prefill_ms", "decode_ms"):
+            pl = (f[ph] - two[m][ph]) / (L - 2) * 1e-3
+            lay.append(pl)
+            step.append(two[m][ph] * 1e-3 - 2 * pl)
+    return float(np.mean(lay)), float(max(np.mean(step), 0.0)), len(lay)
+
+
+def fit_discount(lines, gpu_id, profile_dir, host):
+    from perfcast.profiles import HostModel
+    from perfcast.profiles.registry import resolve_profile
+    from perfcast.step.costs import op_cost
+    from perfcast.step.predict import make_config, step_ops
+    from perfcast.step.runtime import cuda_graph
+
+    cases = [d for d in lines if d["model"] == FIT_MODEL and d["runtime"] == "cuda-graph" and d.get("decode_ms")
+             and int(d.get("tp", 1)) == 1 and not d.get("tag") and int(d.get("layers", 16)) == 16]
+    cfg = make_config(FIT_MODEL, gpu_id, profile=str(profile_dir))
+    prof = resolve_profile(cfg.gpu, str(profile_dir))
+    pre = []
+    for d in cases:
+        ops = step_ops(cfg, "decode", d["batch"], d["prompt"], d["context"])
+        pre.append((ops, [op_cost(o, cfg.gpu, prof) for o in ops], d["decode_ms"] * 1e-3))
+    best = (1e9, 0.0)
+    for disc in np.linspace(0.0, 8e-6, 161):
+        hm = HostModel(graph_launch_s=host["graph_launch_s"], graph_kernel_min_s=host["graph_kernel_min_s"],
+                       graph_kernel_discount_s=float(disc))
+        err = np.mean([abs(float(cuda_graph(o, c, hm, prof.eff).seconds) - t) / t for o, c, t in pre])
+        best = min(best, (err, float(disc)))
+    return best[1], best[0] * 100, len(pre)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", required=True, help="a benchmarks/data/<run> folder with step_single.jsonl")
+    ap.add_argument("--profile", required=True, help="the profile directory to write host.json into")
+    a = ap.parse_args(argv)
+    warnings.simplefilter("ignore")
+    run, prof = Path(a.run), Path(a.profile)
+    lines = [json.loads(x) for x in (run / "step_single.jsonl").read_text().splitlines()]
+    lines = [d for d in lines if "error" not in d]
+    gpu_id = lines[0]["gpu_id"]
+    launch = {(r["mode"], r["op"]): float(r["median_us"]) * 1e-6 for r in csv.DictReader(open(prof / "launch.csv"))}
+    hf_layer, hf_step, n_hf = per_layer(lines, "hf")
+    pl_layer, pl_step, n_pl = per_layer(lines, "plain")
+    graph = {"graph_launch_s": launch[("graph_launch", "replay_1")], "graph_kernel_min_s": launch[("graph", "add")]}
+    disc, err, n = fit_discount(lines, gpu_id, prof, graph)
+    graph["graph_kernel_discount_s"] = disc
+    out = {
+        "source": f"fitted by benchmarks/fit_host.py from {run.name}/step_single.jsonl and launch.csv",
+        "gpu_id": gpu_id,
+        "runtimes": {
+            "eager-hf": {"per_op_s": 0.0, "per_layer_s": hf_layer, "per_step_s": hf_step},
+            "eager-tp": {"per_op_s": 0.0, "per_layer_s": pl_layer, "per_step_s": pl_step},
+            "cuda-graph": graph,
+        },
+        "fit": {"eager_hf_points": n_hf, "eager_plain_points": n_pl,
+                "graph_discount_fit_model": FIT_MODEL, "graph_discount_fit_cases": n,
+                "graph_discount_fit_mape_pct": err},
+    }
+    (prof / "host.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
