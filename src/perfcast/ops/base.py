@@ -58,10 +58,9 @@ class OpCost:
     def of(seconds, bound, source, flops, nbytes) -> OpCost:
         s = np.asarray(seconds, dtype=float)
         shape = s.shape
-        return OpCost(
-            seconds=s,
-            bound=np.broadcast_to(np.asarray(bound, dtype=np.int8), shape).copy(),
-            source=np.broadcast_to(np.asarray(source, dtype=np.int8), shape).copy(),
-            flops=np.broadcast_to(np.asarray(flops, dtype=float), shape).copy(),
-            bytes=np.broadcast_to(np.asarray(nbytes, dtype=float), shape).copy(),
-        )
+        def fit(x, dt):
+            a = np.asarray(x, dtype=dt)
+            return a if a.shape == shape else np.broadcast_to(a, shape)  # read-only views, never copied
+
+        return OpCost(seconds=s, bound=fit(bound, np.int8), source=fit(source, np.int8),
+                      flops=fit(flops, float), bytes=fit(nbytes, float))

@@ -140,6 +140,8 @@ def _host_key(cfg: StepConfig) -> str:
 
 def check_lengths(cfg: StepConfig, prompt, context):
     mp = cfg.model.max_positions
+    if isinstance(prompt, int) and isinstance(context, int) and prompt <= mp and context <= mp:
+        return
     for name, v in (("prompt", prompt), ("context", context)):
         if np.any(np.asarray(v) > mp):
             raise InputError(f"{name}={int(np.max(v))} exceeds max_position_embeddings={mp} of "

@@ -1,0 +1,61 @@
+"""Prediction speed: the batch CLI (lines/s, start-up included) and the vectorized sweep (points/s).
+
+    python benchmarks/bench_speed.py
+"""
+
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+MODELS = ["meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.2-1B", "Qwen/Qwen2.5-14B", "meta-llama/Llama-3.1-70B",
+          "mistralai/Mistral-7B-v0.1", "google/gemma-2-9b"]
+GPUS = ["h100-sxm", "h200", "a100-80gb", "l40s"]
+
+
+def cli_lines(n=20000, seed=0):
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        m = rng.choice(MODELS)
+        tp = rng.choice([1, 2, 4, 8]) if "70B" in m else rng.choice([1, 2])
+        lines.append(json.dumps({"model": m, "gpu": rng.choice(GPUS), "batch": rng.randint(1, 256),
+                                 "prompt": rng.randint(16, 8192), "context": rng.randint(16, 8192), "tp": tp,
+                                 "runtime": rng.choice(["cuda-graph", "eager"])}))
+    return lines
+
+
+def main():
+    lines = cli_lines()
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        f.write("\n".join(lines) + "\n")
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "perfcast.cli", "predict", "--cases", f.name, "--json"],
+                       capture_output=True, text=True)
+    dt = time.perf_counter() - t
+    n_out = len(r.stdout.splitlines())
+    assert n_out == len(lines), (n_out, r.stderr[-500:])
+    print(f"batch CLI: {len(lines)} mixed predict lines in {dt:.2f} s = {len(lines) / dt:,.0f} lines/s "
+          f"(start-up included, exit {r.returncode})")
+    import perfcast
+
+    b = np.arange(1, 1001)[:, None]
+    c = (np.arange(1, 1001) * 16)[None, :]
+    perfcast.sweep("meta-llama/Llama-3.1-8B", "h100-sxm", batch=1, prompt=16, context=16)  # warm caches
+    t = time.perf_counter()
+    out = perfcast.sweep("meta-llama/Llama-3.1-8B", "h100-sxm", batch=b, prompt=512, context=c)
+    dt = time.perf_counter() - t
+    print(f"vectorized sweep: {out['decode_ms'].size:,} (batch, context) points in {dt:.2f} s")
+    t = time.perf_counter()
+    for i in range(200):
+        perfcast.predict("meta-llama/Llama-3.1-8B", "h100-sxm", batch=1 + i, prompt=512, context=1024)
+    dt = (time.perf_counter() - t) / 200
+    print(f"single predict() call: {dt * 1e3:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
