@@ -34,8 +34,9 @@ def predict_rows(gpu, prof, family, rs):
     out = []
     for r in rs:
         if family == "gemm":
-            c = prof.gemm(int(r["m"]), int(r["n"]), int(r["k"]), r["dtype"])
-            fam = "gemm"
+            n, k = int(r["n"]), int(r["k"])
+            c = prof.gemm(int(r["m"]), n, k, r["dtype"])
+            fam = "gemm" if n % 8 == 0 and k % 8 == 0 else "gemm_misaligned"
         elif family == "attention":
             q = int(r["q_len"])
             c = prof.attention(int(r["batch"]), int(r["heads"]), int(r["kv_heads"]), int(r["head_dim"]), q,
