@@ -42,7 +42,7 @@ def measured_lines():
 def group_of(d, phase):
     tp = int(d.get("tp", 1))
     if tp > 1:
-        return f"tp{tp} {phase}"
+        return f"tp{tp} {phase} ({d['runtime']})"
     return f"{phase} ({d['runtime']})"
 
 

@@ -41,7 +41,7 @@ LOCAL_CASES = [  # CPU-only decode/prefill of small models, sized for a 2-core h
 ]
 
 
-def predict_line(line: dict, base: Path, cpu: str) -> dict:
+def predict_line(line: dict, cpu: str) -> dict:
     from perfcast.models import get_model
     from perfcast.offload.plans import predict_offload
 
@@ -54,13 +54,16 @@ def predict_line(line: dict, base: Path, cpu: str) -> dict:
                            dtype=line.get("dtype", "bf16"), runtime=line.get("runtime", "eager"))
 
 
-def cpu_sources(line: dict, base: Path) -> dict[str, str]:
-    """{'profile': dir, 'catalog': id} as far as each is available for this line."""
+def cpu_sources(line: dict, path: Path) -> dict[str, str]:
+    """{'profile': dir, 'catalog': id} as far as each is available for this line. The profile is the
+    one the line cites (relative to the file), else ``<file stem>_cpu/`` beside the file."""
     from perfcast.hardware import get_cpu
 
     out = {}
-    if line.get("cpu_profile") and (base / line["cpu_profile"] / "meta.json").is_file():
-        out["profile"] = str(base / line["cpu_profile"])
+    for cand in (line.get("cpu_profile"), path.stem + "_cpu"):
+        if cand and (path.parent / cand / "meta.json").is_file():
+            out["profile"] = str(path.parent / cand)
+            break
     try:
         out["catalog"] = get_cpu(line.get("cpu_name", "")).id
     except ValueError:
@@ -81,8 +84,8 @@ def rows_of(path: Path) -> list[dict]:
                "layers": line.get("layers"), "plan": json.dumps(line["offload"], separators=(",", ":")),
                "dtype": line.get("dtype", "bf16"), "threads": line.get("cpu_threads"),
                "b": line.get("batch"), "p": line.get("prompt"), "c": line.get("context")}
-        for src, cpu in cpu_sources(line, path.parent).items():
-            pred = predict_line(line, path.parent, cpu)
+        for src, cpu in cpu_sources(line, path).items():
+            pred = predict_line(line, cpu)
             for ph in ("prefill", "decode"):
                 if f"{ph}_ms" in line:
                     row[f"{ph}_meas"] = line[f"{ph}_ms"]
@@ -119,6 +122,7 @@ def report(rows: list[dict]) -> None:
     for r in ok:
         groups.setdefault(f"file {r['file']}", []).append(r)
         groups.setdefault(f"plan {json.loads(r['plan'])['plan']}", []).append(r)
+        groups.setdefault(f"{r['threads']} CPU threads", []).append(r)
     for g, rs in groups.items():
         parts = []
         for src in ("profile", "catalog"):

@@ -66,10 +66,38 @@ def fit_discount(lines, gpu_id, profile_dir, host):
     return best[1], best[0] * 100, len(pre)
 
 
+def fit_tp(run: Path) -> dict:
+    """eager-tp<N>: the median host time per layer of the host cases of each step_tp<N>.jsonl (batch 1,
+    16 tokens, full depth; prefill and decode pooled). Multi-process eager host time is noisy (the
+    cases spread +-30% around the median), so no per-step intercept is fitted."""
+    from perfcast.models import get_model
+
+    out = {}
+    for f in sorted(run.glob("step_tp*.jsonl")):
+        tp = int(f.stem.replace("step_tp", ""))
+        xs, ys = [], []
+        for line in f.read_text().splitlines():
+            d = json.loads(line)
+            if "error" in d or d.get("tag") != "host" or d.get("runtime") != "eager":
+                continue
+            L = int(d.get("layers") or get_model(d["model"]).n_layers)
+            for ph in ("prefill_ms", "decode_ms"):
+                if d.get(ph):
+                    xs.append(L)
+                    ys.append(d[ph] * 1e-3)
+        if not xs:
+            continue
+        per = np.array(ys) / np.array(xs, float)
+        out[f"eager-tp{tp}"] = {"per_op_s": 0.0, "per_layer_s": float(np.median(per)), "per_step_s": 0.0,
+                                "fit_points": len(xs), "spread_pct": float((per.max() - per.min()) / np.median(per) * 50)}
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", required=True, help="a benchmarks/data/<run> folder with step_single.jsonl")
     ap.add_argument("--profile", required=True, help="the profile directory to write host.json into")
+    ap.add_argument("--tp-run", default=None, help="a run folder with step_tp<N>.jsonl (multi-GPU host)")
     a = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     run, prof = Path(a.run), Path(a.profile)
@@ -94,6 +122,9 @@ def main(argv=None):
                 "graph_discount_fit_model": FIT_MODEL, "graph_discount_fit_cases": n,
                 "graph_discount_fit_mape_pct": err},
     }
+    if a.tp_run:
+        out["runtimes"].update(fit_tp(Path(a.tp_run)))
+        out["source"] += f" and {Path(a.tp_run).name}/step_tp*.jsonl"
     (prof / "host.json").write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
 

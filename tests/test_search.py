@@ -105,3 +105,11 @@ def test_search_cli_bad_input_one_line():
                         "--sla-ttft-ms", "500", "--sla-tpot-ms", "50", "--tp", "1,x"],
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode != 0 and "--tp" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ray_missing_is_a_clear_message(monkeypatch):
+    from perfcast.search.executors import Pool
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ValueError, match="pip install ray"):
+        Pool("ray", 2)

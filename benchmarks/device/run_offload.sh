@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# Offload validation on a GPU host (one H100/H200 over PCIe, 16 cores): about 2-3 minutes.
-#   bash benchmarks/device/run_offload.sh            # writes $OUT/offload_gpu.jsonl and $OUT/offload_gpu_cpu/
-# Needs only python3, numpy and torch (CUDA) there. Ship the results as benchmarks/data/offload_<gpu>.jsonl
-# with the CPU profile directory beside it (the lines cite it by relative path).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-/tmp/perfcast_offload}
-mkdir -p "$OUT"
-export PYTHONPATH=src PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,pcie.link.gen.current,pcie.link.width.current --format=csv || true
-python3 -m perfcast.measure.offload_step --cases benchmarks/device/cases_offload.jsonl --out "$OUT/offload_gpu.jsonl"
-python3 benchmarks/bench_offload.py "$OUT/offload_gpu.jsonl" || true
+# Offload (CPU-GPU split) measurements for perfcast, run from the repository root on the GPU machine:
+#   bash benchmarks/device/run_offload.sh          # ~2-3 min on one H100/H200 with 16 host cores
+# A quick CPU calibration at all cores, then the layer split, the FFN-on-CPU split and CPU-only steps of
+# Llama-3.2-1B, Llama-3.2-3B and Qwen2.5-7B (cases_offload.jsonl), bf16 on both devices, eager.
+# Writes under $OUT/<gpu_id>/: offload.jsonl, offload_cpu/ (meta.json, cpu.csv), run_offload.log.
+# Ship them as benchmarks/data/offload_<gpu_id>.jsonl and benchmarks/data/offload_<gpu_id>_cpu/
+# (bench_offload.py finds the profile as <file stem>_cpu/ beside the file).
+set -o pipefail
+cd "$(dirname "$0")/../.." || exit 2
+source benchmarks/device/_common.sh
+D=$(gpu_dir)
+mkdir -p "$D"
+RC=0
+
+main() {
+  nvidia-smi --query-gpu=name,pcie.link.gen.current,pcie.link.width.current,memory.total --format=csv
+  lscpu | grep -E "Model name|^CPU\(s\)|NUMA node\(s\)" || true
+  run_part offload python3 -m perfcast.measure.offload_step \
+    --cases benchmarks/device/cases_offload.jsonl --out "$D/offload.jsonl"
+  python3 benchmarks/bench_offload.py "$D/offload.jsonl" || true
+}
+
+main 2>&1 | tee "$D/run_offload.log"
+exit $RC

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -69,9 +70,28 @@ class _Run:
         self.skipped = 0
         self.errors: list[str] = []
         self.oom = getattr(torch.cuda, "OutOfMemoryError", MemoryError)
+        self.pool: dict = {}
 
     def randn(self, *shape, dtype="bf16"):
         return self.torch.randn(*shape, dtype=self.dtypes[dtype], device=self.device)
+
+    def set_pool(self, sizes: dict[tuple[str, str], int]) -> None:
+        """Allocate one random-normal buffer per (name, dtype) for a family: cases take views of it,
+        so thousands of cases do not each allocate and fill gigabytes (allocator churn, ~60 ms a case)."""
+        self.pool = {}
+        for key, numel in sizes.items():
+            try:
+                self.pool[key] = self.randn(numel, dtype=key[1])
+            except self.oom:  # no room: those cases allocate their own inputs
+                pass
+
+    def rand(self, name: str, *shape, dtype="bf16"):
+        """A contiguous random-normal tensor of ``shape``: a view of the pool buffer ``name`` if it fits."""
+        buf = self.pool.get((name, dtype))
+        numel = math.prod(shape)
+        if buf is None or numel > buf.numel():
+            return self.randn(*shape, dtype=dtype)
+        return buf[:numel].view(*shape)
 
     def measure(self, out: _Csv, case: dict, build) -> None:
         """Build the inputs (``build()`` returns the callable to time), time it, write one row."""
@@ -90,31 +110,37 @@ class _Run:
 
 
 # ---- families ----------------------------------------------------------------------------------
-def run_gemm(r: _Run, cases: list[dict], out: _Csv, bar: Progress) -> None:
-    groups: dict[tuple, list[dict]] = {}
+def _max_sizes(cases: list[dict], **shapes_of) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
     for c in cases:
-        groups.setdefault((c["dtype"], c["n"], c["k"]), []).append(c)
-    for (dtype, n, k), cs in groups.items():
-        try:  # one weight and one activation buffer per (n, k); x[:m] is contiguous
-            w = r.randn(n, k, dtype=dtype)
-            x = r.randn(max(c["m"] for c in cs), k, dtype=dtype)
-        except r.oom:
-            r.skipped += len(cs)
-            bar.update(len(cs))
-            continue
-        for c in sorted(cs, key=lambda c: c["m"]):
-            xm = x[: c["m"]]
-            r.measure(out, c, lambda xm=xm, w=w: (lambda: r.F.linear(xm, w)))
-            bar.update()
-        del w, x
+        for name, f in shapes_of.items():
+            key = (name, c.get("dtype", "bf16"))
+            out[key] = max(out.get(key, 0), f(c))
+    return out
+
+
+def run_gemm(r: _Run, cases: list[dict], out: _Csv, bar: Progress) -> None:
+    r.set_pool(_max_sizes(cases, w=lambda c: c["n"] * c["k"], x=lambda c: c["m"] * c["k"]))
+    for c in sorted(cases, key=lambda c: (c["dtype"], c["n"], c["k"], c["m"])):
+        def build(c=c):
+            x = r.rand("x", c["m"], c["k"], dtype=c["dtype"])
+            w = r.rand("w", c["n"], c["k"], dtype=c["dtype"])
+            return lambda: r.F.linear(x, w)
+
+        r.measure(out, c, build)
+        bar.update()
 
 
 def run_attention(r: _Run, cases: list[dict], out: _Csv, bar: Progress) -> None:
+    def kv(c):
+        return c["batch"] * c["kv_heads"] * c["kv_len"] * c["head_dim"]
+
+    r.set_pool(_max_sizes(cases, q=lambda c: c["batch"] * c["heads"] * c["q_len"] * c["head_dim"], k=kv, v=kv))
     for c in cases:
         def build(c=c):
-            q = r.randn(c["batch"], c["heads"], c["q_len"], c["head_dim"])
-            k = r.randn(c["batch"], c["kv_heads"], c["kv_len"], c["head_dim"])
-            v = r.randn(c["batch"], c["kv_heads"], c["kv_len"], c["head_dim"])
+            q = r.rand("q", c["batch"], c["heads"], c["q_len"], c["head_dim"])
+            k = r.rand("k", c["batch"], c["kv_heads"], c["kv_len"], c["head_dim"])
+            v = r.rand("v", c["batch"], c["kv_heads"], c["kv_len"], c["head_dim"])
             gqa = c["kv_heads"] < c["heads"]
             return lambda: r.F.scaled_dot_product_attention(q, k, v, is_causal=c["causal"], enable_gqa=gqa)
 
@@ -130,10 +156,10 @@ def ew_builder(r: _Run, op: str, t: int, width: int, tables: dict):
     """The callable that runs elementwise ``op`` on ``t`` tokens of ``width`` (see the docs)."""
     torch, F, bf = r.torch, r.F, r.torch.bfloat16
     if op == "rmsnorm":
-        x, w = r.randn(t, width), r.randn(width)
+        x, w = r.rand("a", t, width), r.randn(width)
         return lambda: F.rms_norm(x, (width,), w, EPS)
     if op == "rmsnorm_eager":  # Hugging Face LlamaRMSNorm.forward
-        x, w = r.randn(t, width), r.randn(width)
+        x, w = r.rand("a", t, width), r.randn(width)
 
         def eager():
             h = x.to(torch.float32)
@@ -142,14 +168,14 @@ def ew_builder(r: _Run, op: str, t: int, width: int, tables: dict):
             return w * h.to(bf)
         return eager
     if op in ("silu_mul", "gelu_mul"):
-        g, u = r.randn(t, width), r.randn(t, width)
+        g, u = r.rand("a", t, width), r.rand("b", t, width)
         if op == "silu_mul":
             return lambda: F.silu(g) * u
         return lambda: F.gelu(g, approximate="tanh") * u
     if op == "rope":  # Hugging Face apply_rotary_pos_emb, q [t, heads, d], k [t, kv_heads, d]
         d = _head_dim(width)
         heads = (width // d) * 4 // 5
-        q, k = r.randn(t, heads, d), r.randn(t, width // d - heads, d)
+        q, k = r.rand("a", t, heads, d), r.rand("b", t, width // d - heads, d)
         cos, sin = r.randn(t, d), r.randn(t, d)
 
         def rot(x):
@@ -160,14 +186,14 @@ def ew_builder(r: _Run, op: str, t: int, width: int, tables: dict):
             return q * c + rot(q) * s, k * c + rot(k) * s
         return rope
     if op == "add":
-        x, y = r.randn(t, width), r.randn(t, width)
+        x, y = r.rand("a", t, width), r.rand("b", t, width)
         return lambda: x + y
     if op in ("kv_write", "kv_write_decode"):
         d = _head_dim(width)
         kvh = width // (2 * d)
         batch, new, max_len = (1, t, 2 * t) if op == "kv_write" else (t, 1, 256)
         kc, vc = r.randn(batch, kvh, max_len, d), r.randn(batch, kvh, max_len, d)
-        nk, nv = r.randn(batch, kvh, new, d), r.randn(batch, kvh, new, d)
+        nk, nv = r.rand("a", batch, kvh, new, d), r.rand("b", batch, kvh, new, d)
         pos = torch.arange(max_len - new, max_len, device=r.device)
         return lambda: (kc.index_copy_(2, pos, nk), vc.index_copy_(2, pos, nv))
     if op == "embedding":
@@ -179,13 +205,15 @@ def ew_builder(r: _Run, op: str, t: int, width: int, tables: dict):
         ids = torch.randint(0, vocab, (t,), device=r.device)
         return lambda: F.embedding(ids, table)
     if op == "copy":
-        x, y = r.randn(t, width), torch.empty(t, width, dtype=bf, device=r.device)
+        x, y = r.rand("a", t, width), torch.empty(t, width, dtype=bf, device=r.device)
         return lambda: y.copy_(x)
     raise ValueError(f"unknown elementwise op {op!r}")
 
 
 def run_elementwise(r: _Run, cases: list[dict], out: _Csv, bar: Progress) -> None:
     tables: dict = {}
+    n = max((c["elements"] for c in cases), default=0)
+    r.set_pool({("a", "bf16"): n, ("b", "bf16"): n})
     for c in sorted(cases, key=lambda c: (c["op"], c["width"], c["tokens"])):
         r.measure(out, c, lambda c=c: ew_builder(r, c["op"], c["tokens"], c["width"], tables))
         bar.update()
@@ -350,6 +378,7 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
         meta["cases"][fam] = f.rows
         meta["skipped"][fam] = r.skipped
         meta["errors"] += r.errors
+        r.pool = {}
         if cuda:
             torch.cuda.empty_cache()
         if progress:

@@ -238,7 +238,7 @@ def run(cases: list[dict], out_path: str, device: str, cpu_profile: str | None, 
             busy = wait_for_idle(wait_idle_s) if wait_idle_s > 0 else None
             t0 = time.perf_counter()
             try:
-                res = measure_case(case, has_gpu, max(wait_idle_s, 1.0))
+                res = measure_case(case, has_gpu, min(max(wait_idle_s, 1.0), 15.0))
             except torch.OutOfMemoryError:
                 res = {"error": "oom"}
             except Exception as e:  # noqa: BLE001 - one bad case must not stop the run

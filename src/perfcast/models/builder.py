@@ -63,10 +63,20 @@ def kv_heads_per_gpu(spec: ModelSpec, tp: int) -> int:
     return max(1, spec.n_kv_heads // tp) if spec.n_kv_heads >= tp else 1
 
 
+def expected_active_experts(n_experts: int, picks):
+    """Expected number of distinct experts hit by ``picks`` uniform top-k choices (>= 1)."""
+    picks = np.asarray(picks, dtype=float)
+    return np.maximum(1.0, n_experts * (1.0 - (1.0 - 1.0 / n_experts) ** picks))
+
+
 def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16",
               layout: Layout = GRAPH_LAYOUT, kv_dtype: str | None = None,
-              wdtype: str | None = None, pp: int = 1) -> list[Op]:
-    """Ops of one step over all layers (a request's latency crosses every pipeline stage)."""
+              wdtype: str | None = None, pp: int = 1, ep: int = 1, moe_imbalance: float = 1.0) -> list[Op]:
+    """Ops of one step over all layers (a request's latency crosses every pipeline stage).
+
+    MoE layers: experts split over ``ep`` of the ``tp`` GPUs, each expert's width over ``tp // ep``;
+    ``moe_imbalance`` (>= 1) scales the tokens of the most loaded GPU over the uniform share.
+    """
     T = shape.tokens
     B = shape.batch
     h, hd = spec.hidden, spec.head_dim
@@ -79,9 +89,11 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     wd = wdtype if wdtype and wdtype != dtype else None
     ops: list[Op] = []
 
-    def gemm(name, n, k, count=L, group="layer", host_ops=1.0):
-        ops.append(Op(name, "gemm", {"m": T if group != "post" else B, "n": int(n), "k": int(k)},
-                      count, dtype, wd, group, host_ops=host_ops))
+    def gemm(name, n, k, count=L, group="layer", host_ops=1.0, m=None, groups=None):
+        dims = {"m": (T if group != "post" else B) if m is None else m, "n": int(n), "k": int(k)}
+        if groups is not None:
+            dims["groups"] = groups  # launches per layer (an array: MoE experts hit)
+        ops.append(Op(name, "gemm", dims, count, dtype, wd, group, host_ops=host_ops))
 
     def elem(name, op, width, count=L, tokens=None, group="layer", host_ops=1.0, kernels=1):
         ops.append(Op(name, "elementwise", {"op": op, "tokens": T if tokens is None else tokens,
@@ -94,6 +106,19 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
             ops.append(Op(name, "collective", {"coll": "all_reduce", "bytes": nbytes, "gpus": tp},
                           count, dtype, None, "layer"))
 
+    def mlp(prefix, width, count, m=None, groups=None):
+        if spec.mlp_act in ("swiglu", "geglu"):
+            if layout.fused_gate_up:
+                gemm(f"{prefix}gate_up_proj", 2 * width, h, count, host_ops=2.0, m=m, groups=groups)
+            else:
+                gemm(f"{prefix}gate_proj", width, h, count, m=m, groups=groups)
+                gemm(f"{prefix}up_proj", width, h, count, m=m, groups=groups)
+        else:
+            gemm(f"{prefix}up_proj", width, h, count, m=m, groups=groups)
+        tok = T if m is None else m * (1 if groups is None else groups)
+        elem(f"{prefix}act", act_op, width, count, tokens=tok, host_ops=2.0, kernels=2)  # act(gate) * up
+        gemm(f"{prefix}down_proj", h, width, count, m=m, groups=groups)
+
     # --- embedding
     elem("embedding", "embedding", h, count=1, group="pre")
     if tp > 1 and layout.tp_embedding_allreduce:
@@ -101,42 +126,58 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     # --- attention block
     norm_ops = 8.0 if norm == "rmsnorm_eager" else 1.0
     elem("attn_norm", norm, h, host_ops=norm_ops)
-    if layout.fused_qkv:
-        gemm("qkv_proj", (heads + 2 * kvh) * hd, h, host_ops=3.0)
+    if spec.is_mla:
+        _mla(spec, shape, tp, dtype, kv_dtype, gemm, elem, ops, L)
     else:
-        gemm("q_proj", heads * hd, h, host_ops=2.0)
-        gemm("k_proj", kvh * hd, h, host_ops=2.0)
-        gemm("v_proj", kvh * hd, h, host_ops=2.0)
-    if spec.qk_norm:
-        elem("qk_norm", norm, (heads + kvh) * hd, host_ops=2 * norm_ops, kernels=2)
-    elem("rope", "rope", (heads + kvh) * hd, host_ops=14.0, kernels=10)  # q*cos + rotate_half(q)*sin, q and k
-    kv_op = layout.kv_write_op + ("_decode" if shape.phase == "decode" else "")
-    elem("kv_write", kv_op, 2 * kvh * hd, host_ops=2.0, kernels=2)  # index_copy_ of K and of V
-    n_swa = spec.sliding_layers if spec.sliding_window else 0
-    for name, count, window in (("attention", L - n_swa, None), ("attention_swa", n_swa, spec.sliding_window)):
-        if count <= 0:
-            continue
-        ops.append(Op(name, "attention", {
-            "batch": B, "heads": heads, "kv_heads": kvh, "head_dim": hd, "q_len": shape.q_len,
-            "kv_len": shape.kv_len, "causal": shape.phase == "prefill", "window": window,
-        }, count, dtype, None, "layer", host_ops=3.0, meta={"kv_dtype": kv_dtype}))
-    gemm("o_proj", h, heads * hd, host_ops=2.0)
+        if layout.fused_qkv:
+            gemm("qkv_proj", (heads + 2 * kvh) * hd, h, host_ops=3.0)
+        else:
+            gemm("q_proj", heads * hd, h, host_ops=2.0)
+            gemm("k_proj", kvh * hd, h, host_ops=2.0)
+            gemm("v_proj", kvh * hd, h, host_ops=2.0)
+        if spec.qk_norm:
+            elem("qk_norm", norm, (heads + kvh) * hd, host_ops=2 * norm_ops, kernels=2)
+        elem("rope", "rope", (heads + kvh) * hd, host_ops=14.0, kernels=10)  # q*cos + rotate_half(q)*sin
+        kv_op = layout.kv_write_op + ("_decode" if shape.phase == "decode" else "")
+        elem("kv_write", kv_op, 2 * kvh * hd, host_ops=2.0, kernels=2)  # index_copy_ of K and of V
+        n_swa = spec.sliding_layers if spec.sliding_window else 0
+        for name, count, window in (("attention", L - n_swa, None), ("attention_swa", n_swa, spec.sliding_window)):
+            if count <= 0:
+                continue
+            ops.append(Op(name, "attention", {
+                "batch": B, "heads": heads, "kv_heads": kvh, "head_dim": hd, "q_len": shape.q_len,
+                "kv_len": shape.kv_len, "causal": shape.phase == "prefill", "window": window,
+            }, count, dtype, None, "layer", host_ops=3.0, meta={"kv_dtype": kv_dtype}))
+        gemm("o_proj", h, heads * hd, host_ops=2.0)
     allreduce("attn_allreduce")
     if spec.post_norms:
         elem("post_attn_norm", norm, h, host_ops=norm_ops)
     elem("attn_residual", "add", h)
-    # --- MLP block
+    # --- MLP block: dense layers and MoE layers
     elem("mlp_norm", norm, h, host_ops=norm_ops)
-    if spec.mlp_act in ("swiglu", "geglu"):
-        if layout.fused_gate_up:
-            gemm("gate_up_proj", 2 * inter, h, host_ops=2.0)
-        else:
-            gemm("gate_proj", inter, h)
-            gemm("up_proj", inter, h)
-    else:
-        gemm("up_proj", inter, h)
-    elem("act", act_op, inter, host_ops=2.0, kernels=2)  # act(gate), then * up
-    gemm("down_proj", h, inter)
+    n_moe = spec.n_moe_layers
+    if L - n_moe > 0:
+        mlp("", inter, L - n_moe)
+    if n_moe:
+        ep = max(1, min(ep, tp))
+        e_tp = max(1, tp // ep)
+        gemm("router", spec.n_experts, h, n_moe)
+        elem("router_topk", "add", spec.n_experts, n_moe, kernels=3)
+        picks = np.asarray(T, dtype=float) * spec.experts_per_token
+        active = expected_active_experts(spec.n_experts, picks)
+        active_local = np.maximum(1.0, np.ceil(active / ep))
+        m_exp = np.ceil(picks / active * moe_imbalance)
+        if ep > 1:
+            a2a = picks / ep * h * 2.0 * moe_imbalance
+            ops.append(Op("moe_dispatch", "collective", {"coll": "all_to_all", "bytes": a2a, "gpus": ep},
+                          n_moe, dtype, None, "layer"))
+        mlp("expert_", shard(spec.moe_intermediate, e_tp), n_moe, m=m_exp, groups=active_local)
+        if ep > 1:
+            ops.append(Op("moe_combine", "collective", {"coll": "all_to_all", "bytes": a2a, "gpus": ep},
+                          n_moe, dtype, None, "layer"))
+        elem("moe_weighted_sum", "add", h, n_moe, tokens=picks / ep)
+        if spec.n_shared_experts:
+            mlp("shared_", shard(spec.shared_intermediate, tp), n_moe)
     allreduce("mlp_allreduce")
     if spec.post_norms:
         elem("post_mlp_norm", norm, h, host_ops=norm_ops)
@@ -152,3 +193,40 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
         ops.append(Op("pp_send", "p2p", {"coll": "send_recv", "bytes": T * h * 2.0, "gpus": 2},
                       pp - 1, dtype, None, "post"))
     return ops
+
+
+def _mla(spec: ModelSpec, shape: StepShape, tp, dtype, kv_dtype, gemm, elem, ops, L):
+    """DeepSeek multi-head latent attention. Prefill: the latent is expanded (non-absorbed form) and
+    attention runs with 192-wide keys and 128-wide values; decode: the absorbed form attends over the
+    shared latent cache (one "KV head" of kv_lora_rank + rope dims) from every query head."""
+    h = spec.hidden
+    H = spec.n_heads // tp
+    qk = spec.qk_nope_head_dim + spec.qk_rope_head_dim
+    T, B = shape.tokens, shape.batch
+    if spec.q_lora_rank:
+        gemm("q_a_proj", spec.q_lora_rank, h)
+        elem("q_a_norm", "rmsnorm", spec.q_lora_rank)
+        gemm("q_b_proj", H * qk, spec.q_lora_rank)
+    else:
+        gemm("q_proj", H * qk, h)
+    gemm("kv_a_proj", spec.kv_lora_rank + spec.qk_rope_head_dim, h)
+    elem("kv_a_norm", "rmsnorm", spec.kv_lora_rank)
+    elem("rope", "rope", (H + 1) * spec.qk_rope_head_dim, kernels=10)
+    elem("kv_write", "kv_write" + ("_decode" if shape.phase == "decode" else ""),
+         spec.kv_lora_rank + spec.qk_rope_head_dim, kernels=1)
+    if shape.phase == "prefill":
+        gemm("kv_b_proj", H * (spec.qk_nope_head_dim + spec.v_head_dim), spec.kv_lora_rank)
+        ops.append(Op("attention", "attention", {
+            "batch": B, "heads": H, "kv_heads": H, "head_dim": qk, "v_head_dim": spec.v_head_dim,
+            "q_len": shape.q_len, "kv_len": shape.kv_len, "causal": True, "window": None}, L, dtype, None,
+            "layer", host_ops=3.0, meta={"kv_dtype": kv_dtype}))
+    else:
+        # absorb W_UK into the query and W_UV into the output: per-head batched GEMMs
+        gemm("q_absorb", spec.kv_lora_rank, spec.qk_nope_head_dim, groups=H)
+        ops.append(Op("attention", "attention", {
+            "batch": B, "heads": H, "kv_heads": 1, "head_dim": spec.kv_lora_rank + spec.qk_rope_head_dim,
+            "v_head_dim": spec.kv_lora_rank, "q_len": shape.q_len, "kv_len": shape.kv_len, "causal": False,
+            "window": None}, L, dtype, None, "layer", host_ops=3.0, meta={"kv_dtype": kv_dtype}))
+        gemm("out_absorb", spec.v_head_dim, spec.kv_lora_rank, groups=H)
+    gemm("o_proj", h, H * spec.v_head_dim)
+    del T

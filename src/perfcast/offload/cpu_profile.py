@@ -8,7 +8,7 @@ thread counts (clamped at the ends):
 - GEMM FLOP/s per dtype class: the best FLOP/s over the measured ``m``;
 - the shape ratio: measured time / roofline on those two ceilings, as a function of ``log m``
   (taken at the measured thread count nearest the request);
-- the per-op overhead: the tiny-op time;
+- the per-op overhead: the time per small eager op (norm, mul, add, silu, cat on one token);
 - the link: per (direction, pinned/pageable) ``latency = time of the smallest copy`` and
   ``bandwidth = slope between the smallest and the largest copy``. Without CUDA at calibration time
   the link falls back to the datasheet prior of the GPU it is paired with.

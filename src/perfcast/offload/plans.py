@@ -21,9 +21,9 @@ import numpy as np
 
 from perfcast.offload import base
 from perfcast.offload.base import GIB, Case, PhaseSplit, PlanResult, as_int, make_case, parse_offload, plan
-from perfcast.offload.blocks import ATTN, EXPERTS, MLP, POST, PRE
+from perfcast.offload.blocks import ATTN, EXPERTS, LAYER_BLOCKS, MLP, POST, PRE
 
-ALL_LAYER = (ATTN, MLP, EXPERTS)
+ALL_LAYER = LAYER_BLOCKS
 
 
 def serial_phase(case: Case, phase: str, gpu_frac: dict, cpu_frac: dict, segments: int = 1,

@@ -49,22 +49,21 @@ _TILES = ((128, 256, 1.00), (128, 128, 0.93), (64, 128, 0.82), (64, 64, 0.65))
 _SPLITS = (1, 2, 4, 8, 16)
 
 
+def _candidates(k: int):
+    """(tile rows, tile cols, tile efficiency, split-K) of the kernels cuBLAS may pick, as arrays."""
+    rows = [(tm, tn, te, sp) for tm, tn, te in _TILES for sp in _SPLITS if sp == 1 or k / sp >= 256]
+    return tuple(np.array(c, dtype=float) for c in zip(*rows))
+
+
 def gemm_compute_time(gpu: GPUSpec, m, n: int, k: int, dtype: str, eff: Efficiency):
     """Tensor-core time with wave quantization: the best of a few tile shapes and split-K factors."""
     m = np.asarray(m, dtype=float)
     per_sm = gpu.flops(dtype) * eff.gemm_compute / gpu.sm_count
-    best = np.full(m.shape, np.inf)
-    for tm, tn, teff in _TILES:
-        tiles = np.ceil(m / tm) * np.ceil(n / tn)
-        for s in _SPLITS:
-            if s > 1 and k / s < 256:
-                continue
-            waves = np.ceil(tiles * s / gpu.sm_count)
-            t = waves * (2.0 * tm * tn * (k / s)) / (per_sm * teff)
-            if s > 1:
-                t = t * 1.05  # split-K reduction pass
-            best = np.minimum(best, t)
-    return best
+    tm, tn, te, sp = _candidates(int(k))
+    tiles = np.ceil(m[..., None] / tm) * np.ceil(n / tn)
+    waves = np.ceil(tiles * sp / gpu.sm_count)
+    t = waves * (2.0 * tm * tn * (k / sp)) / (per_sm * te) * np.where(sp > 1, 1.05, 1.0)  # split-K reduction
+    return t.min(axis=-1)
 
 
 def gemm_cost(gpu: GPUSpec, m, n: int, k: int, dtype: str = "bf16", wdtype: str | None = None,

@@ -46,7 +46,16 @@ class Profile:
         return Profile(gpu=gpu, eff=eff)
 
     def host(self, runtime: str) -> HostModel:
-        return self.hosts.get(runtime) or self.hosts.get("default") or HostModel()
+        """The host model for ``runtime``; eager-tp<N> falls back to the nearest fitted N."""
+        if runtime in self.hosts:
+            return self.hosts[runtime]
+        if runtime.startswith("eager-tp"):
+            fitted = sorted((int(k[8:]), k) for k in self.hosts if k.startswith("eager-tp") and k[8:].isdigit())
+            if fitted:
+                n = int(runtime[8:])
+                return self.hosts[min(fitted, key=lambda f: abs(f[0] - n))[1]]
+            return self.hosts.get("eager-tp") or HostModel()
+        return self.hosts.get("default") or HostModel()
 
     # --- kernel families --------------------------------------------------------------
     def gemm(self, m, n, k, dtype="bf16", wdtype=None) -> OpCost:

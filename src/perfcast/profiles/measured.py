@@ -150,19 +150,31 @@ class Tables:
                   dtype="bf16", kv_dtype=None, v_head_dim=None) -> OpCost:
         base = an.attention_cost(prof.gpu, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window,
                                  dtype, kv_dtype, v_head_dim, IDEAL)
-        q = np.asarray(q_len)
-        phase = "decode" if np.all(q == 1) else "prefill"
-        key, exact = self._attn_key(dtype, phase, max(heads // max(kv_heads, 1), 1), head_dim)
-        if key is None or v_head_dim is not None:
-            return an.attention_cost(prof.gpu, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window,
+        shape = base.seconds.shape
+        q = np.broadcast_to(np.asarray(q_len), shape)
+        units_all = np.broadcast_to(np.asarray(batch, dtype=float), shape)
+        kv = np.broadcast_to(np.asarray(kv_len, dtype=float), shape)
+        lr = np.zeros(shape)
+        src = np.full(shape, ANALYTICAL, dtype=np.int8)
+        fallback = np.zeros(shape, dtype=bool)
+        # each point by its own phase: one query per sequence is decode, more is prefill
+        for phase, sel in (("decode", q == 1), ("prefill", q != 1)):
+            if not sel.any():
+                continue
+            key, _ = self._attn_key(dtype, phase, max(heads // max(kv_heads, 1), 1), head_dim)
+            if key is None or v_head_dim is not None:
+                fallback |= sel
+                continue
+            grid = self.attn[key]
+            units = units_all * (heads if phase == "prefill" else kv_heads)
+            lr = np.where(sel, grid(units, kv), lr)
+            src = np.where(sel, np.where(grid.contains(units, kv), INTERPOLATED, ANALYTICAL), src)
+        t = base.seconds * np.exp(lr)
+        if fallback.any():
+            phys = an.attention_cost(prof.gpu, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window,
                                      dtype, kv_dtype, v_head_dim, prof.eff)
-        grid = self.attn[key]
-        units = np.asarray(batch, dtype=float) * (heads if phase == "prefill" else kv_heads)
-        kv = np.asarray(kv_len, dtype=float)
-        lr = grid(units, kv)
-        inside = grid.contains(units, kv)
-        src = np.where(inside & exact, INTERPOLATED, np.where(inside, INTERPOLATED, ANALYTICAL))
-        return OpCost.of(base.seconds * np.exp(lr), base.bound, self._src(prof, src), base.flops, base.bytes)
+            t = np.where(fallback, np.broadcast_to(phys.seconds, shape), t)
+        return OpCost.of(t, base.bound, self._src(prof, src), base.flops, base.bytes)
 
     # ------------------------------------------------------------------ elementwise
     def _build_elementwise(self):

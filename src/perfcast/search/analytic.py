@@ -8,10 +8,10 @@ time ``t`` holds ``n`` decode tokens and, by Little's law, ``n * P / O`` prompt 
 half an iteration of waiting plus the iterations the prompt's chunks take. The largest ``n`` whose
 TPOT and TTFT stay under ``MARGIN`` x the SLA, within ``max_num_seqs``, the token budget and the
 KV cache, gives the engine's rate. These are means held against a p90 target, yet the estimate
-came out conservative against simulation: on seven layouts (8B to 70B, A100/L40S/H100, aggregated
-and disaggregated) the simulated rate at which p90 TTFT and TPOT just meet the SLA was 1.0-1.3x
-the estimate with ``MARGIN = 1`` (the steady state charges every iteration the mean prompt load,
-while in the simulation most iterations are decode-only).
+came out close to, and mostly below, simulation: on seven layouts (8B to 70B, A100/L40S/H100,
+aggregated and disaggregated) the simulated rate at which p90 TTFT and TPOT just meet the SLA was
+0.98-1.3x the estimate with ``MARGIN = 1`` (the steady state charges every iteration the mean
+prompt load, while in the simulation most iterations are decode-only).
 
 Disaggregated: prefill replicas as an M/D/1 queue of full-budget iterations (TTFT = prefill time
 x (1 + rho / (2 (1 - rho)))); decode replicas as above without prompt tokens, plus the KV

@@ -24,9 +24,9 @@ class Pool:
                 import ray
             except ImportError:
                 raise ValueError("--executor ray needs Ray: pip install ray (or use --executor local)") from None
-            if not ray.is_initialized():
-                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
-                         ignore_reinit_error=True)
+            self._own_ray = not ray.is_initialized()  # started here: stopped in close()
+            if self._own_ray:
+                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
             self._ray = ray
         elif self.workers > 1:
             from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +47,9 @@ class Pool:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        if self.executor == "ray" and self._own_ray:
+            self._ray.shutdown()
+            self._own_ray = False
 
     def __enter__(self) -> Self:
         return self

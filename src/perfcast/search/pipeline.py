@@ -113,9 +113,10 @@ def _by_layout(items: list, cand=lambda x: x) -> list[list]:
 
 def search(req: SearchRequest, executor: str = "local", workers: int | None = None, rank: str = "cost",
            pool: Pool | None = None) -> SearchResult:
-    from perfcast.search.evaluate import estimate_many, verify_many
+    from perfcast.search.evaluate import estimate_many, verify_many, warm
 
     t0 = time.perf_counter()
+    warm(req)
     key = rank_key(rank)
     all_c = candidates(req)
     kept, why = prune(req, all_c)

@@ -9,6 +9,7 @@ sizes the cache).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from perfcast.serving.config import ServingConfig
@@ -35,6 +36,7 @@ def kv_bytes_per_token(step: StepConfig) -> float:
     return mem.kv_bytes_per_token_per_gpu(step.model, step.tp, step.pp, kv_dtype(step)) * step.tp * step.pp
 
 
+@functools.cache
 def kv_capacity(step: StepConfig, block_size: int, max_batched_tokens: int,
                 gpu_memory_utilization: float = 0.9) -> KVCapacity:
     spec = step.model

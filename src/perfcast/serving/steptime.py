@@ -5,13 +5,13 @@ from the step model's own ops (``perfcast.step``), split by what each op's cost 
 
 - token-linear ops (GEMMs, norms, RoPE, KV writes, residual adds, TP all-reduces, PP sends) depend
   on the iteration's total tokens ``T`` only: tabulated once per config at every ``T`` up to
-  ``DENSE_TOKENS`` (a table of 8,192 points costs ~30 ms; a 64-point log grid is cheaper but GEMM
-  wave quantization makes linear interpolation on it up to 17% off), log-interpolated above;
+  ``DENSE_TOKENS`` (~0.1 s; a 64-point log grid is cheaper, but GEMM wave quantization makes
+  linear interpolation on it up to 17% off), log-interpolated above;
 - the LM head (and the TP logits gather) depends on ``S``, the sequences in the batch;
 - decode attention: a table over (decoding sequences, kv length), read at the mean context;
 - prefill attention: one varlen launch over every chunk, costed as a uniform launch of ``n``
   chunks with the chunks' mean ``q`` and the kv length that keeps the causal FLOPs exact; its
-  seconds per query-key pair interpolated between cached shapes (16 per octave) and multiplied by
+  seconds per query-key pair interpolated between cached shapes (8 per octave) and multiplied by
   the exact pairs;
 - the runtime's overhead: the CUDA-graph launch (constant), or for eager the host time not hidden
   behind the GPU, tabulated over (tokens, attention seconds) from the runtime's own model.
@@ -33,15 +33,26 @@ DENSE_TOKENS = 16384  # exact table up to here; log grid above
 _LOG_POINTS = 96  # grid points per table above DENSE_TOKENS and along kv length
 
 
-def _bracket(x: float, bits: int = 4) -> tuple[int, int, float]:
+def _bracket(x: float, bits: int = 3) -> tuple[int, int, float]:
     """Neighbours ``lo <= x <= hi`` of a positive length on a grid of ``bits`` significant bits
-    (16 points per octave), and ``x``'s weight towards ``hi``."""
+    (8 points per octave), and ``x``'s weight towards ``hi``."""
     xi = max(1, int(x))
     shift = xi.bit_length() - bits
     if shift <= 0:
         return xi, xi + 1, x - xi
     lo = (xi >> shift) << shift
     return lo, lo + (1 << shift), (x - lo) / (1 << shift)
+
+
+def _grid_points(top: int, bits: int = 3) -> list[int]:
+    """Every point of the :func:`_bracket` grid up to (and just past) ``top``."""
+    pts = set(range(1, (1 << bits) + 1))
+    shift = 1
+    while (1 << (bits - 1 + shift)) <= top:
+        pts.update(m << shift for m in range(1 << (bits - 1), 1 << bits))
+        shift += 1
+    pts.add(1 << (bits - 1 + shift))
+    return sorted(pts)
 
 
 def _pairs(q: float, kv: float) -> float:
@@ -67,11 +78,15 @@ class IterationModel:
         self._attn_ops = [o for o in step_ops(cfg, "prefill", 1, 1, 1) if o.kind == "attention"]
         self._build_linear()
         self._build_decode_attention()
-        self._prefill_cache: dict[tuple[int, int, int], float] = {}
+        self._prefill_tabs: dict[int, list[list[float]]] = {}  # chunks -> [q point][kv point]
+        self._q_points = _grid_points(max(self.max_tokens, 2))
+        self._kv_points = _grid_points(self.cfg.model.max_positions + 1)
+        self._q_at = {v: i for i, v in enumerate(self._q_points)}
+        self._kv_at = {v: i for i, v in enumerate(self._kv_points)}
 
     # ------------------------------------------------------------------ tables
     def _charged(self, ops):
-        """Per-op seconds per launch as the runtime charges them (CUDA graph adds its gap)."""
+        """The runtime's step time, and each op's seconds (all launches) as the runtime charges it."""
         costs = [op_cost(o, self.cfg.gpu, self.prof) for o in ops]
         rt = self._rt(ops, costs, self._host, self.prof.eff)
         return rt, [np.asarray(s, dtype=float) * o.count for o, s in zip(ops, rt.op_seconds)]
@@ -164,28 +179,30 @@ class IterationModel:
 
         Costed as a uniform launch of ``n`` chunks of the mean length, at the kv length that keeps
         the causal pairs exact: its seconds per query-key pair are interpolated between shapes on a
-        grid of 16 per octave in both lengths (cached: each costs a profile lookup), then
-        multiplied by the exact pairs."""
+        grid of 8 per octave in both lengths, then multiplied by the exact pairs."""
         if n <= 0:
             return 0.0
         q = q_sum / n
         kv = pairs_sum / n / q + (q - 1) / 2.0
-        q0, q1, wq = _bracket(q)
-        k0, k1, wk = _bracket(kv)
-        rate = ((1 - wq) * ((1 - wk) * self._per_pair(n, q0, k0) + wk * self._per_pair(n, q0, k1))
-                + wq * ((1 - wk) * self._per_pair(n, q1, k0) + wk * self._per_pair(n, q1, k1)))
+        q0, q1, wq = _bracket(min(q, self._q_points[-1] - 1))
+        k0, k1, wk = _bracket(min(kv, self._kv_points[-1] - 1))
+        tab = self._prefill_tabs.get(n) or self._prefill_table(n)
+        r0, r1 = tab[self._q_at[q0]], tab[self._q_at[q1]]
+        i, j = self._kv_at[k0], self._kv_at[k1]
+        rate = (1 - wq) * ((1 - wk) * r0[i] + wk * r0[j]) + wq * ((1 - wk) * r1[i] + wk * r1[j])
         return rate * pairs_sum / n
 
-    def _per_pair(self, n: int, q: int, kv: int) -> float:
-        key = (n, q, kv)
-        s = self._prefill_cache.get(key)
-        if s is None:
-            kv = max(kv, q)
-            ops = [replace(o, dims={**o.dims, "batch": n, "q_len": q, "kv_len": kv, "causal": True})
-                   for o in self._attn_ops]
-            _, per = self._charged(ops)
-            s = self._prefill_cache[key] = float(sum(per)) / _pairs(q, kv)
-        return s
+    def _prefill_table(self, n: int) -> list[list[float]]:
+        """Seconds per query-key pair of ``n``-chunk launches at every (q, kv) grid point (kv >= q),
+        in one vectorized call the first time ``n`` chunks meet in an iteration."""
+        q = np.array(self._q_points, dtype=float)[:, None]
+        kv = np.maximum(np.array(self._kv_points, dtype=float)[None, :], q)
+        q = np.broadcast_to(q, kv.shape)
+        ops = [replace(o, dims={**o.dims, "batch": n, "q_len": q, "kv_len": kv, "causal": True})
+               for o in self._attn_ops]
+        _, per = self._charged(ops)
+        tab = self._prefill_tabs[n] = (sum(per) / _pairs(q, kv)).tolist()
+        return tab
 
     def overhead(self, tokens: int, attn_s: float) -> float:
         """Runtime seconds beyond the kernels: the graph launch, or eager's unhidden host time."""

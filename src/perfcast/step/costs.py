@@ -38,7 +38,12 @@ def op_cost(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
 @cost_fn("gemm")
 def _gemm(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
     d = op.dims
-    return prof.gemm(d["m"], d["n"], d["k"], op.dtype, op.wdtype)
+    c = prof.gemm(d["m"], d["n"], d["k"], op.dtype, op.wdtype)
+    g = d.get("groups")
+    if g is None:
+        return c
+    g = np.asarray(g, dtype=float)  # several launches per layer (MoE experts, per-head batched GEMMs)
+    return OpCost.of(c.seconds * g, c.bound, c.source, c.flops * g, c.bytes * g)
 
 
 @cost_fn("attention")

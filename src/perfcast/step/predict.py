@@ -132,10 +132,14 @@ def _phase(cfg: StepConfig, phase: str, batch, prompt, context):
     return ops, costs, rt, prof
 
 
-def _host_key(cfg: StepConfig) -> str:
+def host_key(cfg: StepConfig) -> str:
+    """Which host model drives the step: HF eager at tp 1, the TP decoder's per-size fit, or the graph."""
     if cfg.runtime == "eager":
-        return "eager-hf" if cfg.tp == 1 else "eager-tp"
+        return "eager-hf" if cfg.tp == 1 else f"eager-tp{cfg.tp}"
     return cfg.runtime
+
+
+_host_key = host_key  # kept for callers of the old private name
 
 
 def check_lengths(cfg: StepConfig, prompt, context):
