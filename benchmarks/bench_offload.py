@@ -5,8 +5,8 @@
     python benchmarks/bench_offload.py --measure-local      # re-measure the CPU-only cases on this host
 
 Each measured line (written by ``perfcast.measure.offload_step``) is predicted with the same model
-(``layers`` override included), plan, dtype, token counts and thread count, runtime ``eager`` (the
-harness's GPU segments run eagerly), and two CPU descriptions: the CPU profile measured beside the
+(``layers`` override included), plan, dtype, token counts and thread count, runtime ``eager`` with
+``impl: plain`` (the harness's plain decoder runs eagerly), and two CPU descriptions: the CPU profile measured beside the
 run (``cpu_profile``, relative to the file) and, where the CPU is in the catalog, the catalog entry.
 Printed: per case measured vs predicted ms, and the MAPE per file, per plan and overall.
 """
@@ -51,7 +51,8 @@ def predict_line(line: dict, cpu: str) -> dict:
     return predict_offload(spec, line.get("gpu_id") or "h100-pcie", cpu, line["offload"],
                            batch=int(line.get("batch", 1)), prompt=int(line.get("prompt", 128)),
                            context=int(line.get("context", 512)), cpu_threads=line.get("cpu_threads"),
-                           dtype=line.get("dtype", "bf16"), runtime=line.get("runtime", "eager"))
+                           dtype=line.get("dtype", "bf16"), runtime=line.get("runtime", "eager"),
+                           impl=line.get("impl", "plain"))
 
 
 def cpu_sources(line: dict, path: Path) -> dict[str, str]:

@@ -218,7 +218,7 @@ def run(cases: list[dict], out_path: str, device: str, cpu_profile: str | None, 
         raise SystemExit("perfcast: no CUDA device; use --device cpu (plan 'cpu' only)")
     out = Path(out_path)
     facts = cpu_facts()
-    info = {"device": device, "runtime": "eager", "cpu_name": facts["cpu_name"], "cpu_threads": threads,
+    info = {"device": device, "runtime": "eager", "impl": "plain", "cpu_name": facts["cpu_name"], "cpu_threads": threads,
             "torch": torch.__version__, "cuda": torch.version.cuda, "date": _dt.date.today().isoformat(),
             "gpu": torch.cuda.get_device_name() if has_gpu else None}
     if has_gpu:

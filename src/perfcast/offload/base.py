@@ -129,6 +129,7 @@ class Case:
     context: np.ndarray
     vram_bytes: float
     pinned: bool | None = None  # None: the plan's default (pageable, except ``stream``)
+    impl: str = "hf"  # what runs an eager step: "hf" (transformers) or "plain" (the plain decoder)
     _parts: dict = field(default_factory=dict)
 
     @property
@@ -144,9 +145,9 @@ class Case:
         if transform is None or key is not None:
             if k not in self._parts:
                 self._parts[k] = build_parts(self.cfg, self.cpu, phase, self.batch, self.prompt, self.context,
-                                             transform)
+                                             transform, self.impl)
             return self._parts[k]
-        return build_parts(self.cfg, self.cpu, phase, self.batch, self.prompt, self.context, transform)
+        return build_parts(self.cfg, self.cpu, phase, self.batch, self.prompt, self.context, transform, self.impl)
 
     @property
     def weights(self) -> WeightSplit:
@@ -184,15 +185,18 @@ class Case:
 
 
 def make_case(cfg: StepConfig, cpu, cpu_threads=None, batch=1, prompt=512, context=512, pinned=None,
-              vram_gib=None) -> Case:
+              vram_gib=None, impl: str | None = None) -> Case:
     if cfg.tp != 1 or cfg.pp != 1:
         raise ValueError(f"offload plans model one GPU and its host: use tp=1 and pp=1 (got tp={cfg.tp}, "
                          f"pp={cfg.pp})")
+    impl = impl or "hf"
+    if impl not in ("hf", "plain"):
+        raise ValueError(f"impl must be 'hf' (transformers) or 'plain' (the plain decoder), got {impl!r}")
     model = resolve_cpu(cpu, cpu_threads, cfg.gpu)
     vram = cfg.gpu.mem_capacity_bytes if vram_gib is None else float(vram_gib) * GIB
     arr = [np.asarray(x, dtype=np.int64) for x in (batch, prompt, context)]
     b, p, c = np.broadcast_arrays(*arr)
-    return Case(cfg, model, b, p, c, vram, pinned)
+    return Case(cfg, model, b, p, c, vram, pinned, impl)
 
 
 # ------------------------------------------------------------------------------ registry

@@ -25,7 +25,8 @@ import numpy as np
 from perfcast.offload.cpu import CPUModel
 from perfcast.ops.base import ANALYTICAL, BOUNDS, INTERPOLATED, SOURCES, Op, OpCost
 from perfcast.step.costs import op_cost
-from perfcast.step.predict import StepConfig, _host_key, step_ops
+from perfcast.models.builder import MEGATRON_LAYOUT, StepShape, build_ops
+from perfcast.step.predict import StepConfig, _act_dtype, host_key, step_ops
 from perfcast.step.runtime import get_runtime
 
 PRE, ATTN, MLP, EXPERTS, POST = "pre", "attn", "mlp", "experts", "post"
@@ -114,11 +115,11 @@ class Parts:
     cpu_bound: list
     prof: object
     tokens: np.ndarray  # tokens whose hidden states cross PCIe at a device change
+    host_key: str  # which host model drives the GPU segments
 
     def act_bytes(self):
         """Bytes of one activation crossing: ``tokens x hidden`` in the activation dtype."""
         from perfcast.hardware.spec import DTYPE_BYTES
-        from perfcast.step.predict import _act_dtype
 
         return self.tokens * self.cfg.model.hidden * DTYPE_BYTES[_act_dtype(self.cfg)]
 
@@ -139,7 +140,7 @@ class Parts:
     def gpu_seconds(self, frac: dict, segments: int = 1):
         """GPU time of the selected launches, run as ``segments`` separate pieces (each ends in a
         hand-off to the CPU); pre/post ops belong to the first/last piece."""
-        host = self.prof.host(_host_key(self.cfg))
+        host = self.prof.host(self.host_key)
         rt = get_runtime(self.cfg.runtime)
         ops, costs = self._select(frac, segments)
         if not ops:
@@ -180,14 +181,25 @@ class Parts:
 
 
 def build_parts(cfg: StepConfig, cpu: CPUModel, phase: str, batch, prompt, context,
-                transform: Transform | None = None) -> Parts:
-    """Cost one phase of ``cfg`` on the GPU (core model) and on ``cpu``; ``transform`` may edit the ops."""
+                transform: Transform | None = None, impl: str = "hf") -> Parts:
+    """Cost one phase of ``cfg`` on the GPU (core model) and on ``cpu``; ``transform`` may edit the ops.
+
+    ``impl`` says what runs an ``eager`` step: ``hf`` (transformers, the contract's reference) or
+    ``plain`` (the plain decoder run eagerly, as ``perfcast.measure.offload_step`` does: fused QKV and
+    gate/up, one fused RMSNorm, and its fitted host model)."""
     from perfcast.profiles.registry import resolve_profile
 
     prof = resolve_profile(cfg.gpu, cfg.profile)
     b, p = np.asarray(batch), np.asarray(prompt)
     tokens = np.asarray(b * p if phase == "prefill" else b, dtype=float)
-    ops = step_ops(cfg, phase, batch, prompt, context)
+    key = host_key(cfg)
+    if cfg.runtime == "eager" and impl == "plain":
+        shape = StepShape(phase, b, p, np.asarray(context))
+        wd = cfg.wdtype or (cfg.dtype if cfg.dtype in ("int8", "int4") else None)
+        ops = build_ops(cfg.model, shape, cfg.tp, _act_dtype(cfg), MEGATRON_LAYOUT, cfg.kv_dtype, wd, cfg.pp)
+        key = "eager-tp"
+    else:
+        ops = step_ops(cfg, phase, batch, prompt, context)
     blocks = [block_of(o) for o in ops]
     ops, blocks = moe_transform(cfg, ops, blocks, tokens)
     if transform is not None:
@@ -198,4 +210,4 @@ def build_parts(cfg: StepConfig, cpu: CPUModel, phase: str, batch, prompt, conte
         s, bd = cpu.op_seconds(o)
         cpu_s.append(np.asarray(s, dtype=float))
         cpu_b.append(np.asarray(bd))
-    return Parts(cfg, cpu, phase, ops, blocks, gpu, cpu_s, cpu_b, prof, tokens)
+    return Parts(cfg, cpu, phase, ops, blocks, gpu, cpu_s, cpu_b, prof, tokens, key)

@@ -118,16 +118,18 @@ def result_dict(case: Case, res: PlanResult) -> dict:
 
 
 def predict_offload_case(cfg, obj: dict, batch: int, prompt: int, context: int) -> dict:
-    """A ``perfcast predict`` batch line that carries ``offload`` (plus ``cpu``, ``cpu_threads``)."""
+    """A ``perfcast predict`` batch line that carries ``offload`` (plus ``cpu``, ``cpu_threads`` and, for
+    ``eager``, ``impl``: ``hf`` by default, ``plain`` for the plain decoder that offload_step measures)."""
     _, _, common = parse_offload(obj.get("offload"))
     case = make_case(cfg, obj.get("cpu"), obj.get("cpu_threads"), batch, prompt, context,
-                     common["pinned"], common["vram_gib"])
+                     common["pinned"], common["vram_gib"], obj.get("impl"))
     return result_dict(case, run_plan(case, obj["offload"]))
 
 
 def predict_offload(model, gpu, cpu, offload: dict, batch: int = 1, prompt: int = 512, context: int | None = None,
                     cpu_threads: int | None = None, dtype: str = "bf16", runtime: str = "cuda-graph",
-                    profile: str = "auto", kv_dtype: str | None = None, wdtype: str | None = None) -> dict:
+                    profile: str = "auto", kv_dtype: str | None = None, wdtype: str | None = None,
+                    impl: str = "hf") -> dict:
     """Python API: one offloaded step (same dict as a batch line)."""
     from perfcast.step.predict import check_lengths, make_config
 
@@ -137,7 +139,7 @@ def predict_offload(model, gpu, cpu, offload: dict, batch: int = 1, prompt: int 
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     check_lengths(cfg, prompt, context)
-    return predict_offload_case(cfg, {"offload": offload, "cpu": cpu, "cpu_threads": cpu_threads},
+    return predict_offload_case(cfg, {"offload": offload, "cpu": cpu, "cpu_threads": cpu_threads, "impl": impl},
                                 batch, prompt, context)
 
 

@@ -37,6 +37,21 @@ class Curve:
         return near < 1e-9
 
 
+def monotone_log_ratio(x, log_ratio, base):
+    """Log ratios whose implied times ``base * exp(log_ratio)`` never fall as ``x`` grows.
+
+    A problem can always be padded up to a larger measured one, so the time at ``x`` is at most the
+    smallest time measured at any larger ``x``: the suffix minimum (raw measurements are kept as
+    they are on disk; this shapes only the interpolant).
+    """
+    order = np.argsort(x, kind="stable")
+    t = np.asarray(base, dtype=float)[order] * np.exp(np.asarray(log_ratio, dtype=float)[order])
+    t = np.minimum.accumulate(t[::-1])[::-1]
+    out = np.empty_like(t)
+    out[order] = np.log(t / np.asarray(base, dtype=float)[order])
+    return out
+
+
 class RowGrid:
     """y(x1, x2) from scattered points that lie on rows of constant x1 (each row a Curve in x2).
 
@@ -67,6 +82,18 @@ class RowGrid:
         v0 = np.take_along_axis(vals, pos[None, ...], axis=0)[0]
         v1 = np.take_along_axis(vals, (pos + 1)[None, ...], axis=0)[0]
         return v0 * (1 - w) + v1 * w
+
+    def make_monotone(self):
+        """Rows non-decreasing in x2 (suffix minimum in each row), and no row above the next one
+        (more parallel work never faster), for rows holding log times."""
+        for r in self.rows:
+            r.y = np.minimum.accumulate(r.y[::-1])[::-1]
+        for i in range(len(self.rows) - 2, -1, -1):
+            lo, hi = self.rows[i], self.rows[i + 1]
+            inside = (lo.x >= hi.x[0]) & (lo.x <= hi.x[-1])
+            lo.y = np.where(inside, np.minimum(lo.y, np.interp(lo.x, hi.x, hi.y)), lo.y)
+            lo.y = np.minimum.accumulate(lo.y[::-1])[::-1]
+        return self
 
     def contains(self, q1, q2):
         q1 = np.asarray(q1, dtype=float)

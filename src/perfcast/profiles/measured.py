@@ -20,7 +20,7 @@ import numpy as np
 from perfcast.hardware.spec import GPUSpec
 from perfcast.ops import analytical as an
 from perfcast.ops.base import ANALYTICAL, INTERPOLATED, MEASURED, OpCost
-from perfcast.profiles.interp import Curve, RowGrid, idw_weights
+from perfcast.profiles.interp import Curve, RowGrid, idw_weights, monotone_log_ratio
 
 # the reference roofline: full datasheet peaks, fixed floors (the same for every GPU)
 IDEAL = an.Efficiency(gemm_compute=1.0, gemm_memory=1.0, gemm_floor_s=2.0e-6, attn_compute=1.0,
@@ -71,8 +71,9 @@ class Tables:
             m = _num(rows, "m")
             t = _num(rows, "median_ms") * 1e-3
             base = an.gemm_cost(self.gpu, m, n, k, dt, None, IDEAL).seconds
-            self.gemm_curves[(dt, n, k)] = Curve(m, np.log(t / base))
-            self.gemm_time[(dt, n, k)] = Curve(m, np.log(t))
+            lr = monotone_log_ratio(m, np.log(t / base), base)
+            self.gemm_curves[(dt, n, k)] = Curve(m, lr)
+            self.gemm_time[(dt, n, k)] = Curve(m, lr + np.log(base))
         self._gemm_keys = {}
         for dt, n, k in self.gemm_curves:
             self._gemm_keys.setdefault((dt, _aligned(n, k)), []).append((n, k))
@@ -118,7 +119,8 @@ class Tables:
     # ------------------------------------------------------------------ attention
     def _build_attention(self):
         """Per (phase, gqa group, head_dim): a RowGrid over (parallel units, length)."""
-        self.attn: dict[tuple, RowGrid] = {}
+        self.attn: dict[tuple, RowGrid] = {}  # log ratio over the ideal roofline (transfer)
+        self.attn_time: dict[tuple, RowGrid] = {}  # log time, monotone (the measured GPU itself)
         by: dict[tuple, list] = {}
         for r in self._attn_rows:
             q = int(r["q_len"])
@@ -135,7 +137,12 @@ class Tables:
                                   bool(causal[i]), None, key[0], None, None, IDEAL).seconds
                 for i in range(len(rows))])
             units = b * (h if key[1] == "prefill" else kvh)
-            self.attn[key] = RowGrid(units, kv, np.log(t / base))
+            lr = np.log(t / base)
+            for u in np.unique(units):  # within a row, a longer sequence is never faster
+                sel = units == u
+                lr[sel] = monotone_log_ratio(kv[sel], lr[sel], base[sel])
+            self.attn[key] = RowGrid(units, kv, lr)
+            self.attn_time[key] = RowGrid(units, kv, np.log(t)).make_monotone()
 
     def _attn_key(self, dt, phase, group, hd):
         if (dt, phase, group, hd) in self.attn:
@@ -161,14 +168,18 @@ class Tables:
         for phase, sel in (("decode", q == 1), ("prefill", q != 1)):
             if not sel.any():
                 continue
-            key, _ = self._attn_key(dtype, phase, max(heads // max(kv_heads, 1), 1), head_dim)
+            key, exact = self._attn_key(dtype, phase, max(heads // max(kv_heads, 1), 1), head_dim)
             if key is None or v_head_dim is not None:
                 fallback |= sel
                 continue
-            grid = self.attn[key]
+            own = prof.gpu is self.gpu and window is None and exact
+            grid = self.attn_time[key] if own else self.attn[key]
             units = units_all * (heads if phase == "prefill" else kv_heads)
-            lr = np.where(sel, grid(units, kv), lr)
-            src = np.where(sel, np.where(grid.contains(units, kv), INTERPOLATED, ANALYTICAL), src)
+            # a sliding window caps the keys each query sees: look the table up at the keys read
+            kv_eff = kv if window is None else np.minimum(kv, np.broadcast_to(q, shape) + window)
+            val = grid(units, kv_eff)
+            lr = np.where(sel, val - np.log(base.seconds) if own else val, lr)
+            src = np.where(sel, np.where(grid.contains(units, kv_eff), INTERPOLATED, ANALYTICAL), src)
         t = base.seconds * np.exp(lr)
         if fallback.any():
             phys = an.attention_cost(prof.gpu, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window,
@@ -187,7 +198,9 @@ class Tables:
             t = _num(rows, "median_ms") * 1e-3
             base = np.array([an.elementwise_cost(self.gpu, _base_op(op), tok[i], int(wid[i]), dt, IDEAL).seconds
                              for i in range(len(rows))])
-            self.elem[(op, dt)] = Curve(tok * wid, np.log(t / base))
+            el = tok * wid
+            ok = np.unique(el, return_index=True)[1]  # one point per size for the envelope
+            self.elem[(op, dt)] = Curve(el[ok], monotone_log_ratio(el[ok], np.log(t / base)[ok], base[ok]))
 
     def elementwise(self, prof, op, tokens, width, dtype="bf16") -> OpCost:
         base = an.elementwise_cost(prof.gpu, _base_op(op), tokens, width, dtype, IDEAL)
