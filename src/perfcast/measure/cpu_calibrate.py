@@ -9,6 +9,8 @@ What is measured (PyTorch on the CPU; numpy when torch is missing, fp32 only):
 - ``gemm``: ``F.linear(x[m,k], w[n,k])`` per dtype at m = 1 .. 1024; small m rotates through enough
   weight matrices to stream from DRAM (as a model step does); a dtype stops growing m once one call
   passes ``max_call_s`` (CPUs without native bf16 are slow);
+- ``attn_decode`` / ``attn_prefill``: ``scaled_dot_product_attention`` with one query over 128..2048
+  cached keys (32 heads, 8 KV heads), and causal over 256..1024 tokens;
 - ``op``: the small eager ops a decode step runs between GEMVs (norm, mul, add, silu, cat), per op;
 - with CUDA: ``h2d`` / ``d2h`` blocking copies (``copy_`` + synchronize), pinned and pageable, 4 KB..256 MB.
 
@@ -229,6 +231,7 @@ def _torch_rows(torch, threads: int, dtypes, facts: dict, quick: bool, max_call_
             if rows[-1]["median_ms"] * 1e-3 > max_call_s:
                 break
         del ws
+    rows += _attn_rows(torch, threads, dtypes, quick, target)
     x, y, w = torch.rand(1, 1024), torch.rand(1, 4096), torch.ones(1024)
 
     def small_ops():  # what a decode step dispatches between its GEMVs: norms, adds, activations, concats
@@ -236,6 +239,31 @@ def _torch_rows(torch, threads: int, dtypes, facts: dict, quick: bool, max_call_
             F.rms_norm(x, (1024,), w, 1e-6), x * x, x + x, F.silu(y) * y, torch.cat((x, x), -1)
 
     rows.append(_row("op", "fp32", threads, _time(small_ops, target_s=target), per_call=300))
+    return rows
+
+
+def _attn_rows(torch, threads: int, dtypes, quick: bool, target: float) -> list[dict]:
+    """CPU SDPA: decode (one query, m = kv_len, n = heads, k = head_dim) and causal prefill (m = tokens)."""
+    import torch.nn.functional as F
+
+    tdt = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+    rows, h, hkv = [], 32, 8
+    decode = ((64, 512), (128, 2048)) if quick else ((64, 128), (64, 512), (128, 512), (128, 2048))
+    for dt in dtypes:
+        esz = torch.finfo(tdt[dt]).bits // 8
+        for hd, kv in decode:
+            q = torch.rand(1, h, 1, hd).to(tdt[dt])
+            k, v = (torch.rand(1, hkv, kv, hd).to(tdt[dt]) for _ in range(2))
+            timed = _time(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                          target_s=target)
+            rows.append(_row("attn_decode", dt, threads, timed, kv, h, hd, 2.0 * hkv * kv * hd * esz, 4.0 * h * kv * hd))
+        for n in (256,) if quick else (256, 1024):
+            q = torch.rand(1, h, n, 64).to(tdt[dt])
+            k, v = (torch.rand(1, hkv, n, 64).to(tdt[dt]) for _ in range(2))
+            timed = _time(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+                          target_s=target)
+            rows.append(_row("attn_prefill", dt, threads, timed, n, h, 64, 2.0 * (h + 2 * hkv) * n * 64 * esz,
+                             4.0 * h * 64 * n * (n + 1) / 2))
     return rows
 
 

@@ -116,7 +116,9 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
         else:
             gemm(f"{prefix}up_proj", width, h, count, m=m, groups=groups)
         tok = T if m is None else m * (1 if groups is None else groups)
-        elem(f"{prefix}act", act_op, width, count, tokens=tok, host_ops=2.0, kernels=2)  # act(gate) * up
+        launches = 1 if groups is None else int(np.ceil(np.max(groups)))
+        elem(f"{prefix}act", act_op, width, count, tokens=tok, host_ops=2.0 * launches,
+             kernels=2 * launches)  # act(gate) * up, once per expert hit
         gemm(f"{prefix}down_proj", h, width, count, m=m, groups=groups)
 
     # --- embedding
@@ -171,11 +173,16 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
             a2a = picks / ep * h * 2.0 * moe_imbalance
             ops.append(Op("moe_dispatch", "collective", {"coll": "all_to_all", "bytes": a2a, "gpus": ep},
                           n_moe, dtype, None, "layer"))
+        n_launch = int(np.ceil(np.max(active_local)))
+        # per expert hit: gather its tokens, then scale and scatter-add its output (index_add_)
+        ops.append(Op("expert_gather", "elementwise", {"op": "copy", "tokens": picks / ep, "width": h}, n_moe,
+                      dtype, None, "layer", host_ops=float(n_launch), meta={"kernels": n_launch}))
         mlp("expert_", shard(spec.moe_intermediate, e_tp), n_moe, m=m_exp, groups=active_local)
+        ops.append(Op("expert_scatter", "elementwise", {"op": "add", "tokens": picks / ep, "width": h}, n_moe,
+                      dtype, None, "layer", host_ops=3.0 * n_launch, meta={"kernels": 3 * n_launch}))
         if ep > 1:
             ops.append(Op("moe_combine", "collective", {"coll": "all_to_all", "bytes": a2a, "gpus": ep},
                           n_moe, dtype, None, "layer"))
-        elem("moe_weighted_sum", "add", h, n_moe, tokens=picks / ep)
         if spec.n_shared_experts:
             mlp("shared_", shard(spec.shared_intermediate, tp), n_moe)
     allreduce("mlp_allreduce")

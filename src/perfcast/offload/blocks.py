@@ -22,10 +22,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from perfcast.models.builder import MEGATRON_LAYOUT, StepShape, build_ops
 from perfcast.offload.cpu import CPUModel
 from perfcast.ops.base import ANALYTICAL, BOUNDS, INTERPOLATED, SOURCES, Op, OpCost
 from perfcast.step.costs import op_cost
-from perfcast.models.builder import MEGATRON_LAYOUT, StepShape, build_ops
 from perfcast.step.predict import StepConfig, _act_dtype, host_key, step_ops
 from perfcast.step.runtime import get_runtime
 

@@ -37,6 +37,11 @@ class CPUEfficiency:
     bf16_emulated: float = 0.12  # bf16 GEMM rate / fp32 peak when the CPU has no native bf16
     attn_compute: float = 0.50  # CPU SDPA (prefill) fraction of the GEMM rate
     attn_memory: float = 0.70  # CPU SDPA (decode) fraction of the GEMV bandwidth
+    # CPU flash SDPA with one query per sequence walks its key blocks at about 1e9 elements of
+    # batch x heads x kv_len x head_dim per second, nearly whatever the thread count (measured: 2-core
+    # Zen 3 fp32, 16-core Sapphire Rapids bf16) -- far below the bandwidth bound
+    attn_decode_s_per_elem: float = 1.0e-9
+    attn_decode_call_s: float = 20e-6
     per_core_stream_bytes_per_s: float = 12e9  # what one core pulls from DRAM (caps few-thread runs)
     op_overhead_s: float = 8e-6  # one eager torch op on the CPU: dispatch + OpenMP fork/join
     pcie: float = 0.80  # pinned copy fraction of the one-direction PCIe rate
@@ -82,6 +87,8 @@ class CPUModel:
     links: dict  # (direction, "pinned" | "pageable") -> Link
     eff: CPUEfficiency = PRIOR
     ratio: dict = field(default_factory=dict)  # dtype class -> (log m, log(measured / roofline))
+    attn_decode: dict = field(default_factory=dict)  # dtype class -> (seconds per call, per element)
+    attn_flops: dict = field(default_factory=dict)  # dtype class -> FLOP/s of causal prefill SDPA
     source: str = "catalog"  # "catalog:<id>" or "measured:<dir>"
 
     @property
@@ -108,8 +115,14 @@ class CPUModel:
         flops = rl.attention_flops(batch, heads, head_dim, q_len, kv_len, causal, window)
         nbytes = rl.attention_bytes(batch, heads, kv_heads, head_dim, q_len, kv_len,
                                     "fp32" if dc == "fp32" else "bf16", kv_dtype, window)
-        tc = flops / (self.gemm_flops[dc] * self.eff.attn_compute)
+        rate = self.attn_flops.get(dc) or self.gemm_flops[dc] * self.eff.attn_compute
+        tc = flops / rate
         tm = nbytes / (self.gemv_bw[dc] * self.eff.attn_memory)
+        # one query per sequence (decode): the kernel's own per-element walk, when slower
+        a, b = self.attn_decode.get(dc) or (self.eff.attn_decode_call_s, self.eff.attn_decode_s_per_elem)
+        kv = np.asarray(kv_len, dtype=float) if window is None else np.minimum(kv_len, window)
+        walk = a + b * np.asarray(batch, dtype=float) * heads * kv * head_dim
+        tc = np.where(np.asarray(q_len) == 1, np.maximum(tc, walk), tc)
         return np.maximum(tc, tm), np.where(tc >= tm, COMPUTE, MEMORY)
 
     def elementwise(self, op, tokens, width, dtype="bf16"):

@@ -8,6 +8,8 @@ thread counts (clamped at the ends):
 - GEMM FLOP/s per dtype class: the best FLOP/s over the measured ``m``;
 - the shape ratio: measured time / roofline on those two ceilings, as a function of ``log m``
   (taken at the measured thread count nearest the request);
+- attention: decode (one query) as ``call + per element x batch x heads x kv_len x head_dim``, least
+  squares over the ``attn_decode`` rows; prefill at the best FLOP/s of the ``attn_prefill`` rows;
 - the per-op overhead: the time per small eager op (norm, mul, add, silu, cat on one token);
 - the link: per (direction, pinned/pageable) ``latency = time of the smallest copy`` and
   ``bandwidth = slope between the smallest and the largest copy``. Without CUDA at calibration time
@@ -94,6 +96,23 @@ def _ratio(gemm_rows, threads_near: int, gemv_bw: float, flops: float):
     return np.log(np.array(ms)), np.array([float(np.mean(by_m[m])) for m in ms])
 
 
+def _attn_fit(rows, threads: int):
+    """(seconds per call, seconds per element) at the measured thread count nearest ``threads``."""
+    if not rows:
+        return None
+    ts = sorted({int(r["threads"]) for r in rows})
+    near = min(ts, key=lambda x: abs(x - threads))
+    pts = [(float(r["m"]) * float(r["n"]) * float(r["k"]), float(r["median_ms"]) * 1e-3) for r in rows
+           if int(r["threads"]) == near]
+    x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    if len(pts) < 2 or np.ptp(x) == 0:
+        return 0.0, float(np.mean(y / x))
+    b, a = np.polyfit(x, y, 1)
+    if a < 0 or b <= 0:  # keep it physical: no negative call cost; else a line through the origin
+        a, b = 0.0, float(np.sum(x * y) / np.sum(x * x))
+    return float(a), float(b)
+
+
 def load_cpu_profile(root, threads: int | None = None, gpu: GPUSpec | None = None) -> CPUModel:
     """The CPU model of a measured profile at ``threads`` (default: every core it was measured with)."""
     meta, rows = _read(str(Path(root).resolve()))
@@ -128,6 +147,14 @@ def load_cpu_profile(root, threads: int | None = None, gpu: GPUSpec | None = Non
             gemv[a], flops[a] = gemv[b], flops[b]
             if b in ratio:
                 ratio[a] = ratio[b]
+    attn_decode, attn_flops = {}, {}
+    for dc in ("fp32", "bf16"):
+        fit = _attn_fit([r for r in rows if r["kind"] == "attn_decode" and dtype_class(r["dtype"]) == dc], t)
+        if fit:
+            attn_decode[dc] = fit
+        pre = [r for r in rows if r["kind"] == "attn_prefill" and dtype_class(r["dtype"]) == dc]
+        if pre:
+            attn_flops[dc] = _at(t, _per_thread(pre, lambda r: _rate(r, "flops")))
     op_rows = [r for r in rows if r["kind"] == "op"]
     over = PRIOR.op_overhead_s
     if op_rows:
@@ -137,5 +164,5 @@ def load_cpu_profile(root, threads: int | None = None, gpu: GPUSpec | None = Non
         id=str(meta.get("cpu_id") or "measured"), name=str(meta.get("cpu_name", "measured CPU")), threads=t,
         cores=cores, mem_capacity_bytes=float(meta.get("mem_total_bytes") or 0.0), stream_bw=stream,
         gemv_bw=gemv, gemm_flops=flops, op_overhead_s=over, links=_links(rows, gpu), eff=PRIOR, ratio=ratio,
-        source=f"measured:{Path(root).name}",
+        attn_decode=attn_decode, attn_flops=attn_flops, source=f"measured:{Path(root).name}",
     )

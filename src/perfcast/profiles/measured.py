@@ -48,7 +48,8 @@ class Tables:
         self.meta = json.loads((root / "meta.json").read_text())
         self.gpu = gpu
         self.name = f"measured:{self.meta.get('gpu_id', gpu.id)}"
-        self._gemm_rows = [r for r in _read_csv(root / "gemm.csv") if r.get("median_ms")]
+        self._gemm_rows = [r for r in _read_csv(root / "gemm.csv") + _read_csv(root / "gemm_fp8.csv")
+                           if r.get("median_ms")]
         self._attn_rows = [r for r in _read_csv(root / "attention.csv") if r.get("median_ms")]
         self._elem_rows = [r for r in _read_csv(root / "elementwise.csv") if r.get("median_ms")]
         self._coll_rows = [r for r in _read_csv(root / "collectives.csv") if r.get("median_ms")]
@@ -247,6 +248,8 @@ class Tables:
             m, n, k = (_num(self._gemm_rows, c) for c in ("m", "n", "k"))
             t = _num(self._gemm_rows, "median_ms") * 1e-3
             bf = np.array([r["dtype"] == "bf16" for r in self._gemm_rows])
+            m, n, k, t = m[bf], n[bf], k[bf], t[bf]
+            bf = bf[bf]
             big = bf & (m >= 4096) & (n >= 4096) & (k >= 4096)
             if big.any():
                 e["gemm_compute"] = float(np.median(2 * m[big] * n[big] * k[big] / t[big] / g.flops("bf16")))

@@ -1,0 +1,180 @@
+"""GPU measurements for precision and MoE coverage: FP8 GEMMs and a captured MoE layer stack.
+
+    PYTHONPATH=src python3 -m perfcast.measure.extras --out DIR [--parts fp8,moe] [--quick]
+
+- ``fp8``: ``torch._scaled_mm`` (e4m3 inputs, per-tensor scales, bf16 out) in F.linear layout
+  (x[m,k] @ w[n,k]^T), on a calibration grid (``gemm_fp8.csv``) and on a seeded held-out set off that
+  grid (``gemm_fp8_heldout.csv``); same columns and timing as ``perfcast calibrate``'s gemm.csv.
+- ``moe``: a stack of MoE MLP layers (router GEMM, softmax/top-k, then per expert hit: gather its
+  tokens, gate/up GEMM, SiLU*up, down GEMM, weighted scatter-add) with a fixed uniform random routing,
+  captured in one CUDA graph and timed by replay (``moe_step.jsonl``: one line per case with the
+  measured ms and the routing's active-expert count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+from perfcast.measure.env import collect, command_line, gpu_id_guess
+from perfcast.measure.timing import CudaTimer, import_torch
+
+FP8_PAIRS = ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (3072, 4096), (14336, 4096),
+             (4096, 7168), (10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672), (7168, 5120),
+             (5120, 5120), (27648, 5120), (5120, 13824), (1024, 8192), (8192, 2048), (2560, 5120))
+FP8_M = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384)
+MOE_CASES = (  # (label, hidden, moe_intermediate, experts, top_k, layers)
+    ("Qwen/Qwen3-30B-A3B", 2048, 768, 128, 8, 4),
+    ("mistralai/Mixtral-8x7B-v0.1", 4096, 14336, 8, 2, 2),
+)
+MOE_TOKENS = (1, 8, 32, 128, 512, 2048)
+
+
+def fp8_cases(heldout: bool, seed: int = 1):
+    if not heldout:
+        return [(m, n, k) for n, k in FP8_PAIRS for m in FP8_M if 2 * m * n * k <= 3e13]
+    rng = random.Random(seed)
+    out, grid = set(), set(FP8_M)
+    while len(out) < 100:
+        m = 16 * max(1, round(math.exp(rng.uniform(0, math.log(1024)))))
+        if m in grid:
+            continue
+        n, k = rng.choice(FP8_PAIRS) if rng.random() < 0.6 else (rng.randrange(1024, 32768, 64),
+                                                                  rng.randrange(1024, 16384, 64))
+        if 2 * m * n * k <= 3e13:
+            out.add((m, n, k))
+    return sorted(out)
+
+
+def run_fp8(torch, timer, path: Path, heldout: bool) -> int:
+    rows = 0
+    with open(path, "w") as f:
+        f.write("dtype,m,n,k,median_ms,min_ms,p90_ms,reps\n")
+        for m, n, k in fp8_cases(heldout):
+            try:
+                x = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
+                w = torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn)
+                one = torch.ones((), device="cuda")
+                fn = lambda: torch._scaled_mm(x, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)  # noqa: E731
+                st = timer.bench(fn)
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+                print(f"fp8 skip {m}x{n}x{k}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+                continue
+            f.write(f"fp8,{m},{n},{k},{st.median_ms:.6g},{st.min_ms:.6g},{st.p90_ms:.6g},{st.reps}\n")
+            rows += 1
+            del x, w
+    return rows
+
+
+def moe_layer(torch, F, h, inter, experts, top_k, tokens, gen):
+    """Weights and a fixed routing of one MoE layer; returns a closure running the layer."""
+    w_r = torch.randn(experts, h, device="cuda", dtype=torch.bfloat16) * 0.02
+    w1 = torch.randn(experts, 2 * inter, h, device="cuda", dtype=torch.bfloat16) * 0.02
+    w2 = torch.randn(experts, h, inter, device="cuda", dtype=torch.bfloat16) * 0.02
+    choice = torch.stack([torch.randperm(experts, generator=gen)[:top_k] for _ in range(tokens)])  # uniform
+    hits = {}
+    for e in range(experts):
+        idx = (choice == e).any(dim=1).nonzero().flatten()
+        if idx.numel():
+            hits[e] = idx.to("cuda")
+    weight = torch.rand(tokens, device="cuda", dtype=torch.bfloat16)
+
+    def run(x, out):
+        logits = F.linear(x, w_r)
+        torch.topk(torch.softmax(logits.float(), dim=-1), top_k, dim=-1)
+        for e, idx in hits.items():
+            xe = x.index_select(0, idx)
+            g, u = F.linear(xe, w1[e]).chunk(2, dim=-1)
+            ye = F.linear(F.silu(g) * u, w2[e])
+            out.index_add_(0, idx, ye * weight.index_select(0, idx)[:, None])
+
+    return run, len(hits)
+
+
+def run_moe(torch, path: Path, quick: bool) -> int:
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    props = torch.cuda.get_device_properties(0)
+    gid = gpu_id_guess(props.name, props.total_memory)
+    n = 0
+    with open(path, "w") as f:
+        for label, h, inter, experts, top_k, layers in MOE_CASES:
+            for tokens in MOE_TOKENS[:3] if quick else MOE_TOKENS:
+                layer_fns = [moe_layer(torch, F, h, inter, experts, top_k, tokens, gen) for _ in range(layers)]
+                x = torch.randn(tokens, h, device="cuda", dtype=torch.bfloat16)
+                out = torch.zeros_like(x)
+
+                def step():
+                    for fn, _ in layer_fns:
+                        fn(x, out)
+
+                s = torch.cuda.Stream()
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):
+                    for _ in range(2):
+                        step()
+                torch.cuda.current_stream().wait_stream(s)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    step()
+                times = []
+                for _ in range(5):
+                    g.replay()
+                torch.cuda.synchronize()
+                for _ in range(20):
+                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    a.record()
+                    g.replay()
+                    b.record()
+                    b.synchronize()
+                    times.append(a.elapsed_time(b))
+                times.sort()
+                rec = {"gpu_id": gid, "gpu": props.name, "torch": torch.__version__, "model": label, "hidden": h, "moe_intermediate": inter, "experts": experts, "top_k": top_k,
+                       "layers": layers, "tokens": tokens, "runtime": "cuda-graph",
+                       "active_experts": [a for _, a in layer_fns], "ms": times[len(times) // 2],
+                       "min_ms": times[0], "reps": len(times)}
+                f.write(json.dumps(rec) + "\n")
+                print(f"moe {label} tokens={tokens}: {rec['ms']:.3f} ms, active {rec['active_experts']}")
+                n += 1
+                del layer_fns, g
+                torch.cuda.empty_cache()
+    return n
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m perfcast.measure.extras", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--parts", default="fp8,moe")
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args(argv)
+    torch = import_torch()
+    if not torch.cuda.is_available():
+        raise SystemExit("perfcast: the extras need a CUDA GPU")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = collect(torch)
+    meta.update({"command": command_line(), "parts": a.parts, "elapsed_s": {}})
+    timer = CudaTimer(torch)
+    parts = a.parts.split(",")
+    if "fp8" in parts:
+        t0 = time.time()
+        meta["fp8_rows"] = run_fp8(torch, timer, out / "gemm_fp8.csv", heldout=False)
+        meta["fp8_heldout_rows"] = run_fp8(torch, timer, out / "gemm_fp8_heldout.csv", heldout=True)
+        meta["elapsed_s"]["fp8"] = round(time.time() - t0, 1)
+    if "moe" in parts:
+        t0 = time.time()
+        meta["moe_rows"] = run_moe(torch, out / "moe_step.jsonl", a.quick)
+        meta["elapsed_s"]["moe"] = round(time.time() - t0, 1)
+    (out / "extras_meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    print(json.dumps({k: meta[k] for k in meta if k.endswith("rows") or k == "elapsed_s"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
