@@ -62,7 +62,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     report = {}
-    for run in sorted(ROOT.glob("*/heldout/meta.json")):
+    for run in sorted(ROOT.glob("*/heldout*/meta.json")):
         d = run.parent
         meta = json.loads(run.read_text())
         gpu = get_gpu(meta["gpu_id"])
@@ -71,7 +71,11 @@ def main(argv=None):
             preds = []
             for fam in ("gemm", "attention", "elementwise"):
                 preds += predict_rows(gpu, prof, fam, rows(d / f"{fam}.csv"))
-            key = f"{d.parent.name}:{gpu.id}:{mode}"
+            fp8 = d.parent / "extras" / "gemm_fp8_heldout.csv"
+            if fp8.is_file() and d.name == "heldout7":
+                for fam, p, m, src in predict_rows(gpu, prof, "gemm", rows(fp8)):
+                    preds.append(("gemm_fp8", p, m, src))
+            key = f"{d.parent.name}/{d.name}:{gpu.id}:{mode}"
             report[key] = {"profile": prof.name, "families": summarize(preds)}
     print(f"{'run:gpu:profile':42s} {'family':18s} {'n':>4s} {'MAPE%':>7s} {'med%':>6s} {'p90%':>6s} {'max%':>7s}")
     for key, r in report.items():

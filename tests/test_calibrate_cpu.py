@@ -102,3 +102,18 @@ def test_heldout_is_seeded_and_off_grid():
     assert shapes.grids(heldout=True, seed=4)["gemm"] != a["gemm"]
     for c in a["attention"]:
         assert c["heads"] % c["kv_heads"] == 0
+
+
+def test_input_pool_views_are_contiguous_and_distinct():
+    torch = pytest.importorskip("torch")
+    from perfcast.measure.calibrate import _Run
+    from perfcast.measure.timing import CpuTimer
+
+    r = _Run(torch, "cpu", CpuTimer(), progress=False)
+    r.set_pool({("a", "bf16"): 64, ("b", "bf16"): 64})
+    x, y = r.rand("a", 4, 8), r.rand("b", 2, 4, 8)
+    assert x.is_contiguous() and y.is_contiguous() and x.dtype == torch.bfloat16
+    assert x.data_ptr() != y.data_ptr() and bool((x != 0).any())
+    big = r.rand("a", 16, 8)  # larger than the pool buffer: allocated on its own
+    assert big.shape == (16, 8) and big.data_ptr() != r.pool[("a", "bf16")].data_ptr()
+    assert r.rand("c", 3).shape == (3,)  # no such buffer: allocated on its own

@@ -31,6 +31,20 @@ def test_catalog_ceilings_by_hand():
 
 
 @pytest.mark.unit
+def test_cpu_decode_attention_pays_the_kernels_fixed_cost():
+    c = from_catalog(get_cpu("xeon-8480"), threads=16)
+    t, _ = c.attention(1, 32, 8, 64, 1, 513, False)
+    # 50 us per thread per call + 0.05 ns per (batch x heads x kv_len x head_dim) element
+    assert float(t) == pytest.approx(16 * 50e-6 + 0.05e-9 * 32 * 513 * 64)
+    t56, _ = from_catalog(get_cpu("xeon-8480")).attention(1, 32, 8, 64, 1, 513, False)
+    assert float(t56) == pytest.approx(float(t))  # the per-thread cost is not extrapolated past 16
+    t4, _ = c.attention(4, 32, 8, 64, 1, 513, False)
+    assert float(t) < float(t4) < 1.2 * float(t)  # batch barely matters: the fixed cost dominates
+    tp, _ = c.attention(1, 32, 8, 64, 512, 512, True)  # prefill: compute at half the GEMM rate
+    assert float(tp) == pytest.approx(2 * 32 * (512 * 513 / 2) * 128 / (0.5 * c.gemm_flops["bf16"]))
+
+
+@pytest.mark.unit
 def test_gemv_is_memory_bound_and_gemm_compute_bound():
     c = from_catalog(get_cpu("xeon-8480"))
     t, bound = c.gemm(1, 4096, 4096, "bf16")
@@ -71,6 +85,10 @@ def test_measured_profile_read_back(tmp_path):
             {"kind": "op", "threads": 8, "median_ms": 0.004},
             _gemm_row(1, 1, 10, 50), _gemm_row(1, 256, 10, 50), _gemm_row(8, 1, 40, 400),
             _gemm_row(8, 256, 40, 400),
+            {"kind": "attn_decode", "dtype": "fp32", "threads": 8, "m": 512, "n": 32, "k": 64, "median_ms": 0.2 + 1e-6 * 512 * 32 * 64},
+            {"kind": "attn_decode", "dtype": "fp32", "threads": 8, "m": 2048, "n": 128, "k": 128,
+             "median_ms": 0.2 + 1e-6 * 2048 * 128 * 128},
+            {"kind": "attn_prefill", "dtype": "fp32", "threads": 8, "m": 256, "n": 32, "k": 64, "flops": 1e9, "median_ms": 10.0},
             {"kind": "h2d_pinned", "bytes": 1e6, "median_ms": 0.06},  # 10 us + 1 MB / 20 GB/s
             {"kind": "h2d_pinned", "bytes": 1e8, "median_ms": 5.01}]
     _write_profile(tmp_path / "p", rows)
@@ -80,6 +98,9 @@ def test_measured_profile_read_back(tmp_path):
     assert c.gemv_bw["fp32"] == pytest.approx(40e9) and c.gemm_flops["fp32"] == pytest.approx(400e9)
     assert c.gemv_bw["bf16"] == c.gemv_bw["fp32"]  # an unmeasured dtype class borrows the other
     assert c.op_overhead_s == pytest.approx(4e-6)
+    call, per = c.attn_decode["fp32"]
+    assert call == pytest.approx(0.2e-3) and per == pytest.approx(1e-9)
+    assert c.attn_flops["fp32"] == pytest.approx(1e11)
     link = c.link("h2d", pinned=True)
     assert link.bytes_per_s == pytest.approx(20e9, rel=1e-3) and link.latency_s == pytest.approx(10e-6, rel=1e-2)
     half = load_cpu_profile(tmp_path / "p", threads=4)  # between the measured 1 and 8 threads

@@ -10,7 +10,7 @@ What is measured (PyTorch on the CPU; numpy when torch is missing, fp32 only):
   weight matrices to stream from DRAM (as a model step does); a dtype stops growing m once one call
   passes ``max_call_s`` (CPUs without native bf16 are slow);
 - ``attn_decode`` / ``attn_prefill``: ``scaled_dot_product_attention`` with one query over 128..2048
-  cached keys (32 heads, 8 KV heads), and causal over 256..1024 tokens;
+  cached keys (batch 1 and 4, 32 heads, 8 KV heads), and causal over 256..1024 tokens;
 - ``op``: the small eager ops a decode step runs between GEMVs (norm, mul, add, silu, cat), per op;
 - with CUDA: ``h2d`` / ``d2h`` blocking copies (``copy_`` + synchronize), pinned and pageable, 4 KB..256 MB.
 
@@ -243,20 +243,23 @@ def _torch_rows(torch, threads: int, dtypes, facts: dict, quick: bool, max_call_
 
 
 def _attn_rows(torch, threads: int, dtypes, quick: bool, target: float) -> list[dict]:
-    """CPU SDPA: decode (one query, m = kv_len, n = heads, k = head_dim) and causal prefill (m = tokens)."""
+    """CPU SDPA: decode (one query; m = kv_len, n = batch x heads, k = head_dim) and causal prefill
+    (m = tokens, n = heads, k = head_dim)."""
     import torch.nn.functional as F
 
     tdt = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
     rows, h, hkv = [], 32, 8
-    decode = ((64, 512), (128, 2048)) if quick else ((64, 128), (64, 512), (128, 512), (128, 2048))
+    decode = ((1, 64, 512), (4, 128, 2048)) if quick else (
+        (1, 64, 128), (1, 64, 512), (4, 64, 512), (1, 128, 2048), (4, 128, 2048))
     for dt in dtypes:
         esz = torch.finfo(tdt[dt]).bits // 8
-        for hd, kv in decode:
-            q = torch.rand(1, h, 1, hd).to(tdt[dt])
-            k, v = (torch.rand(1, hkv, kv, hd).to(tdt[dt]) for _ in range(2))
+        for b, hd, kv in decode:
+            q = torch.rand(b, h, 1, hd).to(tdt[dt])
+            k, v = (torch.rand(b, hkv, kv, hd).to(tdt[dt]) for _ in range(2))
             timed = _time(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
                           target_s=target)
-            rows.append(_row("attn_decode", dt, threads, timed, kv, h, hd, 2.0 * hkv * kv * hd * esz, 4.0 * h * kv * hd))
+            rows.append(_row("attn_decode", dt, threads, timed, kv, b * h, hd, 2.0 * b * hkv * kv * hd * esz,
+                             4.0 * b * h * kv * hd))
         for n in (256,) if quick else (256, 1024):
             q = torch.rand(1, h, n, 64).to(tdt[dt])
             k, v = (torch.rand(1, hkv, n, 64).to(tdt[dt]) for _ in range(2))

@@ -37,11 +37,12 @@ class CPUEfficiency:
     bf16_emulated: float = 0.12  # bf16 GEMM rate / fp32 peak when the CPU has no native bf16
     attn_compute: float = 0.50  # CPU SDPA (prefill) fraction of the GEMM rate
     attn_memory: float = 0.70  # CPU SDPA (decode) fraction of the GEMV bandwidth
-    # CPU flash SDPA with one query per sequence walks its key blocks at about 1e9 elements of
-    # batch x heads x kv_len x head_dim per second, nearly whatever the thread count (measured: 2-core
-    # Zen 3 fp32, 16-core Sapphire Rapids bf16) -- far below the bandwidth bound
-    attn_decode_s_per_elem: float = 1.0e-9
-    attn_decode_call_s: float = 20e-6
+    # CPU flash SDPA with one query per sequence costs far more than its KV read: ~0.13 ms on 2 Zen 3
+    # cores, ~0.9 ms on 16 Sapphire Rapids cores (bf16, batch 1 and 4 alike, ~0.08 ns more per element
+    # of batch x heads x kv_len x head_dim). Prior: 50 us per thread per call, not extrapolated past 16.
+    attn_decode_call_s_per_thread: float = 50e-6
+    attn_decode_max_threads: int = 16
+    attn_decode_s_per_elem: float = 0.05e-9
     per_core_stream_bytes_per_s: float = 12e9  # what one core pulls from DRAM (caps few-thread runs)
     op_overhead_s: float = 8e-6  # one eager torch op on the CPU: dispatch + OpenMP fork/join
     pcie: float = 0.80  # pinned copy fraction of the one-direction PCIe rate
@@ -119,7 +120,9 @@ class CPUModel:
         tc = flops / rate
         tm = nbytes / (self.gemv_bw[dc] * self.eff.attn_memory)
         # one query per sequence (decode): the kernel's own per-element walk, when slower
-        a, b = self.attn_decode.get(dc) or (self.eff.attn_decode_call_s, self.eff.attn_decode_s_per_elem)
+        a, b = self.attn_decode.get(dc) or (
+            self.eff.attn_decode_call_s_per_thread * min(self.threads, self.eff.attn_decode_max_threads),
+            self.eff.attn_decode_s_per_elem)
         kv = np.asarray(kv_len, dtype=float) if window is None else np.minimum(kv_len, window)
         walk = a + b * np.asarray(batch, dtype=float) * heads * kv * head_dim
         tc = np.where(np.asarray(q_len) == 1, np.maximum(tc, walk), tc)

@@ -228,6 +228,13 @@ class Tables:
     def collective(self, prof, coll, nbytes, gpus) -> OpCost:
         base = an.collective_cost(prof.gpu, coll, nbytes, gpus, IDEAL)
         curve = self.coll.get((coll, gpus))
+        if curve is None and gpus > 1:
+            own = [g for (c, g) in self.coll if c == coll]
+            donor = (self.coll[(coll, min(own, key=lambda g: abs(g - gpus)))] if own
+                     else _collective_donor(self.gpu.id, coll, gpus))
+            if donor is not None:  # another GPU's measured ratios on this GPU's link datasheet
+                b = np.asarray(nbytes, dtype=float)
+                return OpCost.of(base.seconds * np.exp(donor(b)), base.bound, ANALYTICAL, base.flops, base.bytes)
         if curve is None or gpus <= 1:
             return an.collective_cost(prof.gpu, coll, nbytes, gpus, prof.eff)
         b = np.asarray(nbytes, dtype=float)
@@ -293,6 +300,27 @@ class Tables:
 def _aligned(n: int, k: int) -> bool:
     """cuBLAS's fast (TMA) kernels need 16-byte aligned rows: n and k multiples of 8 elements."""
     return n % 8 == 0 and k % 8 == 0
+
+
+def _collective_donor(gpu_id: str, coll: str, gpus: int):
+    """The ratio curve of ``coll`` among ``gpus`` GPUs measured on another shipped profile, or the
+    nearest GPU count measured there (ring bandwidth terms scale by physics, the ratio carries)."""
+    from perfcast.profiles.registry import shipped_profile_dir, shipped_profiles
+
+    for gid in shipped_profiles():
+        if gid == gpu_id:
+            continue
+        t = load_tables(shipped_profile_dir(gid), _gpu(gid))
+        cands = [g for (c, g) in t.coll if c == coll]
+        if cands:
+            return t.coll[(coll, min(cands, key=lambda g: abs(g - gpus)))]
+    return None
+
+
+def _gpu(gid: str):
+    from perfcast.hardware import get_gpu
+
+    return get_gpu(gid)
 
 
 def _base_op(op: str) -> str:
