@@ -26,14 +26,16 @@ class CPUEfficiency:
 
     Sources of the priors: STREAM reaches ~70-85% of theoretical DRAM bandwidth on servers; a GEMV
     streaming weights from DRAM reaches ~60-80% of STREAM; oneDNN large GEMMs reach ~60-75% of the
-    AVX-512 fp32 peak and ~40-60% of the AMX/AVX512-BF16 peak. Without native bf16, PyTorch converts
+    AVX-512 fp32 peak and ~40-60% of the AVX512-BF16 peak, but only ~10-15% of the AMX peak (measured
+    on a 16-core Sapphire Rapids slice: 4.8 TFLOP/s at m = 256). Without native bf16, PyTorch converts
     (measured on an AVX2 Zen 3 host: bf16 GEMM ~1/8 of the fp32 peak, bf16 GEMV as fast as fp32).
     """
 
     stream: float = 0.80  # STREAM (copy/triad) fraction of the theoretical DRAM bandwidth
     gemv: float = 0.70  # weight-streaming GEMV fraction of STREAM
     gemm_fp32: float = 0.65  # large fp32 GEMM fraction of the fp32 peak
-    gemm_bf16: float = 0.50  # large bf16 GEMM fraction of the native bf16 peak (AMX, AVX512-BF16)
+    gemm_bf16: float = 0.50  # large bf16 GEMM fraction of the AVX512-BF16 peak
+    gemm_amx: float = 0.12  # large bf16 GEMM fraction of the AMX peak (measured: ~4.8 TFLOP/s, 16 SPR cores)
     bf16_emulated: float = 0.12  # bf16 GEMM rate / fp32 peak when the CPU has no native bf16
     attn_compute: float = 0.50  # CPU SDPA (prefill) fraction of the GEMM rate
     attn_memory: float = 0.70  # CPU SDPA (decode) fraction of the GEMV bandwidth
@@ -179,7 +181,9 @@ def from_catalog(spec: CPUSpec, threads: int | None = None, gpu: GPUSpec | None 
     t = min(t, cores)
     stream = min(spec.mem_bw_bytes_per_s * eff.stream, t * eff.per_core_stream_bytes_per_s)
     fp32 = spec.peak_flops("fp32", t) * eff.gemm_fp32
-    if spec.bf16_flops_per_cycle_per_core > 0:
+    if spec.bf16_flops_per_cycle_per_core >= 512:  # AMX tiles: PyTorch reaches a small part of the peak
+        bf16 = spec.peak_flops("bf16", t) * eff.gemm_amx
+    elif spec.bf16_flops_per_cycle_per_core > 0:
         bf16 = spec.peak_flops("bf16", t) * eff.gemm_bf16
     else:
         bf16 = spec.peak_flops("fp32", t) * eff.bf16_emulated
