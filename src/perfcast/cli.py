@@ -79,9 +79,13 @@ def main():
 @click.option("--runtime", type=str, default="cuda-graph", show_default=True, help="cuda-graph or eager.")
 @click.option("--profile", type=str, default="auto", show_default=True, help="auto, none, or a calibrated profile dir.")
 @click.option("--breakdown", is_flag=True, help="Per-op breakdown.")
+@click.option("--offload", type=str, default=None,
+              help='CPU-GPU placement as JSON, e.g. \'{"plan": "layers", "gpu_layers": 20}\' (see docs/offload.md).')
+@click.option("--cpu", type=str, default=None, help="Host CPU for --offload (catalog id or calibrated profile dir).")
+@click.option("--cpu-threads", type=int, default=None, help="CPU threads for offloaded ops [default: all cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the batch-mode object).")
 def predict(cases, model, gpu, batch, prompt, context, tp, pp, dtype, kv_dtype, wdtype, runtime, profile,
-            breakdown, as_json):
+            breakdown, offload, cpu, cpu_threads, as_json):
     """Predict one step: prefill (TTFT) and decode (TPOT), memory per GPU, and what binds."""
     if cases is not None:
         from perfcast.batch import predict_lines, read_lines
@@ -97,6 +101,10 @@ def predict(cases, model, gpu, batch, prompt, context, tp, pp, dtype, kv_dtype, 
         sys.exit(0 if ok else 1)
     if not model or not gpu:
         raise UserError("--model and --gpu are required (or --cases FILE)")
+    if offload is not None:
+        _predict_offload(model, gpu, batch, prompt, prompt if context is None else context, tp, pp, dtype,
+                         runtime, profile, offload, cpu, cpu_threads, as_json)
+        return
     from perfcast.step.predict import predict as api_predict
 
     try:
@@ -115,6 +123,33 @@ def predict(cases, model, gpu, batch, prompt, context, tp, pp, dtype, kv_dtype, 
                 for r in p.breakdown]
         _table("per-op breakdown (ms per step = count x per launch)",
                ["phase", "name", "count", "ms", "share %", "bound", "source"], rows)
+
+
+def _predict_offload(model, gpu, batch, prompt, context, tp, pp, dtype, runtime, profile, offload, cpu,
+                     cpu_threads, as_json):
+    """Single-shot form of a batch line with an ``offload`` field (same validation, same output)."""
+    from perfcast.batch import dumps, predict_lines
+
+    try:
+        plan = json.loads(offload)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--offload must be a JSON object such as '{{\"plan\": \"layers\", \"gpu_layers\": 20}}' ({e})")
+    line = {"model": model, "gpu": gpu, "batch": batch, "prompt": prompt, "context": context, "tp": tp, "pp": pp,
+            "dtype": dtype, "runtime": runtime, "profile": profile, "offload": plan}
+    if cpu is not None:
+        line["cpu"] = cpu
+    if cpu_threads is not None:
+        line["cpu_threads"] = cpu_threads
+    out, ok = predict_lines([json.dumps(line)])
+    if not ok:
+        raise UserError(out[0]["error"])
+    if as_json:
+        click.echo(dumps(out[0]))
+        return
+    _print_predictions(out)
+    details = out[0].get("offload", {})
+    if details:
+        click.echo(json.dumps(details, indent=1, default=str))
 
 
 def _print_predictions(outs: list[dict]):
@@ -274,12 +309,20 @@ def capacity(model, gpu, context, batch, tp, pp, dtype, kv_dtype, as_json):
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 def calibrate(ctx):
-    """Measure this machine's GPU kernels into a profile directory (needs perfcast[gpu])."""
+    """Measure this machine's GPU kernels into a profile directory (needs perfcast[gpu]).
+
+    With --cpu, measure the host CPU instead (GEMV/GEMM, bandwidth, PCIe) for offload predictions."""
+    args = list(ctx.args)
+    if "--cpu" in args:
+        args.remove("--cpu")
+        from perfcast.measure import cpu_calibrate
+
+        sys.exit(cpu_calibrate.main(args) or 0)
     try:
         from perfcast.measure import calibrate as cal
     except ImportError as e:
         _fail(RuntimeError(f"calibration needs torch with CUDA: pip install 'perfcast[gpu]' ({e})"))
-    sys.exit(cal.main(list(ctx.args)) or 0)
+    sys.exit(cal.main(args) or 0)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -151,6 +151,8 @@ class CPUModel:
         else:
             raise ValueError(f"the CPU model has no cost for op kind {op.kind!r}")
         t = np.asarray(t, dtype=float) * np.asarray(op.meta.get("repeat", 1.0), dtype=float)
+        if op.kind == "gemm" and d.get("groups") is not None:  # several launches per layer (MoE experts)
+            t = t * np.asarray(d["groups"], dtype=float)
         over = op.host_ops * self.op_overhead_s  # host_ops already counts repeated launches
         return t + over, np.where(t < over, LATENCY, b)
 
