@@ -447,12 +447,39 @@ def _read_cases(path: str) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m perfcast.measure.model_step", description=__doc__.split("\n")[0])
-    p.add_argument("--cases", required=True, help="JSONL case file ('-' = stdin)")
-    p.add_argument("--out", required=True, help="JSONL output (rank 0 writes)")
+    p.add_argument("--cases", default=None, help="JSONL case file ('-' = stdin)")
+    p.add_argument("--out", default="perfcast_measure.jsonl", help="JSONL output (rank 0 writes)")
+    p.add_argument("--model", default=None, help="single case: a model id or config path (with --batch ...)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--prompt", type=int, default=512)
+    p.add_argument("--context", type=int, default=None)
+    p.add_argument("--runtime", default="cuda-graph", choices=("cuda-graph", "eager"))
+    p.add_argument("--no-compare", action="store_true", help="do not print measured vs predicted")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size: run the cases with this tp")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: eager smoke tests only")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     args = p.parse_args(argv)
+    if args.cases is None:
+        if args.model is None:
+            p.error("give --cases FILE or --model M (with --batch/--prompt/--context/--runtime/--tp)")
+        import tempfile
+
+        case = {"model": args.model, "batch": args.batch, "prompt": args.prompt,
+                "context": args.prompt if args.context is None else args.context, "tp": args.tp,
+                "runtime": args.runtime}
+        fd, args.cases = tempfile.mkstemp(suffix=".jsonl")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(case) + "\n")
+    rc = _measure(p, args)
+    if not args.no_compare and os.path.isfile(args.out) and int(os.environ.get("RANK", "0")) == 0:
+        from perfcast.measure.compare import compare_lines, format_rows
+
+        lines = [json.loads(x) for x in open(args.out) if x.strip()]
+        print(format_rows(compare_lines(lines)))
+    return rc
+
+
+def _measure(p, args) -> int:
     set_safe_env()
     if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun
         return 1 if _main_dist(args) else 0

@@ -1,0 +1,80 @@
+"""Measured vs predicted, side by side: the report of ``perfcast measure`` (no torch needed).
+
+Each measured line (from ``perfcast.measure.model_step``) is predicted with the same model, GPU,
+batch, prompt, context, tp and runtime, with the GPU's own profile (or ``profile``), and the error
+of every measured phase is shown. ``--layers`` overrides are predicted with that many layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+from perfcast.models import get_model
+
+
+def compare_lines(lines: list[dict], profile: str = "auto") -> list[dict]:
+    from perfcast.step.predict import StepConfig, make_config, predict_many
+
+    rows = []
+    for d in lines:
+        if "error" in d:
+            rows.append({"case": d.get("case"), "model": d.get("model"), "error": d["error"]})
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cfg = make_config(d["model"], d.get("gpu_id") or d.get("gpu"), int(d.get("tp", 1)), 1, "bf16",
+                              d.get("runtime", "cuda-graph"), profile)
+        spec = get_model(d["model"])
+        if d.get("layers") and int(d["layers"]) != spec.n_layers:
+            cfg = StepConfig(**{**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)},
+                                "model": spec.with_layers(int(d["layers"]))})
+        pred = predict_many(cfg, d["batch"], d["prompt"], d["context"])[0]
+        for phase in ("prefill", "decode"):
+            meas = d.get(f"{phase}_ms")
+            if meas is None:
+                continue
+            p = getattr(pred, f"{phase}_ms")
+            rows.append({"case": d.get("case"), "model": d["model"], "gpu": cfg.gpu.id, "runtime": cfg.runtime,
+                         "tp": cfg.tp, "batch": d["batch"], "prompt": d["prompt"], "context": d["context"],
+                         "phase": phase, "measured_ms": meas, "predicted_ms": p,
+                         "error_pct": (p - meas) / meas * 100, "profile": pred.profile})
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    out = [f"{'model':28s} {'gpu':9s} {'runtime':10s} {'tp':>2s} {'case':>18s} {'phase':7s} "
+           f"{'measured':>9s} {'predicted':>9s} {'error':>7s}"]
+    errs = []
+    for r in rows:
+        if "error" in r:
+            out.append(f"{str(r.get('model')):28s} error: {r['error']}")
+            continue
+        case = f"b{r['batch']} p{r['prompt']} c{r['context']}"
+        out.append(f"{r['model'][-28:]:28s} {r['gpu']:9s} {r['runtime']:10s} {r['tp']:2d} {case:>18s} "
+                   f"{r['phase']:7s} {r['measured_ms']:9.3f} {r['predicted_ms']:9.3f} {r['error_pct']:+6.1f}%")
+        errs.append(abs(r["error_pct"]))
+    if errs:
+        out.append(f"MAPE {sum(errs) / len(errs):.2f}% over {len(errs)} measured phases")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="perfcast measure --compare", description=__doc__.splitlines()[0])
+    ap.add_argument("measured", help="JSONL written by perfcast.measure.model_step")
+    ap.add_argument("--profile", default="auto")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    lines = [json.loads(x) for x in open(a.measured) if x.strip()]
+    rows = compare_lines(lines, a.profile)
+    print(json.dumps(rows, indent=1) if a.json else format_rows(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
