@@ -22,6 +22,15 @@ def compare_lines(lines: list[dict], profile: str = "auto") -> list[dict]:
         if "error" in d:
             rows.append({"case": d.get("case"), "model": d.get("model"), "error": d["error"]})
             continue
+        if d.get("runtime") == "eager" and int(d.get("tp", 1)) == 1 and "plain" in str(d.get("impl", "")):
+            continue  # the plain decoder run eagerly at tp 1 only calibrates host time (no contract runtime)
+        try:
+            from perfcast.hardware import get_gpu
+
+            get_gpu(d.get("gpu_id") or d.get("gpu"))
+        except ValueError as e:  # e.g. a CPU smoke run: nothing to compare against
+            rows.append({"case": d.get("case"), "model": d.get("model"), "error": str(e).split(";")[0]})
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cfg = make_config(d["model"], d.get("gpu_id") or d.get("gpu"), int(d.get("tp", 1)), 1, "bf16",

@@ -470,7 +470,7 @@ def main(argv=None) -> int:
         fd, args.cases = tempfile.mkstemp(suffix=".jsonl")
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(case) + "\n")
-    rc = _measure(p, args)
+    rc = _run_cases(p, args)
     if not args.no_compare and os.path.isfile(args.out) and int(os.environ.get("RANK", "0")) == 0:
         from perfcast.measure.compare import compare_lines, format_rows
 
@@ -479,7 +479,7 @@ def main(argv=None) -> int:
     return rc
 
 
-def _measure(p, args) -> int:
+def _run_cases(p, args) -> int:
     set_safe_env()
     if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun
         return 1 if _main_dist(args) else 0
