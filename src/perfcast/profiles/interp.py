@@ -96,13 +96,21 @@ class RowGrid:
         return self
 
     def contains(self, q1, q2):
+        """Inside the rows' span and inside the x2 range of both rows that bracket q1."""
         q1 = np.asarray(q1, dtype=float)
-        lo, hi = np.exp(self.keys[0]), np.exp(self.keys[-1])
-        in1 = (q1 >= lo * (1 - 1e-9)) & (q1 <= hi * (1 + 1e-9))
-        in2 = np.zeros(np.broadcast(q1, q2).shape, dtype=bool)
-        for r in self.rows:
-            in2 |= np.broadcast_to(r.contains(q2), in2.shape)
-        return in1 & in2
+        q2 = np.asarray(q2, dtype=float)
+        shape = np.broadcast(q1, q2).shape
+        lq1 = np.broadcast_to(np.log(q1), shape)
+        in1 = (lq1 >= self.keys[0] - 1e-9) & (lq1 <= self.keys[-1] + 1e-9)
+        q2b = np.broadcast_to(q2, shape)
+        if len(self.rows) == 1:
+            return in1 & np.broadcast_to(self.rows[0].contains(q2b), shape)
+        pos = np.clip(np.searchsorted(self.keys, lq1) - 1, 0, len(self.keys) - 2)
+        lo = np.array([r.lo for r in self.rows])
+        hi = np.array([r.hi for r in self.rows])
+        ok = ((q2b >= lo[pos] * (1 - 1e-9)) & (q2b <= hi[pos] * (1 + 1e-9))
+              & (q2b >= lo[pos + 1] * (1 - 1e-9)) & (q2b <= hi[pos + 1] * (1 + 1e-9)))
+        return in1 & ok
 
 
 def idw_weights(dist: np.ndarray, k: int = 4, power: float = 2.0):

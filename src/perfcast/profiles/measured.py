@@ -119,40 +119,41 @@ class Tables:
 
     # ------------------------------------------------------------------ attention
     def _build_attention(self):
-        """Per (phase, gqa group, head_dim): a RowGrid over (parallel units, length)."""
-        self.attn: dict[tuple, RowGrid] = {}  # log ratio over the ideal roofline (transfer)
-        self.attn_time: dict[tuple, RowGrid] = {}  # log time, monotone (the measured GPU itself)
+        """Per measured config (dtype, phase, heads, kv_heads, head_dim): a log-ratio grid over
+        (batch x heads, keys) that carries to other configs and GPUs, and a monotone log-time grid over
+        (batch, keys) for the measured GPU itself (padding: a larger batch or a longer sequence of the
+        same config is never faster)."""
+        self.attn: dict[tuple, RowGrid] = {}
+        self.attn_time: dict[tuple, RowGrid] = {}
         by: dict[tuple, list] = {}
         for r in self._attn_rows:
-            q = int(r["q_len"])
-            phase = "decode" if q == 1 else "prefill"
-            key = (r["dtype"], phase, int(r["heads"]) // int(r["kv_heads"]), int(r["head_dim"]))
+            phase = "decode" if int(r["q_len"]) == 1 else "prefill"
+            key = (r["dtype"], phase, int(r["heads"]), int(r["kv_heads"]), int(r["head_dim"]))
             by.setdefault(key, []).append(r)
         for key, rows in by.items():
-            b, h, kvh, hd = (_num(rows, c) for c in ("batch", "heads", "kv_heads", "head_dim"))
-            q, kv = _num(rows, "q_len"), _num(rows, "kv_len")
-            causal = np.array([str(r["causal"]).lower() in ("1", "true") for r in rows])
+            dt, phase, h, kvh, hd = key
+            b, q, kv = _num(rows, "batch"), _num(rows, "q_len"), _num(rows, "kv_len")
             t = _num(rows, "median_ms") * 1e-3
-            base = np.array([
-                an.attention_cost(self.gpu, b[i], int(h[i]), int(kvh[i]), int(hd[i]), q[i], kv[i],
-                                  bool(causal[i]), None, key[0], None, None, IDEAL).seconds
-                for i in range(len(rows))])
-            units = b * (h if key[1] == "prefill" else kvh)
-            lr = np.log(t / base)
-            for u in np.unique(units):  # within a row, a longer sequence is never faster
-                sel = units == u
-                lr[sel] = monotone_log_ratio(kv[sel], lr[sel], base[sel])
-            self.attn[key] = RowGrid(units, kv, lr)
-            self.attn_time[key] = RowGrid(units, kv, np.log(t)).make_monotone()
+            base = an.attention_cost(self.gpu, b, h, kvh, hd, q, kv, phase == "prefill", None, dt, None, None,
+                                     IDEAL).seconds
+            self.attn[key] = RowGrid(b * h, kv, np.log(t / base))
+            self.attn_time[key] = RowGrid(b, kv, np.log(t)).make_monotone()
 
-    def _attn_key(self, dt, phase, group, hd):
-        if (dt, phase, group, hd) in self.attn:
-            return (dt, phase, group, hd), True
+    def _attn_key(self, dt, phase, heads, kv_heads, hd):
+        """The measured config itself, else the nearest one (GQA ratio, head_dim, heads)."""
+        exact = (dt, phase, heads, kv_heads, hd)
+        if exact in self.attn:
+            return exact, True
         cands = [k for k in self.attn if k[1] == phase and k[0] in (dt, "bf16")]
         if not cands:
             return None, False
-        best = min(cands, key=lambda k: (abs(np.log(k[2] / group)) + abs(np.log(k[3] / hd)), k[0] != dt))
-        return best, False
+        g = heads / max(kv_heads, 1)
+
+        def dist(k):
+            return (abs(np.log((k[2] / k[3]) / g)) + 3 * abs(np.log(k[4] / hd)) + 0.5 * abs(np.log(k[2] / heads)),
+                    k[0] != dt)
+
+        return min(cands, key=dist), False
 
     def attention(self, prof, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window=None,
                   dtype="bf16", kv_dtype=None, v_head_dim=None) -> OpCost:
@@ -160,27 +161,32 @@ class Tables:
                                  dtype, kv_dtype, v_head_dim, IDEAL)
         shape = base.seconds.shape
         q = np.broadcast_to(np.asarray(q_len), shape)
-        units_all = np.broadcast_to(np.asarray(batch, dtype=float), shape)
+        b = np.broadcast_to(np.asarray(batch, dtype=float), shape)
         kv = np.broadcast_to(np.asarray(kv_len, dtype=float), shape)
+        # a sliding window caps the keys each query sees: look the tables up at the keys read
+        kv_eff = kv if window is None else np.minimum(kv, q + window)
+        # prefill runs in 128-query tiles: a sequence costs what its tile-padded length costs
+        kv_eff = np.where(q > 1, np.ceil(kv_eff / 128) * 128, kv_eff)
+        lbase = np.log(base.seconds)
         lr = np.zeros(shape)
         src = np.full(shape, ANALYTICAL, dtype=np.int8)
         fallback = np.zeros(shape, dtype=bool)
-        # each point by its own phase: one query per sequence is decode, more is prefill
         for phase, sel in (("decode", q == 1), ("prefill", q != 1)):
             if not sel.any():
                 continue
-            key, exact = self._attn_key(dtype, phase, max(heads // max(kv_heads, 1), 1), head_dim)
+            key, exact = self._attn_key(dtype, phase, heads, kv_heads, head_dim)
             if key is None or v_head_dim is not None:
                 fallback |= sel
                 continue
-            own = prof.gpu is self.gpu and window is None and exact
-            grid = self.attn_time[key] if own else self.attn[key]
-            units = units_all * (heads if phase == "prefill" else kv_heads)
-            # a sliding window caps the keys each query sees: look the table up at the keys read
-            kv_eff = kv if window is None else np.minimum(kv, np.broadcast_to(q, shape) + window)
-            val = grid(units, kv_eff)
-            lr = np.where(sel, val - np.log(base.seconds) if own else val, lr)
-            src = np.where(sel, np.where(grid.contains(units, kv_eff), INTERPOLATED, ANALYTICAL), src)
+            val = self.attn[key](b * heads, kv_eff)
+            inside = self.attn[key].contains(b * heads, kv_eff)
+            if prof.gpu is self.gpu and exact:
+                tgrid = self.attn_time[key]
+                t_in = tgrid.contains(b, kv_eff)
+                val = np.where(t_in, tgrid(b, kv_eff) - lbase, val)
+                inside = inside | t_in
+            lr = np.where(sel, val, lr)
+            src = np.where(sel, np.where(inside, INTERPOLATED, ANALYTICAL), src)
         t = base.seconds * np.exp(lr)
         if fallback.any():
             phys = an.attention_cost(prof.gpu, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window,
