@@ -113,3 +113,13 @@ def test_ray_missing_is_a_clear_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(ValueError, match="pip install ray"):
         Pool("ray", 2)
+
+
+def test_pool_map_reports_progress_and_keeps_order():
+    from perfcast.search.executors import Pool
+
+    seen = []
+    with Pool("local", 1) as pool:
+        out = pool.map(abs, [-3, -1, -2], lambda d, n: seen.append((d, n)))
+    assert out == [3, 1, 2]
+    assert seen == [(1, 3), (2, 3), (3, 3)]

@@ -91,7 +91,12 @@ def search(model, rate, sla_ttft_ms, sla_tpot_ms, gpus, max_gpus, tps, pps, max_
                        profile, prices_path, sim_requests, verify, seed)
         from perfcast.search.pipeline import search as run_search
 
-        res = run_search(req, executor, workers, rank)
+        import sys
+
+        show = not as_json and sys.stderr.isatty()
+        res = run_search(req, executor, workers, rank, progress=_bar if show else None)
+        if show:
+            sys.stderr.write("\n")
     except (ValueError, OSError) as e:
         _fail(e)
     from perfcast.search import output
@@ -147,3 +152,12 @@ def _request(model, rate, sla_ttft_ms, sla_tpot_ms, gpus, max_gpus, tps, pps, ma
         input_tokens=_tokens("input-tokens", input_tokens), output_tokens=_tokens("output-tokens", output_tokens),
         dtype=dtype, runtime=runtime, profile=profile, kv_link_gbps=kv_link_gbps, sim_requests=sim_requests,
         verify=verify, seed=seed, prices=prices)
+
+
+def _bar(stage: str, done: int, total: int) -> None:
+    import sys
+
+    width = 30
+    k = int(width * done / max(total, 1))
+    sys.stderr.write(f"\rsearch: {stage:8s} [{'#' * k}{'.' * (width - k)}] {done}/{total} groups")
+    sys.stderr.flush()

@@ -33,15 +33,33 @@ class Pool:
 
             self._pool = ProcessPoolExecutor(self.workers)
 
-    def map(self, fn: Callable, tasks: list) -> list:
+    def map(self, fn: Callable, tasks: list, progress: Callable[[int, int], None] | None = None) -> list:
+        """``[fn(t) for t in tasks]`` on the pool, in order; ``progress(done, total)`` as tasks finish."""
         if not tasks:
             return []
+        n = len(tasks)
+        tick = progress or (lambda done, total: None)
         if self.executor == "ray":
             remote = self._ray.remote(fn)
-            return self._ray.get([remote.remote(t) for t in tasks])
-        if self._pool is None or len(tasks) == 1:
-            return [fn(t) for t in tasks]
-        return list(self._pool.map(fn, tasks))
+            refs = [remote.remote(t) for t in tasks]
+            pending, done = list(refs), 0
+            while pending:
+                ready, pending = self._ray.wait(pending, num_returns=1)
+                done += len(ready)
+                tick(done, n)
+            return self._ray.get(refs)
+        if self._pool is None or n == 1:
+            out = []
+            for i, t in enumerate(tasks):
+                out.append(fn(t))
+                tick(i + 1, n)
+            return out
+        from concurrent.futures import as_completed
+
+        futures = [self._pool.submit(fn, t) for t in tasks]
+        for i, _ in enumerate(as_completed(futures)):
+            tick(i + 1, n)
+        return [f.result() for f in futures]
 
     def close(self) -> None:
         if self._pool is not None:

@@ -112,7 +112,8 @@ def _by_layout(items: list, cand=lambda x: x) -> list[list]:
 
 
 def search(req: SearchRequest, executor: str = "local", workers: int | None = None, rank: str = "cost",
-           pool: Pool | None = None) -> SearchResult:
+           pool: Pool | None = None, progress=None) -> SearchResult:
+    """``progress(stage, done, total)``, if given, is called as work units finish."""
     from perfcast.search.evaluate import estimate_many, verify_many, warm
 
     t0 = time.perf_counter()
@@ -126,7 +127,9 @@ def search(req: SearchRequest, executor: str = "local", workers: int | None = No
     own = pool is None
     pool = pool or Pool(executor, workers)
     try:
-        est = [o for part in pool.map(estimate_many, [(req, g) for g in _by_layout(kept)]) for o in part]
+        tick_e = (lambda d, n: progress("estimate", d, n)) if progress else None
+        tick_v = (lambda d, n: progress("simulate", d, n)) if progress else None
+        est = [o for part in pool.map(estimate_many, [(req, g) for g in _by_layout(kept)], tick_e) for o in part]
         feasible = sorted((o for o in est if o.meets_sla), key=key)
         for o in est:
             if not o.meets_sla:
@@ -134,7 +137,7 @@ def search(req: SearchRequest, executor: str = "local", workers: int | None = No
         reps = _representatives(feasible)
         pick = list(dict.fromkeys(reps[:req.verify] + pareto(reps)))
         groups = _by_layout(pick, lambda o: o.candidate)
-        sims = [o for part in pool.map(verify_many, [(req, g) for g in groups]) for o in part]
+        sims = [o for part in pool.map(verify_many, [(req, g) for g in groups], tick_v) for o in part]
     finally:
         if own:
             pool.close()
