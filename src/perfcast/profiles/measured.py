@@ -136,7 +136,11 @@ class Tables:
             t = _num(rows, "median_ms") * 1e-3
             base = an.attention_cost(self.gpu, b, h, kvh, hd, q, kv, phase == "prefill", None, dt, None, None,
                                      IDEAL).seconds
-            self.attn[key] = RowGrid(b * h, kv, np.log(t / base))
+            lr = np.log(t / base)
+            for bb in np.unique(b):  # within a row, a longer sequence is never faster (padding)
+                sel = b == bb
+                lr[sel] = monotone_log_ratio(kv[sel], lr[sel], base[sel])
+            self.attn[key] = RowGrid(b * h, kv, lr)
             self.attn_time[key] = RowGrid(b, kv, np.log(t)).make_monotone()
 
     def _attn_key(self, dt, phase, heads, kv_heads, hd):
