@@ -87,6 +87,8 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     L = spec.n_layers
     norm = layout.norm_op if spec.norm == "rmsnorm" else "layernorm"
     wd = wdtype if wdtype and wdtype != dtype else None
+    # fp8 deployments run fp8 GEMMs; activations, norms and attention stay in bf16
+    adt = "bf16" if dtype in ("fp8", "int8", "int4", "fp4") else dtype
     ops: list[Op] = []
 
     def gemm(name, n, k, count=L, group="layer", host_ops=1.0, m=None, groups=None):
@@ -97,7 +99,7 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
 
     def elem(name, op, width, count=L, tokens=None, group="layer", host_ops=1.0, kernels=1):
         ops.append(Op(name, "elementwise", {"op": op, "tokens": T if tokens is None else tokens,
-                                            "width": int(width)}, count, dtype, None, group,
+                                            "width": int(width)}, count, adt, None, group,
                       host_ops=host_ops, meta={"kernels": kernels}))
 
     def allreduce(name, count=L, tokens=None):
@@ -129,7 +131,7 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     norm_ops = 8.0 if norm == "rmsnorm_eager" else 1.0
     elem("attn_norm", norm, h, host_ops=norm_ops)
     if spec.is_mla:
-        _mla(spec, shape, tp, dtype, kv_dtype, gemm, elem, ops, L)
+        _mla(spec, shape, tp, adt, kv_dtype, gemm, elem, ops, L)
     else:
         if layout.fused_qkv:
             gemm("qkv_proj", (heads + 2 * kvh) * hd, h, host_ops=3.0)
@@ -149,7 +151,7 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
             ops.append(Op(name, "attention", {
                 "batch": B, "heads": heads, "kv_heads": kvh, "head_dim": hd, "q_len": shape.q_len,
                 "kv_len": shape.kv_len, "causal": shape.phase == "prefill", "window": window,
-            }, count, dtype, None, "layer", host_ops=3.0, meta={"kv_dtype": kv_dtype}))
+            }, count, adt, None, "layer", host_ops=3.0, meta={"kv_dtype": kv_dtype}))
         gemm("o_proj", h, heads * hd, host_ops=2.0)
     allreduce("attn_allreduce")
     if spec.post_norms:
