@@ -101,6 +101,33 @@ def mape(rows, key) -> tuple[float, int]:
     return (100.0 * sum(v) / len(v), len(v)) if v else (float("nan"), 0)
 
 
+def ranking(ok: list[dict], src: str = "profile") -> None:
+    """Does the plan perfcast predicts fastest measure fastest? Per (host file, model, shape) among the
+    measured placements of that model: the predicted best vs the measured best, and pairwise order."""
+    groups: dict[tuple, list] = {}
+    for r in ok:
+        if f"decode_{src}" in r:
+            groups.setdefault((r["file"], r["model"], r["b"], r["p"], r["c"], r["threads"]), []).append(r)
+    agree = pairs = top = n = 0
+    for key, rs in groups.items():
+        if len(rs) < 2:
+            continue
+        n += 1
+        best_meas = min(rs, key=lambda r: r["decode_meas"])
+        best_pred = min(rs, key=lambda r: r[f"decode_{src}"])
+        top += best_meas is best_pred
+        for i in range(len(rs)):
+            for j in range(i + 1, len(rs)):
+                a, b = rs[i], rs[j]
+                if abs(a["decode_meas"] - b["decode_meas"]) < 0.05 * min(a["decode_meas"], b["decode_meas"]):
+                    continue  # closer than the run-to-run noise: no order to check
+                pairs += 1
+                agree += (a["decode_meas"] < b["decode_meas"]) == (a[f"decode_{src}"] < b[f"decode_{src}"])
+    if n:
+        print(f"decode ranking ({src}): predicted-fastest plan is the measured-fastest in {top}/{n} groups; "
+              f"pairwise order right in {agree}/{pairs} pairs that differ by more than 5%")
+
+
 def report(rows: list[dict]) -> None:
     ok = [r for r in rows if "error" not in r]
     hdr = f"{'case':<44} {'dtype':>5} {'thr':>3} {'pre meas':>9} {'pre pred':>9} {'dec meas':>9} {'dec pred':>9}  src"
@@ -132,6 +159,7 @@ def report(rows: list[dict]) -> None:
                 if n:
                     parts.append(f"{ph}/{src} {m:5.1f}% (n={n})")
         print(f"MAPE {g:<40} " + "  ".join(parts))
+    ranking(ok)
 
 
 def measure_local() -> int:
