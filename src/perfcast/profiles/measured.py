@@ -19,6 +19,7 @@ import numpy as np
 
 from perfcast.hardware.spec import GPUSpec
 from perfcast.ops import analytical as an
+from perfcast.ops import roofline as rl
 from perfcast.ops.base import ANALYTICAL, INTERPOLATED, MEASURED, OpCost
 from perfcast.profiles.interp import Curve, RowGrid, idw_weights, monotone_log_ratio
 
@@ -207,8 +208,8 @@ class Tables:
         for (op, dt), rows in by.items():
             tok, wid = _num(rows, "tokens"), _num(rows, "width")
             t = _num(rows, "median_ms") * 1e-3
-            base = np.array([an.elementwise_cost(self.gpu, _base_op(op), tok[i], int(wid[i]), dt, IDEAL).seconds
-                             for i in range(len(rows))])
+            base = np.broadcast_to(an.elementwise_cost(self.gpu, _base_op(op), tok, wid, dt, IDEAL).seconds,
+                                   tok.shape)
             el = tok * wid
             ok = np.unique(el, return_index=True)[1]  # one point per size for the envelope
             self.elem[(op, dt)] = Curve(el[ok], monotone_log_ratio(el[ok], np.log(t / base)[ok], base[ok]))
@@ -286,17 +287,14 @@ class Tables:
             q = _num(self._attn_rows, "q_len")
             t = _num(self._attn_rows, "median_ms") * 1e-3
             rows = self._attn_rows
+            b, h, kvh, hd, kv = (_num(rows, c) for c in ("batch", "heads", "kv_heads", "head_dim", "kv_len"))
             pre = (q >= 4096)
             if pre.any():
-                fl = np.array([an.attention_cost(g, float(r["batch"]), int(r["heads"]), int(r["kv_heads"]),
-                                                 int(r["head_dim"]), float(r["q_len"]), float(r["kv_len"]),
-                                                 True).flops for r in rows])
+                fl = rl.attention_flops(b, h, hd, q, kv, True)
                 e["attn_compute"] = float(np.median(fl[pre] / t[pre] / g.flops("bf16")))
             dec = q == 1
             if dec.any():
-                by = np.array([an.attention_cost(g, float(r["batch"]), int(r["heads"]), int(r["kv_heads"]),
-                                                 int(r["head_dim"]), 1.0, float(r["kv_len"]), False).bytes
-                               for r in rows])
+                by = rl.attention_bytes(b, h, kvh, hd, np.ones_like(kv), kv)
                 big = dec & (by >= 256 << 20)
                 if big.any():
                     e["attn_memory"] = float(np.median(by[big] / t[big] / g.mem_bw_bytes_per_s))
