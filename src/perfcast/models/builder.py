@@ -26,7 +26,8 @@ class StepShape:
 
     @property
     def q_len(self):
-        return self.prompt if self.phase == "prefill" else np.ones_like(self.context)
+        # decode: one query per sequence (a scalar, so per-token ops stay in the batch's own shape)
+        return self.prompt if self.phase == "prefill" else np.ones((), dtype=np.int64)
 
     @property
     def kv_len(self):

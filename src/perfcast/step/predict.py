@@ -161,32 +161,29 @@ def sweep(model, gpu, batch=1, prompt=512, context=512, tp=1, pp=1, dtype="bf16"
     """
     cfg = model if isinstance(model, StepConfig) else make_config(
         model, gpu, tp, pp, dtype, runtime, profile, kv_dtype, wdtype)
-    b, p, c = np.broadcast_arrays(_pos_int("batch", batch), _pos_int("prompt", prompt),
-                                  _pos_int("context", context))
+    # keep the inputs in their own (broadcastable) shapes: each op is costed on the fewest points
+    b, p, c = _pos_int("batch", batch), _pos_int("prompt", prompt), _pos_int("context", context)
     check_lengths(cfg, p, c)
     out = _sweep_cfg(cfg, b, p, c)
     if as_frame:
         import pandas as pd  # optional
 
-        return pd.DataFrame({"batch": b.ravel(), "prompt": p.ravel(), "context": c.ravel(),
+        bb, pp_, cc = np.broadcast_arrays(b, p, c)
+        return pd.DataFrame({"batch": bb.ravel(), "prompt": pp_.ravel(), "context": cc.ravel(),
                              **{k: np.ravel(v) for k, v in out.items()}})
     return out
 
 
 def _sweep_cfg(cfg: StepConfig, b, p, c) -> dict:
+    shape = np.broadcast_shapes(np.shape(b), np.shape(p), np.shape(c))
     _, _, pre, _ = _phase(cfg, "prefill", b, p, c)
     _, _, dec, _ = _phase(cfg, "decode", b, p, c)
     m = mem.memory(cfg.model, cfg.gpu, b, p, c, cfg.tp, cfg.pp, _wdtype(cfg), cfg.kv_dtype or _kvd(cfg),
                    _act_dtype(cfg))
-    return {
-        "prefill_ms": np.broadcast_to(pre.seconds * 1e3, b.shape),
-        "decode_ms": np.broadcast_to(dec.seconds * 1e3, b.shape),
-        "weights_gib": np.broadcast_to(m.weights_bytes / GIB, b.shape),
-        "kv_cache_gib": np.broadcast_to(m.kv_cache_bytes / GIB, b.shape),
-        "activations_gib": np.broadcast_to(m.activations_bytes / GIB, b.shape),
-        "total_gib": np.broadcast_to(m.total_bytes / GIB, b.shape),
-        "fits": np.broadcast_to(m.fits, b.shape),
-    }
+    out = {"prefill_ms": pre.seconds * 1e3, "decode_ms": dec.seconds * 1e3, "weights_gib": m.weights_bytes / GIB,
+           "kv_cache_gib": m.kv_cache_bytes / GIB, "activations_gib": m.activations_bytes / GIB,
+           "total_gib": m.total_bytes / GIB, "fits": m.fits}
+    return {k: np.broadcast_to(v, shape) for k, v in out.items()}  # every result in the full sweep shape
 
 
 def _wdtype(cfg: StepConfig) -> str:
