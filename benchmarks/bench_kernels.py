@@ -73,7 +73,7 @@ def main(argv=None):
                 preds += predict_rows(gpu, prof, fam, rows(d / f"{fam}.csv"))
             fp8 = d.parent / "extras" / "gemm_fp8_heldout.csv"
             if fp8.is_file() and d.name == "heldout7":
-                for fam, p, m, src in predict_rows(gpu, prof, "gemm", rows(fp8)):
+                for _fam, p, m, src in predict_rows(gpu, prof, "gemm", rows(fp8)):
                     preds.append(("gemm_fp8", p, m, src))
             key = f"{d.parent.name}/{d.name}:{gpu.id}:{mode}"
             report[key] = {"profile": prof.name, "families": summarize(preds)}

@@ -16,10 +16,10 @@ import warnings
 
 import numpy as np
 
+from perfcast.hardware import get_gpu
 from perfcast.models import get_model
 from perfcast.models.builder import GRAPH_LAYOUT, StepShape, build_ops
 from perfcast.profiles.registry import resolve_profile
-from perfcast.hardware import get_gpu
 from perfcast.step.costs import op_cost
 from perfcast.step.runtime import cuda_graph
 

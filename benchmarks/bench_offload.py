@@ -109,7 +109,7 @@ def ranking(ok: list[dict], src: str = "profile") -> None:
         if f"decode_{src}" in r:
             groups.setdefault((r["file"], r["model"], r["b"], r["p"], r["c"], r["threads"]), []).append(r)
     agree = pairs = top = n = 0
-    for key, rs in groups.items():
+    for rs in groups.values():
         if len(rs) < 2:
             continue
         n += 1

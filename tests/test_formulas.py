@@ -6,7 +6,7 @@ import pytest
 from perfcast.hardware import get_gpu
 from perfcast.models import get_model
 from perfcast.ops import roofline as rl
-from perfcast.ops.analytical import PRIOR, gemm_compute_time, collective_cost
+from perfcast.ops.analytical import PRIOR, collective_cost, gemm_compute_time
 from perfcast.ops.base import COMPUTE, MEMORY
 from perfcast.step import memory as mem
 

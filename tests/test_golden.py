@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "golden"))
-from regen import compute  # noqa: E402
+from regen import compute
 
 pytestmark = pytest.mark.golden
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "predictions.json").read_text())

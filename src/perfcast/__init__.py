@@ -8,8 +8,21 @@ only by ``perfcast.measure``.
 
 __version__ = "0.1.0"
 
-__all__ = ["predict", "sweep", "predict_op", "Prediction", "InputError", "get_gpu", "get_cpu",
-           "list_gpus", "list_cpus", "get_model", "list_models", "max_batch", "max_context"]
+__all__ = [
+    "InputError",
+    "Prediction",
+    "get_cpu",
+    "get_gpu",
+    "get_model",
+    "list_cpus",
+    "list_gpus",
+    "list_models",
+    "max_batch",
+    "max_context",
+    "predict",
+    "predict_op",
+    "sweep",
+]
 
 
 def __getattr__(name):  # lazy: `import perfcast` stays fast for `perfcast --help`

@@ -6,5 +6,18 @@ from perfcast.ops.predict import predict_op
 from perfcast.step.memory import max_batch, max_context
 from perfcast.step.predict import InputError, Prediction, predict, sweep
 
-__all__ = ["predict", "sweep", "predict_op", "Prediction", "InputError", "get_gpu", "get_cpu",
-           "list_gpus", "list_cpus", "get_model", "list_models", "max_batch", "max_context"]
+__all__ = [
+           "InputError",
+           "Prediction",
+           "get_cpu",
+           "get_gpu",
+           "get_model",
+           "list_cpus",
+           "list_gpus",
+           "list_models",
+           "max_batch",
+           "max_context",
+           "predict",
+           "predict_op",
+           "sweep",
+]

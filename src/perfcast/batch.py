@@ -57,7 +57,7 @@ def _str_or_none(name: str, v):
 
 def predict_lines(lines: Iterable[str]) -> tuple[list[dict], bool]:
     """Predict each line; returns (output objects in order, all_ok)."""
-    from perfcast.step.predict import make_config, predict_many, _predict_cfg, check_lengths
+    from perfcast.step.predict import _predict_cfg, check_lengths, make_config, predict_many
 
     outputs: list[dict | None] = []
     groups: dict[tuple, list[tuple[int, int, int, int]]] = {}
@@ -164,7 +164,7 @@ def read_lines(path: str) -> list[str]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    return [ln.removesuffix("\r") for ln in lines]
 
 
 def dumps(obj: dict) -> str:

@@ -133,7 +133,7 @@ def _predict_offload(model, gpu, batch, prompt, context, tp, pp, dtype, runtime,
     try:
         plan = json.loads(offload)
     except json.JSONDecodeError as e:
-        raise UserError(f"--offload must be a JSON object such as '{{\"plan\": \"layers\", \"gpu_layers\": 20}}' ({e})")
+        raise UserError(f"--offload must be a JSON object such as '{{\"plan\": \"layers\", \"gpu_layers\": 20}}' ({e})") from None
     line = {"model": model, "gpu": gpu, "batch": batch, "prompt": prompt, "context": context, "tp": tp, "pp": pp,
             "dtype": dtype, "runtime": runtime, "profile": profile, "offload": plan}
     if cpu is not None:

@@ -8,7 +8,7 @@ from importlib import resources
 
 from perfcast.hardware.spec import DTYPE_BYTES, CPUSpec, GPUSpec
 
-__all__ = ["GPUSpec", "CPUSpec", "DTYPE_BYTES", "get_gpu", "get_cpu", "list_gpus", "list_cpus"]
+__all__ = ["DTYPE_BYTES", "CPUSpec", "GPUSpec", "get_cpu", "get_gpu", "list_cpus", "list_gpus"]
 
 
 def _norm(s: str) -> str:

@@ -44,7 +44,7 @@ class _Csv:
     """A CSV file written row by row (flushed, so a crashed run keeps what it measured)."""
 
     def __init__(self, path: Path, columns: list[str]):
-        self.f = open(path, "w", newline="")  # noqa: SIM115 - closed by close()
+        self.f = open(path, "w", newline="")
         self.w = csv.writer(self.f, lineterminator="\n")
         self.w.writerow(columns)
         self.rows = 0

@@ -133,7 +133,7 @@ def measure_op(op: str, nbytes: int, g: int, group, device, use_graph: bool) -> 
                     fn()
             graph.replay()
             torch.cuda.synchronize()
-        except Exception as e:  # noqa: BLE001 - fall back to eager timing
+        except Exception as e:
             print(f"graph capture failed for {op} ({type(e).__name__}: {e}); timing eagerly", flush=True)
             graph = None
             torch.cuda.synchronize()

@@ -58,7 +58,7 @@ def format_rows(rows: list[dict]) -> str:
     errs = []
     for r in rows:
         if "error" in r:
-            out.append(f"{str(r.get('model')):28s} error: {r['error']}")
+            out.append(f"{r.get('model')!s:28s} error: {r['error']}")
             continue
         case = f"b{r['batch']} p{r['prompt']} c{r['context']}"
         out.append(f"{r['model'][-28:]:28s} {r['gpu']:9s} {r['runtime']:10s} {r['tp']:2d} {case:>18s} "

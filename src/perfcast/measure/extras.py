@@ -60,14 +60,16 @@ def run_fp8(torch, timer, path: Path, heldout: bool) -> int:
                 x = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
                 w = torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn)
                 one = torch.ones((), device="cuda")
-                fn = lambda: torch._scaled_mm(x, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)  # noqa: E731
+
+                def fn(x=x, w=w, one=one):
+                    return torch._scaled_mm(x, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+
                 st = timer.bench(fn)
             except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
                 print(f"fp8 skip {m}x{n}x{k}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
                 continue
             f.write(f"fp8,{m},{n},{k},{st.median_ms:.6g},{st.min_ms:.6g},{st.p90_ms:.6g},{st.reps}\n")
             rows += 1
-            del x, w
     return rows
 
 
@@ -110,7 +112,7 @@ def run_moe(torch, path: Path, quick: bool) -> int:
                 x = torch.randn(tokens, h, device="cuda", dtype=torch.bfloat16)
                 out = torch.zeros_like(x)
 
-                def step():
+                def step(layer_fns=layer_fns, x=x, out=out):
                     for fn, _ in layer_fns:
                         fn(x, out)
 

@@ -310,7 +310,7 @@ def run_case(group: _Group, case: dict, device) -> dict:
         st = summarize(times)
         res.update({f"{phase}_ms": st["ms"], f"{phase}_min_ms": st["min_ms"],
                     f"{phase}_p90_ms": st["p90_ms"], f"{phase}_reps": st["reps"]})
-    if "hf" == group.impl and "decode" in _phases(case):
+    if group.impl == "hf" and "decode" in _phases(case):
         res["hf_cache"] = "DynamicCache"
     return res
 
@@ -340,7 +340,7 @@ def _build(model, layers, impl, device, dtype, rank, world):
         group = _Group(model, layers, impl, device, dtype, rank, world)
     except torch.OutOfMemoryError:
         err = "oom"
-    except Exception as e:  # noqa: BLE001 - any build failure is recorded per case
+    except Exception as e:
         err = f"{type(e).__name__}: {e}"
     if not _agree(group is not None, device):
         return None, err or "model build failed on another rank"
@@ -488,7 +488,7 @@ def _run_cases(p, args) -> int:
 
         try:
             mp.spawn(_worker, args=(args, args.tp, _free_port()), nprocs=args.tp, join=True)
-        except Exception as e:  # noqa: BLE001 - a rank died: say so, exit 3
+        except Exception as e:
             print(f"model_step: a rank failed: {e}", file=sys.stderr)
             return 3
         with open(args.out) as f:

@@ -241,7 +241,7 @@ def run(cases: list[dict], out_path: str, device: str, cpu_profile: str | None, 
                 res = measure_case(case, has_gpu, min(max(wait_idle_s, 1.0), 15.0))
             except torch.OutOfMemoryError:
                 res = {"error": "oom"}
-            except Exception as e:  # noqa: BLE001 - one bad case must not stop the run
+            except Exception as e:
                 res = {"error": f"{type(e).__name__}: {e}"}
             errors += "error" in res
             gc.collect()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from perfcast.models.spec import ConfigError, ModelSpec, load_config_file, spec_from_config
 
-__all__ = ["ModelSpec", "ConfigError", "get_model", "list_models", "spec_from_config"]
+__all__ = ["ConfigError", "ModelSpec", "get_model", "list_models", "spec_from_config"]
 
 
 def _norm(s: str) -> str:

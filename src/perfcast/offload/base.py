@@ -244,7 +244,7 @@ def as_positive(name: str, v) -> float:
 
 def as_bool(name: str, v) -> bool:
     if not isinstance(v, bool):
-        raise ValueError(f"offload field {name!r} must be true or false, got {v!r}")  # noqa: TRY004
+        raise ValueError(f"offload field {name!r} must be true or false, got {v!r}")
     return v
 
 
@@ -257,7 +257,7 @@ def as_path(name: str, v) -> str:
 def parse_offload(off) -> tuple[PlanDef, dict, dict]:
     """(plan definition, the plan's validated fields, the common fields) of an ``offload`` object."""
     if not isinstance(off, dict):
-        raise ValueError(  # noqa: TRY004 - every bad field is a ValueError (batch mode's contract)
+        raise ValueError(
             f"offload must be a JSON object such as {{\"plan\": \"layers\", \"gpu_layers\": 20}}, got {off!r}"[:200])
     name = off.get("plan")
     if name not in PLANS:

@@ -63,7 +63,7 @@ def offload(model, gpu, cpu, vram_gib, batch, prompt, context, cpu_threads, dtyp
     try:
         r = search(model, gpu, cpu, vram_gib, batch, prompt, context, cpu_threads, dtype, runtime, profile,
                    sparsity, activation_profile)
-    except Exception as e:  # noqa: BLE001 - one line on stderr, never a traceback
+    except Exception as e:
         _fail(e)
     if as_json:
         from perfcast.batch import dumps

@@ -30,9 +30,8 @@ def shipped_profiles() -> list[str]:
 def learned_efficiency(architecture: str, exclude: str = "") -> an.Efficiency:
     """Efficiencies fitted on the shipped profiles of GPUs of ``architecture`` (others if none),
     leaving out ``exclude`` (so a GPU's transfer error is measured without its own data)."""
-    from perfcast.profiles.measured import load_tables  # numpy only
-
     from perfcast.hardware import get_gpu
+    from perfcast.profiles.measured import load_tables  # numpy only
 
     fits = []
     for gid in shipped_profiles():

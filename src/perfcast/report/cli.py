@@ -80,7 +80,7 @@ def explain(model, gpu, batch, prompt, context, tp, pp, dtype, runtime, profile,
 
     try:
         exp = build(model, gpu, batch, prompt, context, tp, pp, dtype, runtime, profile)
-    except Exception as e:  # noqa: BLE001 - any refusal is one line on stderr, never a traceback
+    except Exception as e:
         _fail(e)
     written = []
     if out_dir is not None:
@@ -130,7 +130,7 @@ def report(model, gpus, batch, context, tp, pp, dtype, runtime, profile, batches
                            _ints(contexts, "contexts"), tp, pp, dtype, runtime, profile)
     except _Error:
         raise
-    except Exception as e:  # noqa: BLE001 - as above
+    except Exception as e:
         _fail(e)
     try:
         path = write_report(data, out_path, title)

@@ -74,7 +74,7 @@ def _answer(parse, compute) -> Response:
         return _error(str(e), 400)
     except HTTPException:
         raise
-    except Exception as e:  # noqa: BLE001 - the step model refused a well-formed case: say why
+    except Exception as e:
         return _error(str(e) or e.__class__.__name__, 422)
 
 

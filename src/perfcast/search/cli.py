@@ -89,9 +89,9 @@ def search(model, rate, sla_ttft_ms, sla_tpot_ms, gpus, max_gpus, tps, pps, max_
         req = _request(model, rate, sla_ttft_ms, sla_tpot_ms, gpus, max_gpus, tps, pps, max_num_seqs,
                        max_batched_tokens, disagg, kv_link_gbps, input_tokens, output_tokens, dtype, runtime,
                        profile, prices_path, sim_requests, verify, seed)
-        from perfcast.search.pipeline import search as run_search
-
         import sys
+
+        from perfcast.search.pipeline import search as run_search
 
         show = not as_json and sys.stderr.isatty()
         res = run_search(req, executor, workers, rank, progress=_bar if show else None)
@@ -155,7 +155,6 @@ def _request(model, rate, sla_ttft_ms, sla_tpot_ms, gpus, max_gpus, tps, pps, ma
 
 
 def _bar(stage: str, done: int, total: int) -> None:
-    import sys
 
     width = 30
     k = int(width * done / max(total, 1))
