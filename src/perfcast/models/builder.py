@@ -92,16 +92,19 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     adt = "bf16" if dtype in ("fp8", "int8", "int4", "fp4") else dtype
     ops: list[Op] = []
 
-    def gemm(name, n, k, count=L, group="layer", host_ops=1.0, m=None, groups=None):
+    def gemm(name, n, k, count=L, group="layer", host_ops=1.0, m=None, groups=None, batched=False):
         dims = {"m": (T if group != "post" else B) if m is None else m, "n": int(n), "k": int(k)}
         if groups is not None:
             dims["groups"] = groups  # launches per layer (an array: MoE experts hit)
-        ops.append(Op(name, "gemm", dims, count, dtype, wd, group, host_ops=host_ops))
+        ops.append(Op(name, "gemm", dims, count, dtype, wd, group, host_ops=host_ops,
+                      meta={"batched": batched}))  # batched: the groups run in one kernel (bmm)
 
-    def elem(name, op, width, count=L, tokens=None, group="layer", host_ops=1.0, kernels=1):
-        ops.append(Op(name, "elementwise", {"op": op, "tokens": T if tokens is None else tokens,
-                                            "width": int(width)}, count, adt, None, group,
-                      host_ops=host_ops, meta={"kernels": kernels}))
+    def elem(name, op, width, count=L, tokens=None, group="layer", host_ops=1.0, kernels=1, groups=None):
+        dims = {"op": op, "tokens": T if tokens is None else tokens, "width": int(width)}
+        if groups is not None:
+            dims["groups"] = groups  # one launch set per group (MoE: per expert hit)
+        ops.append(Op(name, "elementwise", dims, count, adt, None, group, host_ops=host_ops,
+                      meta={"kernels": kernels}))
 
     def allreduce(name, count=L, tokens=None):
         if tp > 1:
@@ -118,10 +121,9 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
                 gemm(f"{prefix}up_proj", width, h, count, m=m, groups=groups)
         else:
             gemm(f"{prefix}up_proj", width, h, count, m=m, groups=groups)
-        tok = T if m is None else m * (1 if groups is None else groups)
-        launches = 1 if groups is None else int(np.ceil(np.max(groups)))
-        elem(f"{prefix}act", act_op, width, count, tokens=tok, host_ops=2.0 * launches,
-             kernels=2 * launches)  # act(gate) * up, once per expert hit
+        launches = 1 if groups is None else float(np.mean(groups))
+        elem(f"{prefix}act", act_op, width, count, tokens=T if m is None else m, host_ops=2.0 * launches,
+             kernels=2, groups=groups)  # act(gate) * up, once per expert hit
         gemm(f"{prefix}down_proj", h, width, count, m=m, groups=groups)
 
     # --- embedding
@@ -176,13 +178,12 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
             a2a = picks / ep * h * 2.0 * moe_imbalance
             ops.append(Op("moe_dispatch", "collective", {"coll": "all_to_all", "bytes": a2a, "gpus": ep},
                           n_moe, dtype, None, "layer"))
-        n_launch = int(np.ceil(np.max(active_local)))
+        n_launch = float(np.mean(active_local))
         # per expert hit: gather its tokens, then scale and scatter-add its output (index_add_)
-        ops.append(Op("expert_gather", "elementwise", {"op": "copy", "tokens": picks / ep, "width": h}, n_moe,
-                      dtype, None, "layer", host_ops=float(n_launch), meta={"kernels": n_launch}))
+        elem("expert_gather", "copy", h, n_moe, tokens=m_exp, host_ops=n_launch, kernels=1, groups=active_local)
         mlp("expert_", shard(spec.moe_intermediate, e_tp), n_moe, m=m_exp, groups=active_local)
-        ops.append(Op("expert_scatter", "elementwise", {"op": "add", "tokens": picks / ep, "width": h}, n_moe,
-                      dtype, None, "layer", host_ops=3.0 * n_launch, meta={"kernels": 3 * n_launch}))
+        elem("expert_scatter", "add", h, n_moe, tokens=m_exp, host_ops=3.0 * n_launch, kernels=3,
+             groups=active_local)
         if ep > 1:
             ops.append(Op("moe_combine", "collective", {"coll": "all_to_all", "bytes": a2a, "gpus": ep},
                           n_moe, dtype, None, "layer"))
@@ -232,11 +233,11 @@ def _mla(spec: ModelSpec, shape: StepShape, tp, dtype, kv_dtype, gemm, elem, ops
             "layer", host_ops=3.0, meta={"kv_dtype": kv_dtype}))
     else:
         # absorb W_UK into the query and W_UV into the output: per-head batched GEMMs
-        gemm("q_absorb", spec.kv_lora_rank, spec.qk_nope_head_dim, groups=H)
+        gemm("q_absorb", spec.kv_lora_rank, spec.qk_nope_head_dim, groups=H, batched=True)
         ops.append(Op("attention", "attention", {
             "batch": B, "heads": H, "kv_heads": 1, "head_dim": spec.kv_lora_rank + spec.qk_rope_head_dim,
             "v_head_dim": spec.kv_lora_rank, "q_len": shape.q_len, "kv_len": shape.kv_len, "causal": False,
             "window": None}, L, dtype, None, "layer", host_ops=3.0, meta={"kv_dtype": kv_dtype}))
-        gemm("out_absorb", spec.v_head_dim, spec.kv_lora_rank, groups=H)
+        gemm("out_absorb", spec.v_head_dim, spec.kv_lora_rank, groups=H, batched=True)
     gemm("o_proj", h, H * spec.v_head_dim)
     del T

@@ -57,7 +57,12 @@ def _attention(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
 @cost_fn("elementwise")
 def _elementwise(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
     d = op.dims
-    return prof.elementwise(d["op"], d["tokens"], d["width"], op.dtype)
+    c = prof.elementwise(d["op"], d["tokens"], d["width"], op.dtype)
+    g = d.get("groups")
+    if g is None:
+        return c
+    g = np.asarray(g, dtype=float)  # one launch set per group (MoE experts)
+    return OpCost.of(c.seconds * g, c.bound, c.source, c.flops * g, c.bytes * g)
 
 
 @cost_fn("collective")

@@ -63,6 +63,8 @@ def cuda_graph(ops: list[Op], costs: list[OpCost], host: HostModel, eff) -> Step
             bounds.append(c.bound)
             continue
         k = op.meta.get("kernels", 1)
+        if op.dims.get("groups") is not None and not op.meta.get("batched"):
+            k = k * np.asarray(op.dims["groups"], dtype=float)  # launches: kernels per group x groups
         s = np.maximum(c.seconds - k * disc, k * kmin)
         per.append(s)
         bounds.append(c.bound)
