@@ -79,6 +79,13 @@ class Tables:
         self._gemm_keys = {}
         for dt, n, k in self.gemm_curves:
             self._gemm_keys.setdefault((dt, _aligned(n, k)), []).append((n, k))
+        # every measured point of a class as (log m, log n, log k) -> log ratio, for shapes not measured
+        self._gemm_pts: dict[tuple, list] = {}
+        for (dt, n, k), rows in by.items():
+            m = _num(rows, "m")
+            f = np.stack([np.log(m), np.full(m.shape, np.log(n)), np.full(m.shape, np.log(k))], axis=1)
+            self._gemm_pts.setdefault((dt, _aligned(n, k)), []).append((n, k, f, self.gemm_curves[(dt, n, k)](m)))
+        self._blend_cache: dict[tuple, Curve] = {}
 
     def gemm(self, prof, m, n, k, dtype="bf16", wdtype=None) -> OpCost:
         base = an.gemm_cost(prof.gpu, m, n, k, dtype, wdtype, IDEAL)
@@ -107,16 +114,25 @@ class Tables:
         return OpCost.of(base.seconds * np.exp(lr), base.bound, self._src(prof, src), base.flops, base.bytes)
 
     def _gemm_blend(self, dt, m, n, k):
-        """Nearest measured weights of the same alignment class, blended by inverse distance in log n, log k."""
-        keys = self._gemm_keys[(dt, _aligned(n, k))]
-        nk = np.log(np.array(keys, dtype=float))
-        dist = np.hypot(nk[:, 0] - np.log(n), nk[:, 1] - np.log(k))
-        idx, w = idw_weights(dist, k=4)
-        lr = sum(wi * self.gemm_curves[(dt, *keys[i])](m) for i, wi in zip(idx, w))
-        inside = np.zeros(np.shape(m), dtype=bool)
-        for i in idx:
-            inside |= self.gemm_curves[(dt, *keys[i])].contains(m)
-        return lr, inside
+        """A weight shape nobody measured: a curve over the measured token counts, each point an
+        inverse-distance blend of the 8 nearest measured points of the same alignment class in
+        (log m, log n, log k); built once per shape, then interpolated like a measured curve."""
+        key = (dt, int(n), int(k))
+        curve = self._blend_cache.get(key)
+        if curve is None:
+            shapes = self._gemm_pts[(dt, _aligned(n, k))]
+            # the 3-D neighbours lie among the weights nearest in (log n, log k): keep those only
+            near = sorted(shapes, key=lambda s: (np.log(s[0] / n)) ** 2 + (np.log(s[1] / k)) ** 2)[:24]
+            pts = np.vstack([s[2] for s in near])
+            lr = np.concatenate([s[3] for s in near])
+            grid = np.unique(np.exp(pts[:, 0]))
+            q = np.stack([np.log(grid), np.full(grid.size, np.log(n)), np.full(grid.size, np.log(k))], axis=1)
+            d2 = ((q[:, None, :] - pts[None, :, :]) ** 2).sum(-1)
+            kk = min(8, len(lr))
+            idx = np.argpartition(d2, kk - 1, axis=1)[:, :kk]
+            w = 1.0 / (np.take_along_axis(d2, idx, axis=1) + 1e-12)
+            curve = self._blend_cache[key] = Curve(grid, (w * lr[idx]).sum(1) / w.sum(1))
+        return curve(m), curve.contains(m)
 
     # ------------------------------------------------------------------ attention
     def _build_attention(self):
