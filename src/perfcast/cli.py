@@ -156,13 +156,15 @@ def _print_predictions(outs: list[dict]):
     rows = []
     for o in outs:
         if "error" in o:
-            rows.append(["error", o["error"]] + [""] * 8)
+            rows.append(["error", o["error"]] + [""] * 9)
             continue
+        err = "/".join("–" if o.get(k) is None else f"±{o[k]:.0f}%"
+                       for k in ("prefill_err_p90_pct", "decode_err_p90_pct"))
         rows.append([o["model"], o["gpu"], f"b{o['batch']} p{o['prompt']} c{o['context']} tp{o['tp']} pp{o['pp']}",
-                     o["prefill_ms"], o["decode_ms"], f"{o['prefill_bound']}/{o['decode_bound']}",
+                     o["prefill_ms"], o["decode_ms"], err, f"{o['prefill_bound']}/{o['decode_bound']}",
                      o["total_gib"], "yes" if o["fits"] else "NO", o["source"], o["profile"]])
-    _table("perfcast predict", ["model", "gpu", "case", "prefill ms", "decode ms", "bound (pre/dec)",
-                                "GiB/GPU", "fits", "source", "profile"], rows)
+    _table("perfcast predict", ["model", "gpu", "case", "prefill ms", "decode ms", "p90 err (pre/dec)",
+                                "bound (pre/dec)", "GiB/GPU", "fits", "source", "profile"], rows)
 
 
 # ----------------------------------------------------------------------------- op

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -66,12 +68,17 @@ class Prediction:
     decode_bound: str
     source: str  # the least-trusted provenance among the ops that make up >= 5% of the time
     breakdown: list = field(default_factory=list)
+    # how far such predictions were from measured runs (p90 of |error|, %), and on what basis
+    prefill_err_p90_pct: float | None = None
+    decode_err_p90_pct: float | None = None
+    accuracy_basis: str = ""
 
     def to_dict(self, breakdown: bool = False) -> dict:
         d = {k: getattr(self, k) for k in (
             "model", "gpu", "batch", "prompt", "context", "tp", "pp", "dtype", "runtime",
             "prefill_ms", "decode_ms", "weights_gib", "kv_cache_gib", "activations_gib", "total_gib",
-            "fits", "capacity_gib", "profile", "prefill_bound", "decode_bound", "source")}
+            "fits", "capacity_gib", "profile", "prefill_bound", "decode_bound", "source",
+            "prefill_err_p90_pct", "decode_err_p90_pct", "accuracy_basis")}
         if breakdown:
             d["breakdown"] = self.breakdown
         return d
@@ -242,6 +249,7 @@ def predict_many(cfg: StepConfig, b, p, c) -> list[Prediction]:
     dms, db, ds, _ = res["decode"]
     src = np.maximum(ps, ds)
     cap = cfg.gpu.mem_capacity_bytes / GIB
+    pre_err, dec_err, basis = accuracy_of(cfg, pname)
     out = []
     for i in range(b.size):
         out.append(Prediction(
@@ -250,8 +258,37 @@ def predict_many(cfg: StepConfig, b, p, c) -> list[Prediction]:
             decode_ms=float(dms[i]), weights_gib=float(w[i]), kv_cache_gib=float(kv[i]),
             activations_gib=float(act[i]), total_gib=float(tot[i]), fits=bool(fits[i]), capacity_gib=cap,
             profile=pname, prefill_bound=BOUNDS[int(pb[i])], decode_bound=BOUNDS[int(db[i])],
-            source=SOURCES[int(src[i])]))
+            source=SOURCES[int(src[i])], prefill_err_p90_pct=pre_err, decode_err_p90_pct=dec_err,
+            accuracy_basis=basis))
     return out
+
+
+@functools.cache
+def _accuracy_table() -> dict:
+    from importlib import resources
+
+    f = resources.files("perfcast.profiles") / "data" / "accuracy.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def accuracy_of(cfg: StepConfig, profile_name: str) -> tuple[float | None, float | None, str]:
+    """The p90 |error| measured for this kind of prediction (benchmarks/bench_e2e.py), and its basis.
+
+    A GPU's own profile uses the errors measured with own profiles; a GPU predicted from another GPU's
+    ratios on Hopper uses the transfer errors measured between H100 and H200; other architectures were
+    never measured, so they get no figure."""
+    table = _accuracy_table()
+    if cfg.pp > 1 or cfg.model.is_moe or cfg.model.is_mla or cfg.dtype not in ("bf16", "fp16"):
+        return None, None, "not validated (pipeline, MoE, MLA or quantized steps were not measured end to end)"
+    own = profile_name.startswith("measured:")
+    if not own and cfg.gpu.architecture != "hopper":
+        return None, None, f"not validated: no {cfg.gpu.architecture} GPU was measured (datasheet x Hopper ratios)"
+    kind = "own" if own else "transfer"
+    tpk = "tp1" if cfg.tp == 1 else "tp>1"
+    pre = table.get(kind, {}).get(f"prefill:{cfg.runtime}:{tpk}")
+    dec = table.get(kind, {}).get(f"decode:{cfg.runtime}:{tpk}")
+    basis = f"{kind} profile, measured H100/H200 steps ({(pre or {}).get('n', 0)} prefill, {(dec or {}).get('n', 0)} decode cases)"
+    return (pre or {}).get("p90_pct"), (dec or {}).get("p90_pct"), basis
 
 
 def _predict_cfg(cfg: StepConfig, b: int, p: int, c: int, breakdown: bool = False) -> Prediction:

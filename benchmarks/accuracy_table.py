@@ -1,0 +1,46 @@
+"""Ship the measured step accuracy with the package, so every prediction can say how far off such
+predictions were: src/perfcast/profiles/data/accuracy.json from benchmarks/results/e2e*.json.
+
+    python benchmarks/bench_e2e.py --json benchmarks/results/e2e.json
+    python benchmarks/bench_e2e.py --profile none --json benchmarks/results/e2e_profile_none.json
+    python benchmarks/accuracy_table.py
+"""
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+OUT = ROOT.parent / "src" / "perfcast" / "profiles" / "data" / "accuracy.json"
+
+
+def key_of(group: str) -> str:
+    """'tp4 decode (cuda-graph)' -> 'decode:cuda-graph:tp>1'; 'prefill (eager)' -> 'prefill:eager:tp1'."""
+    m = re.match(r"(?:tp(\d+) )?(prefill|decode) \(([\w-]+)\)", group)
+    tp, phase, runtime = m.groups()
+    return f"{phase}:{runtime}:{'tp>1' if tp else 'tp1'}"
+
+
+def table(path: Path) -> dict:
+    out: dict[str, dict] = {}
+    for name, s in json.loads(path.read_text())["summary"].items():
+        _, group = name.split(":", 1)
+        k = key_of(group)
+        cur = out.setdefault(k, {"n": 0, "mape": 0.0, "p90": 0.0})
+        # pool GPUs: case-weighted MAPE, the worse p90
+        cur["mape"] = (cur["mape"] * cur["n"] + s["mape"] * s["n"]) / (cur["n"] + s["n"])
+        cur["p90"] = max(cur["p90"], s["p90"])
+        cur["n"] += s["n"]
+    return {k: {"n": v["n"], "mape_pct": round(v["mape"], 2), "p90_pct": round(v["p90"], 2)} for k, v in out.items()}
+
+
+def main():
+    data = {"source": "benchmarks/bench_e2e.py over benchmarks/data (H100 and H200 runs)",
+            "own": table(ROOT / "results" / "e2e.json"),
+            "transfer": table(ROOT / "results" / "e2e_profile_none.json")}
+    OUT.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
