@@ -13,8 +13,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-PREDICT_KEYS = ("model", "gpu", "tp", "pp", "dtype", "runtime", "profile", "kv_dtype", "wdtype")
-PREDICT_DEFAULTS = {"tp": 1, "pp": 1, "dtype": "bf16", "runtime": "cuda-graph", "profile": "auto",
+PREDICT_KEYS = ("model", "gpu", "tp", "pp", "dtype", "runtime", "profile", "kv_dtype", "wdtype", "ep",
+                "moe_imbalance")
+PREDICT_DEFAULTS = {"tp": 1, "pp": 1, "ep": 1, "moe_imbalance": 1.0, "dtype": "bf16", "runtime": "cuda-graph",
+                    "profile": "auto",
                     "kv_dtype": None, "wdtype": None}
 
 
@@ -81,6 +83,11 @@ def predict_lines(lines: Iterable[str]) -> tuple[list[dict], bool]:
             for k in ("model", "gpu", "dtype", "runtime", "profile", "kv_dtype", "wdtype"):
                 _str_or_none(k, vals[k])
             vals["tp"], vals["pp"] = _as_int("tp", vals["tp"]), _as_int("pp", vals["pp"])
+            vals["ep"] = _as_int("ep", 1 if vals["ep"] is None else vals["ep"])
+            mi = 1.0 if vals["moe_imbalance"] is None else vals["moe_imbalance"]
+            if isinstance(mi, bool) or not isinstance(mi, (int, float)) or not math.isfinite(mi):
+                raise ValueError(f"moe_imbalance must be a number >= 1, got {json.dumps(mi)[:60]}")
+            vals["moe_imbalance"] = float(mi)
             for k in ("dtype", "runtime", "profile"):
                 if vals[k] is None:
                     vals[k] = PREDICT_DEFAULTS[k]

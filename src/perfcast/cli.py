@@ -73,6 +73,9 @@ def main():
 @click.option("--context", type=int, default=None, help="KV-cache tokens per sequence at decode [default: prompt].")
 @click.option("--tp", type=int, default=1, show_default=True)
 @click.option("--pp", type=int, default=1, show_default=True)
+@click.option("--ep", type=int, default=1, show_default=True, help="MoE: experts split over this many of the tp GPUs.")
+@click.option("--moe-imbalance", type=float, default=1.0, show_default=True,
+              help="MoE: tokens of the busiest expert GPU over the uniform share.")
 @click.option("--dtype", type=str, default="bf16", show_default=True)
 @click.option("--kv-dtype", type=str, default=None, help="KV-cache dtype [default: dtype].")
 @click.option("--wdtype", type=str, default=None, help="Weight dtype for weight-only quantization.")
@@ -84,8 +87,8 @@ def main():
 @click.option("--cpu", type=str, default=None, help="Host CPU for --offload (catalog id or calibrated profile dir).")
 @click.option("--cpu-threads", type=int, default=None, help="CPU threads for offloaded ops [default: all cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the batch-mode object).")
-def predict(cases, model, gpu, batch, prompt, context, tp, pp, dtype, kv_dtype, wdtype, runtime, profile,
-            breakdown, offload, cpu, cpu_threads, as_json):
+def predict(cases, model, gpu, batch, prompt, context, tp, pp, ep, moe_imbalance, dtype, kv_dtype, wdtype, runtime,
+            profile, breakdown, offload, cpu, cpu_threads, as_json):
     """Predict one step: prefill (TTFT) and decode (TPOT), memory per GPU, and what binds."""
     if cases is not None:
         from perfcast.batch import predict_lines, read_lines
@@ -109,7 +112,7 @@ def predict(cases, model, gpu, batch, prompt, context, tp, pp, dtype, kv_dtype, 
 
     try:
         p = api_predict(model, gpu, batch, prompt, prompt if context is None else context, tp, pp, dtype,
-                        runtime, profile, breakdown, kv_dtype, wdtype)
+                        runtime, profile, breakdown, kv_dtype, wdtype, ep, moe_imbalance)
     except Exception as e:
         _fail(e)
     if as_json:

@@ -40,6 +40,8 @@ class StepConfig:
     profile: str = "auto"
     kv_dtype: str | None = None
     wdtype: str | None = None
+    ep: int = 1  # MoE: experts split over ep of the tp GPUs (all-to-all dispatch/combine)
+    moe_imbalance: float = 1.0  # MoE: tokens of the busiest GPU over the uniform share (>= 1)
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def _pos_int(name: str, v) -> np.ndarray:
 
 
 def make_config(model, gpu, tp=1, pp=1, dtype="bf16", runtime="cuda-graph", profile="auto",
-                kv_dtype=None, wdtype=None) -> StepConfig:
+                kv_dtype=None, wdtype=None, ep=1, moe_imbalance=1.0) -> StepConfig:
     """Resolve names and check the deployment; raises InputError/ValueError with a fix."""
     spec = get_model(model)
     g = get_gpu(gpu)
@@ -111,7 +113,15 @@ def make_config(model, gpu, tp=1, pp=1, dtype="bf16", runtime="cuda-graph", prof
         if v is not None and v not in DTYPE_BYTES:
             raise InputError(f"unknown {name} {v!r}; choose one of {', '.join(DTYPE_BYTES)}")
     get_runtime(runtime)
-    return StepConfig(spec, g, int(tp), int(pp), dtype, runtime, str(profile), kv_dtype, wdtype)
+    if isinstance(ep, bool) or not isinstance(ep, (int, np.integer)) or ep < 1 or tp % ep:
+        raise InputError(f"ep={ep!r} must be a positive integer that divides tp={tp} (experts split over ep GPUs)")
+    if ep > 1 and not spec.is_moe:
+        raise InputError(f"ep={ep} needs a mixture-of-experts model; {spec.name} is dense")
+    if isinstance(moe_imbalance, bool) or not isinstance(moe_imbalance, (int, float)) or not (
+            1.0 <= moe_imbalance <= 64.0):
+        raise InputError(f"moe_imbalance must be a number from 1 (uniform routing) to 64, got {moe_imbalance!r}")
+    return StepConfig(spec, g, int(tp), int(pp), dtype, runtime, str(profile), kv_dtype, wdtype, int(ep),
+                      float(moe_imbalance))
 
 
 def _layout(cfg: StepConfig):
@@ -128,7 +138,8 @@ def _act_dtype(cfg: StepConfig) -> str:
 def step_ops(cfg: StepConfig, phase: str, batch, prompt, context) -> list[Op]:
     shape = StepShape(phase, np.asarray(batch), np.asarray(prompt), np.asarray(context))
     wd = cfg.wdtype or (cfg.dtype if cfg.dtype in ("int8", "int4") else None)
-    return build_ops(cfg.model, shape, cfg.tp, _act_dtype(cfg), _layout(cfg), cfg.kv_dtype, wd, cfg.pp)
+    return build_ops(cfg.model, shape, cfg.tp, _act_dtype(cfg), _layout(cfg), cfg.kv_dtype, wd, cfg.pp, cfg.ep,
+                     cfg.moe_imbalance)
 
 
 def _phase(cfg: StepConfig, phase: str, batch, prompt, context):
@@ -221,9 +232,10 @@ def _dominant_arrays(rt, costs, ops):
 
 def predict(model, gpu, batch: int = 1, prompt: int = 512, context: int = 512, tp: int = 1, pp: int = 1,
             dtype: str = "bf16", runtime: str = "cuda-graph", profile: str = "auto", breakdown: bool = False,
-            kv_dtype: str | None = None, wdtype: str | None = None) -> Prediction:
+            kv_dtype: str | None = None, wdtype: str | None = None, ep: int = 1,
+            moe_imbalance: float = 1.0) -> Prediction:
     """Predict one step: prefill (TTFT without queueing) and one decode step (TPOT), and memory."""
-    cfg = make_config(model, gpu, tp, pp, dtype, runtime, profile, kv_dtype, wdtype)
+    cfg = make_config(model, gpu, tp, pp, dtype, runtime, profile, kv_dtype, wdtype, ep, moe_imbalance)
     b = int(_pos_int("batch", batch))
     p = int(_pos_int("prompt", prompt))
     c = int(_pos_int("context", context))

@@ -1,0 +1,48 @@
+"""MoE and MLA in the step model: expert routing counts, expert parallelism, imbalance, errors."""
+
+import numpy as np
+import pytest
+
+from perfcast.models import get_model
+from perfcast.models.builder import StepShape, build_ops, expected_active_experts
+from perfcast.step.predict import InputError, predict
+
+
+def test_expected_active_experts_by_hand():
+    # 1 token, top-2 of 8: exactly 2 distinct experts expected? E(1-(1-1/E)^2) = 8(1 - 49/64) = 1.875
+    assert float(expected_active_experts(8, 2)) == pytest.approx(8 * (1 - (7 / 8) ** 2))
+    assert float(expected_active_experts(8, 10_000)) == pytest.approx(8.0)
+
+
+def test_moe_ops_and_ep_collectives():
+    spec = get_model("mistralai/Mixtral-8x7B-v0.1")
+    shape = StepShape("decode", np.asarray(64), np.asarray(1), np.asarray(1024))
+    ops = {o.name: o for o in build_ops(spec, shape, tp=4, ep=4)}
+    assert {"router", "expert_gate_up_proj", "expert_down_proj", "moe_dispatch", "moe_combine"} <= set(ops)
+    # 64 tokens x top-2 = 128 picks over 4 EP ranks: each all-to-all moves 128/4 rows of hidden bf16
+    assert float(ops["moe_dispatch"].dims["bytes"]) == pytest.approx(128 / 4 * 4096 * 2)
+    assert "moe_dispatch" not in {o.name for o in build_ops(spec, shape, tp=4, ep=1)}
+
+
+def test_imbalance_never_faster_and_ep_checked():
+    base = predict("mistralai/Mixtral-8x7B-v0.1", "h200", batch=64, prompt=512, context=512, tp=4, ep=4)
+    skew = predict("mistralai/Mixtral-8x7B-v0.1", "h200", batch=64, prompt=512, context=512, tp=4, ep=4,
+                   moe_imbalance=2.0)
+    assert skew.decode_ms >= base.decode_ms and skew.prefill_ms >= base.prefill_ms
+    with pytest.raises(InputError, match="divides tp"):
+        predict("mistralai/Mixtral-8x7B-v0.1", "h200", tp=4, ep=3)
+    with pytest.raises(InputError, match="dense"):
+        predict("meta-llama/Llama-3.1-8B", "h200", tp=2, ep=2)
+    with pytest.raises(InputError, match="moe_imbalance"):
+        predict("mistralai/Mixtral-8x7B-v0.1", "h200", moe_imbalance=0.5)
+
+
+def test_mla_decode_reads_the_latent_cache_once():
+    spec = get_model("deepseek-ai/DeepSeek-V2-Lite")
+    shape = StepShape("decode", np.asarray(8), np.asarray(1), np.asarray(4096))
+    att = next(o for o in build_ops(spec, shape) if o.name == "attention")
+    # absorbed form: one shared latent (kv_lora_rank + rope dims) for all heads
+    assert att.dims["kv_heads"] == 1 and att.dims["head_dim"] == spec.kv_lora_rank + spec.qk_rope_head_dim
+    p = predict("deepseek-ai/DeepSeek-V2-Lite", "h100", batch=8, prompt=4096, context=4096)
+    # the latent cache is (512 + 64) x 2 bytes per token per layer, 27 layers
+    assert p.kv_cache_gib == pytest.approx(8 * 4097 * 27 * 576 * 2 / 2**30)
