@@ -21,7 +21,7 @@ from perfcast.hardware.spec import GPUSpec
 from perfcast.ops import analytical as an
 from perfcast.ops import roofline as rl
 from perfcast.ops.base import ANALYTICAL, INTERPOLATED, MEASURED, OpCost
-from perfcast.profiles.interp import Curve, RowGrid, idw_weights, monotone_log_ratio
+from perfcast.profiles.interp import Curve, RowGrid, monotone_log_ratio
 
 # the reference roofline: full datasheet peaks, fixed floors (the same for every GPU)
 IDEAL = an.Efficiency(gemm_compute=1.0, gemm_memory=1.0, gemm_floor_s=2.0e-6, attn_compute=1.0,
