@@ -42,6 +42,18 @@ def per_layer(lines, impl):
     return float(np.mean(lay)), float(max(np.mean(step), 0.0)), len(lay)
 
 
+def hf_ops_per_layer(model: str = "meta-llama/Llama-3.1-8B") -> float:
+    """Python-dispatched torch ops of one Hugging Face decoder layer, as the step builder counts them."""
+    import numpy as np
+
+    from perfcast.models import get_model
+    from perfcast.models.builder import HF_LAYOUT, StepShape, build_ops
+
+    spec = get_model(model)
+    ops = build_ops(spec, StepShape("decode", np.asarray(1), np.asarray(1), np.asarray(16)), layout=HF_LAYOUT)
+    return sum(o.host_ops * o.count for o in ops if o.group == "layer") / spec.n_layers
+
+
 def fit_discount(lines, gpu_id, profile_dir, host):
     from perfcast.profiles import HostModel
     from perfcast.profiles.registry import resolve_profile
@@ -114,7 +126,8 @@ def main(argv=None):
         "source": f"fitted by benchmarks/fit_host.py from {run.name}/step_single.jsonl and launch.csv",
         "gpu_id": gpu_id,
         "runtimes": {
-            "eager-hf": {"per_op_s": 0.0, "per_layer_s": hf_layer, "per_step_s": hf_step},
+            # per torch op, so a layer with more ops (Qwen3's q/k norms) costs more host time
+            "eager-hf": {"per_op_s": hf_layer / hf_ops_per_layer(), "per_layer_s": 0.0, "per_step_s": hf_step},
             "eager-tp": {"per_op_s": 0.0, "per_layer_s": pl_layer, "per_step_s": pl_step},
             "cuda-graph": graph,
         },
