@@ -60,7 +60,7 @@ class Profile:
     # --- kernel families --------------------------------------------------------------
     def gemm(self, m, n, k, dtype="bf16", wdtype=None) -> OpCost:
         m = np.asarray(m)
-        if m.size > 64 and np.unique(m).size < m.size:  # sweeps repeat few token counts: cost the unique ones, then scatter back
+        if m.size > 4096 and np.unique(m).size < m.size:  # sweeps repeat few token counts: cost the unique ones
             u, inv = np.unique(m, return_inverse=True)
             c = self.gemm(u, n, k, dtype, wdtype)
             return OpCost(*(np.broadcast_to(np.asarray(x), u.shape)[inv].reshape(m.shape)
@@ -79,7 +79,7 @@ class Profile:
 
     def elementwise(self, op, tokens, width, dtype="bf16") -> OpCost:
         tokens = np.asarray(tokens)
-        if tokens.size > 64:  # sweeps repeat few token counts: cost the unique ones, then scatter back
+        if tokens.size > 4096:  # sweeps repeat few token counts: cost the unique ones, then scatter back
             u, inv = np.unique(tokens, return_inverse=True)
             if u.size < tokens.size:
                 c = self.elementwise(op, u, width, dtype)
