@@ -55,27 +55,40 @@ def hf_ops_per_layer(model: str = "meta-llama/Llama-3.1-8B") -> float:
 
 
 def fit_discount(lines, gpu_id, profile_dir, host):
+    """Jointly fit, on FIT_MODEL's cuda-graph steps only (decode and prefill), the per-kernel launch
+    discount and the slowdown of elementwise kernels that read views of fused projections."""
     from perfcast.profiles import HostModel
     from perfcast.profiles.registry import resolve_profile
     from perfcast.step.costs import op_cost
     from perfcast.step.predict import make_config, step_ops
     from perfcast.step.runtime import cuda_graph
 
-    cases = [d for d in lines if d["model"] == FIT_MODEL and d["runtime"] == "cuda-graph" and d.get("decode_ms")
-             and int(d.get("tp", 1)) == 1 and not d.get("tag") and int(d.get("layers", 16)) == 16]
     cfg = make_config(FIT_MODEL, gpu_id, profile=str(profile_dir))
     prof = resolve_profile(cfg.gpu, str(profile_dir))
     pre = []
-    for d in cases:
-        ops = step_ops(cfg, "decode", d["batch"], d["prompt"], d["context"])
-        pre.append((ops, [op_cost(o, cfg.gpu, prof) for o in ops], d["decode_ms"] * 1e-3))
-    best = (1e9, 0.0)
-    for disc in np.linspace(0.0, 8e-6, 161):
+    for d in lines:
+        if (d["model"] != FIT_MODEL or d["runtime"] != "cuda-graph" or int(d.get("tp", 1)) != 1 or d.get("tag")
+                or int(d.get("layers", 16)) != 16):
+            continue
+        for phase in ("decode", "prefill"):
+            if d.get(f"{phase}_ms"):
+                ops = step_ops(cfg, phase, d["batch"], d["prompt"], d["context"])
+                pre.append((ops, [op_cost(o, cfg.gpu, prof) for o in ops], d[f"{phase}_ms"] * 1e-3, phase))
+
+    def err(cases, disc, f):
         hm = HostModel(graph_launch_s=host["graph_launch_s"], graph_kernel_min_s=host["graph_kernel_min_s"],
-                       graph_kernel_discount_s=float(disc))
-        err = np.mean([abs(float(cuda_graph(o, c, hm, prof.eff).seconds) - t) / t for o, c, t in pre])
-        best = min(best, (err, float(disc)))
-    return best[1], best[0] * 100, len(pre)
+                       graph_kernel_discount_s=float(disc), strided_elem_factor=float(f))
+        return float(np.mean([abs(float(cuda_graph(o, c, hm, prof.eff).seconds) - t) / t for o, c, t, _ in cases]))
+
+    # one constant per phase, in turn: the launch discount from decode steps (many small kernels),
+    # then the strided-view slowdown from prefill steps (large elementwise kernels), then the discount again
+    dec = [c for c in pre if c[3] == "decode"]
+    pref = [c for c in pre if c[3] == "prefill"]
+    disc, f = 0.0, 1.0
+    for _ in range(2):
+        disc = min(np.linspace(0.0, 6e-6, 121), key=lambda x: err(dec, x, f))
+        f = min(np.linspace(1.0, 2.5, 61), key=lambda x: err(pref, disc, x)) if pref else 1.0
+    return float(disc), float(f), err(pre, disc, f) * 100, len(pre)
 
 
 def fit_tp(run: Path) -> dict:
@@ -120,8 +133,9 @@ def main(argv=None):
     hf_layer, hf_step, n_hf = per_layer(lines, "hf")
     pl_layer, pl_step, n_pl = per_layer(lines, "plain")
     graph = {"graph_launch_s": launch[("graph_launch", "replay_1")], "graph_kernel_min_s": launch[("graph", "add")]}
-    disc, err, n = fit_discount(lines, gpu_id, prof, graph)
+    disc, strided, err, n = fit_discount(lines, gpu_id, prof, graph)
     graph["graph_kernel_discount_s"] = disc
+    graph["strided_elem_factor"] = strided
     out = {
         "source": f"fitted by benchmarks/fit_host.py from {run.name}/step_single.jsonl and launch.csv",
         "gpu_id": gpu_id,

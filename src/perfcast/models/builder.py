@@ -99,12 +99,14 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
         ops.append(Op(name, "gemm", dims, count, dtype, wd, group, host_ops=host_ops,
                       meta={"batched": batched}))  # batched: the groups run in one kernel (bmm)
 
-    def elem(name, op, width, count=L, tokens=None, group="layer", host_ops=1.0, kernels=1, groups=None):
+    def elem(name, op, width, count=L, tokens=None, group="layer", host_ops=1.0, kernels=1, groups=None,
+             strided=False):
         dims = {"op": op, "tokens": T if tokens is None else tokens, "width": int(width)}
         if groups is not None:
             dims["groups"] = groups  # one launch set per group (MoE: per expert hit)
+        # strided: the inputs are views into a fused projection's output (not contiguous)
         ops.append(Op(name, "elementwise", dims, count, adt, None, group, host_ops=host_ops,
-                      meta={"kernels": kernels}))
+                      meta={"kernels": kernels, "strided": strided}))
 
     def allreduce(name, count=L, tokens=None):
         if tp > 1:
@@ -123,7 +125,7 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
             gemm(f"{prefix}up_proj", width, h, count, m=m, groups=groups)
         launches = 1 if groups is None else float(np.mean(groups))
         elem(f"{prefix}act", act_op, width, count, tokens=T if m is None else m, host_ops=2.0 * launches,
-             kernels=2, groups=groups)  # act(gate) * up, once per expert hit
+             kernels=2, groups=groups, strided=layout.fused_gate_up)  # act(gate) * up, once per expert hit
         gemm(f"{prefix}down_proj", h, width, count, m=m, groups=groups)
 
     # --- embedding
@@ -144,7 +146,8 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
             gemm("v_proj", kvh * hd, h, host_ops=2.0)
         if spec.qk_norm:
             elem("qk_norm", norm, (heads + kvh) * hd, host_ops=2 * norm_ops, kernels=2)
-        elem("rope", "rope", (heads + kvh) * hd, host_ops=14.0, kernels=10)  # q*cos + rotate_half(q)*sin
+        elem("rope", "rope", (heads + kvh) * hd, host_ops=14.0, kernels=10,  # q*cos + rotate_half(q)*sin
+             strided=layout.fused_qkv)
         kv_op = layout.kv_write_op + ("_decode" if shape.phase == "decode" else "")
         elem("kv_write", kv_op, 2 * kvh * hd, host_ops=2.0, kernels=2)  # index_copy_ of K and of V
         n_swa = spec.sliding_layers if spec.sliding_window else 0

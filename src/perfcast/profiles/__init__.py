@@ -28,6 +28,9 @@ class HostModel:
     # replayed back to back inside a CUDA graph does not: subtracted per kernel under cuda-graph
     graph_kernel_discount_s: float = 0.0
     graph_kernel_min_s: float = 1.4e-6  # smallest in-graph kernel time (measured: launch.csv 'graph')
+    # elementwise kernels reading views of a fused projection's output (q/k/v slices, gate/up halves)
+    # run slower than the contiguous calibration kernels by this factor (fitted, see host.json)
+    strided_elem_factor: float = 1.0
     source: str = "prior"
 
 

@@ -65,7 +65,10 @@ def cuda_graph(ops: list[Op], costs: list[OpCost], host: HostModel, eff) -> Step
         k = op.meta.get("kernels", 1)
         if op.dims.get("groups") is not None and not op.meta.get("batched"):
             k = k * np.asarray(op.dims["groups"], dtype=float)  # launches: kernels per group x groups
-        s = np.maximum(c.seconds - k * disc, k * kmin)
+        t = c.seconds
+        if op.meta.get("strided"):  # reads views of a fused projection (fitted: benchmarks/fit_host.py)
+            t = t * host.strided_elem_factor
+        s = np.maximum(t - k * disc, k * kmin)
         per.append(s)
         bounds.append(c.bound)
         total = total + op.count * s
