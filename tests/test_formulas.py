@@ -104,3 +104,26 @@ def test_max_batch_and_context_are_tight():
     c = mem.max_context(s, get_gpu("l4"), 16)
     assert bool(mem.memory(s, get_gpu("l4"), 16, c, c).fits)
     assert not bool(mem.memory(s, get_gpu("l4"), 16, c + 1, c + 1).fits)
+
+
+def test_table_disk_cache_round_trip(tmp_path, monkeypatch):
+    """Tables built once are pickled; a second process start loads them and predicts identically."""
+    from perfcast.profiles import measured
+    from perfcast.profiles.registry import shipped_profile_dir
+
+    monkeypatch.setenv("PERFCAST_CACHE_DIR", str(tmp_path))
+    path = str(shipped_profile_dir("h100-sxm"))
+    built = measured._tables_cached.__wrapped__(path, "h100-sxm")
+    assert len(list(tmp_path.glob("tables-h100-sxm-*.pkl"))) == 1
+    loaded = measured._tables_cached.__wrapped__(path, "h100-sxm")
+    assert loaded is not built and loaded.gpu is get_gpu("h100-sxm")
+    from perfcast.profiles import Profile
+
+    for t in (built, loaded):
+        p = Profile(gpu=t.gpu, eff=t.efficiency, hosts=t.hosts, name=t.name, tables=t)
+        c = p.gemm(np.array([1, 100, 5000]), 4096, 4096)
+        if t is built:
+            ref = c.seconds
+    assert np.array_equal(ref, c.seconds)
+    monkeypatch.setenv("PERFCAST_CACHE_DIR", "")
+    assert measured._disk_cache_path(path, "h100-sxm") is None

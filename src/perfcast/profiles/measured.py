@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
+import pickle
 import functools
 import json
 from pathlib import Path
@@ -371,7 +373,45 @@ def _load_hosts(root: Path) -> dict:
 def _tables_cached(path: str, gpu_id: str) -> Tables:
     from perfcast.hardware import get_gpu
 
-    return Tables(path, get_gpu(gpu_id))
+    gpu = get_gpu(gpu_id)
+    cache = _disk_cache_path(path, gpu_id)
+    if cache is not None and cache.is_file():
+        try:
+            with open(cache, "rb") as f:
+                t = pickle.load(f)
+            t.gpu = gpu  # the catalog's own object: predictions compare GPUs by identity
+            return t
+        except Exception:  # a stale or broken cache is rebuilt, never fatal
+            pass
+    t = Tables(path, gpu)
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                pickle.dump(t, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, cache)
+        except OSError:
+            pass
+    return t
+
+
+def _disk_cache_path(path: str, gpu_id: str) -> Path | None:
+    """Built tables are cached on disk (PERFCAST_CACHE_DIR, default ~/.cache/perfcast; set it to an empty
+    string to turn caching off), keyed by perfcast's version and every source file's size and mtime."""
+    import hashlib
+
+    from perfcast import __version__
+
+    root = os.environ.get("PERFCAST_CACHE_DIR", str(Path.home() / ".cache" / "perfcast"))
+    if not root:
+        return None
+    h = hashlib.sha256(f"{__version__}|{gpu_id}|{Path(path).resolve()}".encode())
+    for f in sorted(Path(path).glob("*")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(Path(__file__).read_bytes())  # a change to this module invalidates the cache
+    return Path(root) / f"tables-{gpu_id}-{h.hexdigest()[:20]}.pkl"
 
 
 def load_tables(path, gpu: GPUSpec) -> Tables:
