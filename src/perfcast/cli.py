@@ -48,6 +48,20 @@ def _fmt(x) -> str:
     return str(x)
 
 
+def _run_cases(path: str, predict_lines, as_json: bool):
+    """Batch mode: read the JSON Lines, predict them; with --json print them per the contract and exit."""
+    from perfcast.batch import read_lines
+
+    try:
+        lines = read_lines(path)
+    except OSError as e:
+        _fail(e)
+    outputs, ok = predict_lines(lines)
+    if as_json:
+        _emit_lines(outputs, ok)
+    return outputs, ok
+
+
 def _emit_lines(outputs, ok: bool):
     from perfcast.batch import dumps
 
@@ -91,22 +105,17 @@ def predict(cases, model, gpu, batch, prompt, context, tp, pp, ep, moe_imbalance
             profile, breakdown, offload, cpu, cpu_threads, as_json):
     """Predict one step: prefill (TTFT) and decode (TPOT), memory per GPU, and what binds."""
     if cases is not None:
-        from perfcast.batch import predict_lines, read_lines
+        from perfcast.batch import predict_lines
 
-        try:
-            lines = read_lines(cases)
-        except OSError as e:
-            _fail(e)
-        outputs, ok = predict_lines(lines)
-        if as_json:
-            _emit_lines(outputs, ok)
+        outputs, ok = _run_cases(cases, predict_lines, as_json)
         _print_predictions(outputs)
         sys.exit(0 if ok else 1)
     if not model or not gpu:
         raise UserError("--model and --gpu are required (or --cases FILE)")
     if offload is not None:
         _predict_offload(model, gpu, batch, prompt, prompt if context is None else context, tp, pp, dtype,
-                         runtime, profile, offload, cpu, cpu_threads, as_json)
+                         runtime, profile, offload, cpu, cpu_threads, as_json,
+                         {"kv_dtype": kv_dtype, "wdtype": wdtype, "ep": ep, "moe_imbalance": moe_imbalance})
         return
     from perfcast.step.predict import predict as api_predict
 
@@ -129,7 +138,7 @@ def predict(cases, model, gpu, batch, prompt, context, tp, pp, ep, moe_imbalance
 
 
 def _predict_offload(model, gpu, batch, prompt, context, tp, pp, dtype, runtime, profile, offload, cpu,
-                     cpu_threads, as_json):
+                     cpu_threads, as_json, extra: dict):
     """Single-shot form of a batch line with an ``offload`` field (same validation, same output)."""
     from perfcast.batch import dumps, predict_lines
 
@@ -138,7 +147,8 @@ def _predict_offload(model, gpu, batch, prompt, context, tp, pp, dtype, runtime,
     except json.JSONDecodeError as e:
         raise UserError(f"--offload must be a JSON object such as '{{\"plan\": \"layers\", \"gpu_layers\": 20}}' ({e})") from None
     line = {"model": model, "gpu": gpu, "batch": batch, "prompt": prompt, "context": context, "tp": tp, "pp": pp,
-            "dtype": dtype, "runtime": runtime, "profile": profile, "offload": plan}
+            "dtype": dtype, "runtime": runtime, "profile": profile, "offload": plan,
+            **{k: v for k, v in extra.items() if v is not None}}
     if cpu is not None:
         line["cpu"] = cpu
     if cpu_threads is not None:
@@ -196,15 +206,9 @@ def _print_predictions(outs: list[dict]):
 def op(cases, op_name, gpu, dtype, profile, as_json, nbytes, **fields):
     """Predict one kernel: time, bound and provenance."""
     if cases is not None:
-        from perfcast.batch import op_lines, read_lines
+        from perfcast.batch import op_lines
 
-        try:
-            lines = read_lines(cases)
-        except OSError as e:
-            _fail(e)
-        outputs, ok = op_lines(lines)
-        if as_json:
-            _emit_lines(outputs, ok)
+        outputs, ok = _run_cases(cases, op_lines, as_json)
         for o in outputs:
             click.echo(json.dumps(o))
         sys.exit(0 if ok else 1)

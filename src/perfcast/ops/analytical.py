@@ -35,7 +35,6 @@ class Efficiency:
     coll_link: float = 0.80  # NCCL bus bandwidth fraction of the one-direction link rate
     coll_latency_s: float = 12.0e-6  # small-message collective latency
     p2p_latency_s: float = 10.0e-6
-    graph_kernel_gap_s: float = 1.0e-6  # added per kernel inside a CUDA graph
     source: str = "prior"
 
     def scaled(self, **kw) -> Efficiency:

@@ -63,11 +63,9 @@ class Profile:
     # --- kernel families --------------------------------------------------------------
     def gemm(self, m, n, k, dtype="bf16", wdtype=None) -> OpCost:
         m = np.asarray(m)
-        if m.size > 4096 and np.unique(m).size < m.size:  # sweeps repeat few token counts: cost the unique ones
-            u, inv = np.unique(m, return_inverse=True)
-            c = self.gemm(u, n, k, dtype, wdtype)
-            return OpCost(*(np.broadcast_to(np.asarray(x), u.shape)[inv].reshape(m.shape)
-                            for x in (c.seconds, c.bound, c.source, c.flops, c.bytes)))
+        dedup = _on_unique(m, lambda u: self.gemm(u, n, k, dtype, wdtype))
+        if dedup is not None:
+            return dedup
         if self.tables is not None:
             return self.tables.gemm(self, m, n, k, dtype, wdtype)
         return an.gemm_cost(self.gpu, m, n, k, dtype, wdtype, self.eff)
@@ -82,12 +80,9 @@ class Profile:
 
     def elementwise(self, op, tokens, width, dtype="bf16") -> OpCost:
         tokens = np.asarray(tokens)
-        if tokens.size > 4096:  # sweeps repeat few token counts: cost the unique ones, then scatter back
-            u, inv = np.unique(tokens, return_inverse=True)
-            if u.size < tokens.size:
-                c = self.elementwise(op, u, width, dtype)
-                return OpCost(*(np.broadcast_to(np.asarray(x), u.shape)[inv].reshape(tokens.shape)
-                                for x in (c.seconds, c.bound, c.source, c.flops, c.bytes)))
+        dedup = _on_unique(tokens, lambda u: self.elementwise(op, u, width, dtype))
+        if dedup is not None:
+            return dedup
         if self.tables is not None:
             return self.tables.elementwise(self, op, tokens, width, dtype)
         return an.elementwise_cost(self.gpu, op, tokens, width, dtype, self.eff)
@@ -96,3 +91,15 @@ class Profile:
         if self.tables is not None:
             return self.tables.collective(self, coll, nbytes, gpus)
         return an.collective_cost(self.gpu, coll, nbytes, gpus, self.eff)
+
+
+def _on_unique(values: np.ndarray, cost) -> OpCost | None:
+    """Large sweeps repeat few token counts: cost the unique ones and scatter back (None: not worth it)."""
+    if values.size <= 4096:
+        return None
+    u, inv = np.unique(values, return_inverse=True)
+    if u.size == values.size:
+        return None
+    c = cost(u)
+    return OpCost(*(np.broadcast_to(np.asarray(x), u.shape)[inv].reshape(values.shape)
+                    for x in (c.seconds, c.bound, c.source, c.flops, c.bytes)))

@@ -1,4 +1,4 @@
-"""Interpolation in log space, vectorized: 1-D curves, 2-D row grids, inverse-distance blends.
+"""Interpolation in log space, vectorized: 1-D curves and 2-D row grids.
 
 Interpolated quantities are log ratios of measured time over the ideal roofline, so that between
 grid points physics (wave quantization, the roofline knee) carries the shape and the measurements
@@ -111,13 +111,3 @@ class RowGrid:
         ok = ((q2b >= lo[pos] * (1 - 1e-9)) & (q2b <= hi[pos] * (1 + 1e-9))
               & (q2b >= lo[pos + 1] * (1 - 1e-9)) & (q2b <= hi[pos + 1] * (1 + 1e-9)))
         return in1 & ok
-
-
-def idw_weights(dist: np.ndarray, k: int = 4, power: float = 2.0):
-    """Indices and weights of the ``k`` nearest points (exact hits take all the weight)."""
-    order = np.argsort(dist)[:k]
-    d = dist[order]
-    if d[0] < 1e-12:
-        return order[:1], np.array([1.0])
-    w = 1.0 / d**power
-    return order, w / w.sum()

@@ -226,17 +226,17 @@ class Tables:
         for (op, dt), rows in by.items():
             tok, wid = _num(rows, "tokens"), _num(rows, "width")
             t = _num(rows, "median_ms") * 1e-3
-            base = np.broadcast_to(an.elementwise_cost(self.gpu, _base_op(op), tok, wid, dt, IDEAL).seconds,
+            base = np.broadcast_to(an.elementwise_cost(self.gpu, op, tok, wid, dt, IDEAL).seconds,
                                    tok.shape)
             el = tok * wid
             ok = np.unique(el, return_index=True)[1]  # one point per size for the envelope
             self.elem[(op, dt)] = Curve(el[ok], monotone_log_ratio(el[ok], np.log(t / base)[ok], base[ok]))
 
     def elementwise(self, prof, op, tokens, width, dtype="bf16") -> OpCost:
-        base = an.elementwise_cost(prof.gpu, _base_op(op), tokens, width, dtype, IDEAL)
+        base = an.elementwise_cost(prof.gpu, op, tokens, width, dtype, IDEAL)
         curve = self.elem.get((op, dtype)) or self.elem.get((op, "bf16"))
         if curve is None:
-            return an.elementwise_cost(prof.gpu, _base_op(op), tokens, width, dtype, prof.eff)
+            return an.elementwise_cost(prof.gpu, op, tokens, width, dtype, prof.eff)
         el = np.asarray(tokens, dtype=float) * width
         lr = curve(el)
         src = np.where(curve.contains(el), INTERPOLATED, ANALYTICAL)
@@ -328,6 +328,7 @@ def _aligned(n: int, k: int) -> bool:
     return n % 8 == 0 and k % 8 == 0
 
 
+@functools.cache
 def _collective_donor(gpu_id: str, coll: str, gpus: int):
     """The ratio curve of ``coll`` among ``gpus`` GPUs measured on another shipped profile, or the
     nearest GPU count measured there (ring bandwidth terms scale by physics, the ratio carries)."""
@@ -348,9 +349,6 @@ def _gpu(gid: str):
 
     return get_gpu(gid)
 
-
-def _base_op(op: str) -> str:
-    return op
 
 
 def _load_hosts(root: Path) -> dict:

@@ -27,41 +27,6 @@ def shipped_profiles() -> list[str]:
 
 
 @functools.cache
-def learned_efficiency(architecture: str, exclude: str = "") -> an.Efficiency:
-    """Efficiencies fitted on the shipped profiles of GPUs of ``architecture`` (others if none),
-    leaving out ``exclude`` (so a GPU's transfer error is measured without its own data)."""
-    from perfcast.hardware import get_gpu
-    from perfcast.profiles.measured import load_tables  # numpy only
-
-    fits = []
-    for gid in shipped_profiles():
-        if gid == exclude:
-            continue
-        try:
-            g = get_gpu(gid)
-        except ValueError:
-            continue
-        t = load_tables(shipped_profile_dir(gid), g)
-        fits.append((g.architecture == architecture, t.efficiency))
-    same = [e for same_arch, e in fits if same_arch]
-    pool = same or [e for _, e in fits]
-    if not pool:
-        return an.PRIOR
-    return pool[0] if len(pool) == 1 else _mean_eff(pool)
-
-
-def _mean_eff(effs: list[an.Efficiency]) -> an.Efficiency:
-    import dataclasses
-
-    vals = {}
-    for f in dataclasses.fields(an.Efficiency):
-        if f.name == "source":
-            continue
-        vals[f.name] = sum(getattr(e, f.name) for e in effs) / len(effs)
-    return an.Efficiency(**vals, source="learned:" + "+".join(e.source for e in effs))
-
-
-@functools.cache
 def _measured(path: str, gpu: GPUSpec) -> Profile:
     from perfcast.profiles.measured import load_tables
 
@@ -79,10 +44,9 @@ def _none(gpu: GPUSpec) -> Profile:
     donors = [g for g in shipped_profiles() if g != gpu.id]
     same = [g for g in donors if _arch(g) == gpu.architecture]
     pick = (same or donors)[:1]
-    eff = learned_efficiency(gpu.architecture, exclude=gpu.id)
     hosts = learned_hosts(exclude=gpu.id)
-    if not pick:
-        return Profile(gpu=gpu, eff=eff, hosts=hosts, name="none (prior efficiencies)")
+    if not pick:  # nothing measured anywhere: datasheet with prior efficiencies
+        return Profile(gpu=gpu, eff=an.PRIOR, hosts=hosts, name="none (prior efficiencies)")
     t = load_tables(shipped_profile_dir(pick[0]), get_gpu(pick[0]))
     return Profile(gpu=gpu, eff=t.efficiency, hosts=hosts, name=f"none (ratios learned on {pick[0]})", tables=t)
 

@@ -26,7 +26,7 @@ from dataclasses import replace
 import numpy as np
 
 from perfcast.step.costs import op_cost
-from perfcast.step.predict import StepConfig, _host_key, step_ops
+from perfcast.step.predict import StepConfig, host_key, step_ops
 from perfcast.step.runtime import get_runtime
 
 DENSE_TOKENS = 16384  # exact table up to here; log grid above
@@ -74,7 +74,7 @@ class IterationModel:
         self.max_seqs = int(max_seqs)
         self.prof = resolve_profile(cfg.gpu, cfg.profile)
         self._rt = get_runtime(cfg.runtime)
-        self._host = self.prof.host(_host_key(cfg))
+        self._host = self.prof.host(host_key(cfg))
         self._attn_ops = [o for o in step_ops(cfg, "prefill", 1, 1, 1) if o.kind == "attention"]
         self._build_linear()
         self._build_decode_attention()

@@ -146,7 +146,7 @@ def _phase(cfg: StepConfig, phase: str, batch, prompt, context):
     prof = resolve_profile(cfg.gpu, cfg.profile)
     ops = step_ops(cfg, phase, batch, prompt, context)
     costs = [op_cost(o, cfg.gpu, prof) for o in ops]
-    rt = get_runtime(cfg.runtime)(ops, costs, prof.host(_host_key(cfg)), prof.eff)
+    rt = get_runtime(cfg.runtime)(ops, costs, prof.host(host_key(cfg)), prof.eff)
     return ops, costs, rt, prof
 
 
@@ -156,8 +156,6 @@ def host_key(cfg: StepConfig) -> str:
         return "eager-hf" if cfg.tp == 1 else f"eager-tp{cfg.tp}"
     return cfg.runtime
 
-
-_host_key = host_key  # kept for callers of the old private name
 
 
 def check_lengths(cfg: StepConfig, prompt, context):
