@@ -5,6 +5,15 @@
 - ``fp8``: ``torch._scaled_mm`` (e4m3 inputs, per-tensor scales, bf16 out) in F.linear layout
   (x[m,k] @ w[n,k]^T), on a calibration grid (``gemm_fp8.csv``) and on a seeded held-out set off that
   grid (``gemm_fp8_heldout.csv``); same columns and timing as ``perfcast calibrate``'s gemm.csv.
+- ``fp8dense``: FP8 GEMMs on a dense M grid (every 32 to 1024, every 128 to 4096, every 512 to 16384)
+  over the same (n, k) pairs (``gemm_fp8_dense.csv``), and a second held-out set (seed 11) whose M values
+  avoid both grids (``gemm_fp8_heldout11.csv``).
+- ``moegemm``: bf16 GEMMs at the expert, shared-expert and router shapes of every shipped MoE config at
+  TP 1/2/4/8, over the calibration M grid (``gemm_moe.csv``), and a held-out draw off that grid
+  (``gemm_moe_heldout.csv``).
+- ``int4``: weight-only INT4 GEMMs (bf16 activations, group size 128) through PyTorch's tinygemm kernel
+  (``torch._weight_int4pack_mm``, what torchao's int4 weight-only path runs) on the calibration grid
+  (``gemm_int4.csv``, dtype ``w4a16``) and a held-out set (``gemm_int4_heldout.csv``).
 - ``moe``: a stack of MoE MLP layers (router GEMM, softmax/top-k, then per expert hit: gather its
   tokens, gate/up GEMM, SiLU*up, down GEMM, weighted scatter-add) with a fixed uniform random routing,
   captured in one CUDA graph and timed by replay (``moe_step.jsonl``: one line per case with the
@@ -33,6 +42,12 @@ MOE_CASES = (  # (label, hidden, moe_intermediate, experts, top_k, layers)
     ("mistralai/Mixtral-8x7B-v0.1", 4096, 14336, 8, 2, 2),
 )
 MOE_TOKENS = (1, 8, 32, 128, 512, 2048)
+FP8_M_DENSE = tuple(sorted(set(range(32, 1025, 32)) | set(range(1024, 4097, 128)) | set(range(4096, 16385, 512))))
+INT4_PAIRS = ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (14336, 4096), (10240, 8192),
+              (8192, 8192), (57344, 8192), (8192, 28672), (7168, 5120), (5120, 5120), (27648, 5120),
+              (5120, 13824), (3072, 3072), (8192, 3072))
+INT4_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+CSV_HEAD = "dtype,m,n,k,median_ms,min_ms,p90_ms,reps\n"
 
 
 def fp8_cases(heldout: bool, seed: int = 1):
@@ -51,11 +66,31 @@ def fp8_cases(heldout: bool, seed: int = 1):
     return sorted(out)
 
 
-def run_fp8(torch, timer, path: Path, heldout: bool) -> int:
+def fp8_dense_cases():
+    return [(m, n, k) for n, k in FP8_PAIRS for m in FP8_M_DENSE if 2 * m * n * k <= 3e13]
+
+
+def fp8_heldout11(n_cases: int = 150, seed: int = 11):
+    """Off both FP8 M grids (the first and the dense one): any multiple of 16 between them."""
+    rng = random.Random(seed)
+    grid = set(FP8_M) | set(FP8_M_DENSE)
+    out = set()
+    while len(out) < n_cases:
+        m = 16 * max(1, round(math.exp(rng.uniform(0, math.log(1024)))))
+        if m in grid:
+            continue
+        n, k = rng.choice(FP8_PAIRS) if rng.random() < 0.6 else (rng.randrange(1024, 32768, 64),
+                                                                  rng.randrange(1024, 16384, 64))
+        if 2 * m * n * k <= 3e13:
+            out.add((m, n, k))
+    return sorted(out)
+
+
+def run_fp8(torch, timer, path: Path, heldout, cases=None) -> int:
     rows = 0
     with open(path, "w") as f:
-        f.write("dtype,m,n,k,median_ms,min_ms,p90_ms,reps\n")
-        for m, n, k in fp8_cases(heldout):
+        f.write(CSV_HEAD)
+        for m, n, k in (cases if cases is not None else fp8_cases(heldout)):
             try:
                 x = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
                 w = torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn)
@@ -71,6 +106,100 @@ def run_fp8(torch, timer, path: Path, heldout: bool) -> int:
             f.write(f"fp8,{m},{n},{k},{st.median_ms:.6g},{st.min_ms:.6g},{st.p90_ms:.6g},{st.reps}\n")
             rows += 1
     return rows
+
+
+def moe_pairs() -> list[tuple[int, int]]:
+    """(n, k) of the expert, shared-expert and router GEMMs of the shipped MoE configs at TP 1/2/4/8."""
+    from perfcast.models import get_model, list_models
+    from perfcast.models.builder import GRAPH_LAYOUT, StepShape, build_ops
+
+    pairs = set()
+    for mid in list_models():
+        spec = get_model(mid)
+        if not spec.is_moe:
+            continue
+        for tp in (1, 2, 4, 8):
+            if spec.n_heads % tp:
+                continue
+            for o in build_ops(spec, StepShape("decode", 1, 1, 1024), tp, "bf16", GRAPH_LAYOUT):
+                if o.kind == "gemm" and o.name.startswith(("expert_", "shared_", "router")):
+                    pairs.add((int(o.dims["n"]), int(o.dims["k"])))
+    return sorted(pairs)
+
+
+def moe_gemm_cases(heldout: bool, seed: int = 5):
+    from perfcast.measure.shapes import M_GRID
+
+    pairs = moe_pairs()
+    if not heldout:
+        return [(m, n, k) for n, k in pairs for m in M_GRID if 2 * m * n * k <= 3e13]
+    rng, grid, out = random.Random(seed), set(M_GRID), set()
+    while len(out) < 120:
+        m = max(1, round(math.exp(rng.uniform(0, math.log(16384)))))
+        n, k = rng.choice(pairs)
+        if m not in grid and 2 * m * n * k <= 3e13:
+            out.add((m, n, k))
+    return sorted(out)
+
+
+def run_bf16(torch, timer, path: Path, cases) -> int:
+    import torch.nn.functional as F
+
+    rows = 0
+    with open(path, "w") as f:
+        f.write(CSV_HEAD)
+        for m, n, k in cases:
+            try:
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+                st = timer.bench(lambda x=x, w=w: F.linear(x, w))
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+                print(f"bf16 skip {m}x{n}x{k}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+                continue
+            f.write(f"bf16,{m},{n},{k},{st.median_ms:.6g},{st.min_ms:.6g},{st.p90_ms:.6g},{st.reps}\n")
+            rows += 1
+    return rows
+
+
+def int4_cases(heldout: bool, seed: int = 3):
+    if not heldout:
+        return [(m, n, k) for n, k in INT4_PAIRS for m in INT4_M]
+    rng, grid, out = random.Random(seed), set(INT4_M), set()
+    while len(out) < 60:
+        m = max(1, round(math.exp(rng.uniform(0, math.log(4096)))))
+        n, k = rng.choice(INT4_PAIRS)
+        if m not in grid:
+            out.add((m, n, k))
+    return sorted(out)
+
+
+def run_int4(torch, timer, path: Path, cases, group: int = 128) -> tuple[int, dict]:
+    """tinygemm int4 (uint8-packed nibbles, bf16 scales and zeros per group of 128 along k)."""
+    rows, info = 0, {"kernel": "torch._weight_int4pack_mm", "group_size": group, "inner_k_tiles": {}}
+    with open(path, "w") as f:
+        f.write(CSV_HEAD)
+        for m, n, k in cases:
+            try:
+                wq = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda")
+                packed, tiles = None, None
+                for tiles in (8, 4, 2):
+                    try:
+                        packed = torch._convert_weight_to_int4pack(wq, tiles)
+                        break
+                    except RuntimeError:
+                        continue
+                if packed is None:
+                    raise RuntimeError("no innerKTiles value accepted")
+                sz = (torch.rand(k // group, n, 2, device="cuda") * 0.01).to(torch.bfloat16)
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                st = timer.bench(lambda x=x, p=packed, sz=sz: torch._weight_int4pack_mm(x, p, group, sz))
+            except (RuntimeError, torch.cuda.OutOfMemoryError, AttributeError) as e:
+                print(f"int4 skip {m}x{n}x{k}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+                continue
+            info["inner_k_tiles"][f"{n}x{k}"] = tiles
+            f.write(f"w4a16,{m},{n},{k},{st.median_ms:.6g},{st.min_ms:.6g},{st.p90_ms:.6g},{st.reps}\n")
+            rows += 1
+    return rows, info
 
 
 def moe_layer(torch, F, h, inter, experts, top_k, tokens, gen):
@@ -169,6 +298,21 @@ def main(argv=None) -> int:
         meta["fp8_rows"] = run_fp8(torch, timer, out / "gemm_fp8.csv", heldout=False)
         meta["fp8_heldout_rows"] = run_fp8(torch, timer, out / "gemm_fp8_heldout.csv", heldout=True)
         meta["elapsed_s"]["fp8"] = round(time.time() - t0, 1)
+    if "fp8dense" in parts:
+        t0 = time.time()
+        meta["fp8_dense_rows"] = run_fp8(torch, timer, out / "gemm_fp8_dense.csv", None, fp8_dense_cases())
+        meta["fp8_heldout11_rows"] = run_fp8(torch, timer, out / "gemm_fp8_heldout11.csv", None, fp8_heldout11())
+        meta["elapsed_s"]["fp8dense"] = round(time.time() - t0, 1)
+    if "moegemm" in parts:
+        t0 = time.time()
+        meta["moe_gemm_rows"] = run_bf16(torch, timer, out / "gemm_moe.csv", moe_gemm_cases(False))
+        meta["moe_gemm_heldout_rows"] = run_bf16(torch, timer, out / "gemm_moe_heldout.csv", moe_gemm_cases(True))
+        meta["elapsed_s"]["moegemm"] = round(time.time() - t0, 1)
+    if "int4" in parts:
+        t0 = time.time()
+        meta["int4_rows"], meta["int4"] = run_int4(torch, timer, out / "gemm_int4.csv", int4_cases(False))
+        meta["int4_heldout_rows"], _ = run_int4(torch, timer, out / "gemm_int4_heldout.csv", int4_cases(True))
+        meta["elapsed_s"]["int4"] = round(time.time() - t0, 1)
     if "moe" in parts:
         t0 = time.time()
         meta["moe_rows"] = run_moe(torch, out / "moe_step.jsonl", a.quick)
