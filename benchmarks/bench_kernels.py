@@ -35,7 +35,10 @@ def predict_rows(gpu, prof, family, rs):
     for r in rs:
         if family == "gemm":
             n, k = int(r["n"]), int(r["k"])
-            c = prof.gemm(int(r["m"]), n, k, r["dtype"])
+            if r["dtype"] == "w4a16":  # weight-only int4 (bf16 activations)
+                c = prof.gemm(int(r["m"]), n, k, "bf16", "int4")
+            else:
+                c = prof.gemm(int(r["m"]), n, k, r["dtype"])
             fam = "gemm" if n % 8 == 0 and k % 8 == 0 else "gemm_misaligned"
         elif family == "attention":
             q = int(r["q_len"])
@@ -77,6 +80,17 @@ def main(argv=None):
                     preds.append(("gemm_fp8", p, m, src))
             key = f"{d.parent.name}/{d.name}:{gpu.id}:{mode}"
             report[key] = {"profile": prof.name, "families": summarize(preds)}
+    # second extras session: FP8 held-out 11 (off the dense FP8 grid), MoE expert GEMMs, INT4 tinygemm
+    for run in sorted(ROOT.glob("*/extras2/extras_meta.json")):
+        d = run.parent
+        gpu = get_gpu(json.loads(run.read_text())["gpu_id"])
+        for mode in ("auto", "none"):
+            prof = resolve_profile(gpu, mode)
+            preds = []
+            for fam, f in (("gemm_fp8", "gemm_fp8_heldout11.csv"), ("gemm_moe", "gemm_moe_heldout.csv"),
+                           ("gemm_int4", "gemm_int4_heldout.csv")):
+                preds += [(fam, p, m, src) for _f, p, m, src in predict_rows(gpu, prof, "gemm", rows(d / f))]
+            report[f"{d.parent.name}/{d.name}:{gpu.id}:{mode}"] = {"profile": prof.name, "families": summarize(preds)}
     print(f"{'run:gpu:profile':42s} {'family':18s} {'n':>4s} {'MAPE%':>7s} {'med%':>6s} {'p90%':>6s} {'max%':>7s}")
     for key, r in report.items():
         for fam, s in sorted(r["families"].items()):

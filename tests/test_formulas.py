@@ -127,3 +127,20 @@ def test_table_disk_cache_round_trip(tmp_path, monkeypatch):
     assert np.array_equal(ref, c.seconds)
     monkeypatch.setenv("PERFCAST_CACHE_DIR", "")
     assert measured._disk_cache_path(path, "h100-sxm") is None
+
+
+def test_int4_weight_only_uses_the_measured_tinygemm_table():
+    """H100's profile holds torch._weight_int4pack_mm (w4a16) times: a measured grid point is returned
+    exactly; the roofline of int4 bytes would be ~8x faster than that kernel at 1 row."""
+    import csv
+    from pathlib import Path
+
+    from perfcast.hardware import get_gpu
+    from perfcast.profiles.registry import resolve_profile
+
+    path = Path(__file__).resolve().parents[1] / "src/perfcast/profiles/data/h100-sxm/gemm_int4.csv"
+    row = next(r for r in csv.DictReader(open(path)) if (r["m"], r["n"], r["k"]) == ("1", "4096", "4096"))
+    prof = resolve_profile(get_gpu("h100-sxm"), "auto")
+    c = prof.gemm(1, 4096, 4096, "bf16", "int4")
+    assert float(c.seconds) * 1e3 == pytest.approx(float(row["median_ms"]), rel=1e-6)
+    assert int(c.source) == 0  # measured

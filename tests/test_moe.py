@@ -46,3 +46,39 @@ def test_mla_decode_reads_the_latent_cache_once():
     p = predict("deepseek-ai/DeepSeek-V2-Lite", "h100", batch=8, prompt=4096, context=4096)
     # the latent cache is (512 + 64) x 2 bytes per token per layer, 27 layers
     assert p.kv_cache_gib == pytest.approx(8 * 4097 * 27 * 576 * 2 / 2**30)
+
+
+def test_expert_token_quantiles_by_hand():
+    from statistics import NormalDist
+
+    from perfcast.models.builder import expert_token_quantiles
+
+    # 2048 tokens x top-2 over 8 experts: Binomial(4096, 1/8): mean 512, sd sqrt(4096/8*7/8) = 21.166
+    q = expert_token_quantiles(4096, 8)
+    assert q.shape == (16,)
+    sd = (4096 * (1 / 8) * (7 / 8)) ** 0.5
+    assert q[0] == round(512 + sd * NormalDist().inv_cdf(0.5 / 16))  # 512 - 1.863 sd = 472.6 -> 473
+    assert q[0] == 473 and q[-1] == 551 and q.mean() == pytest.approx(512, abs=0.5)
+    # a single pick: every quantile is one token; imbalance scales the rows (rounded up)
+    assert (expert_token_quantiles(1, 128) == 1).all()
+    assert (expert_token_quantiles(4096, 8, 1.5) == np.ceil(q * 1.5)).all()
+    # arrays of picks broadcast to (..., 16)
+    assert expert_token_quantiles(np.array([8, 4096]), 8).shape == (2, 16)
+
+
+def test_expert_gemm_time_is_the_mean_over_routing_quantiles():
+    from perfcast.hardware import get_gpu
+    from perfcast.models.builder import GRAPH_LAYOUT, StepShape, build_ops, expert_token_quantiles
+    from perfcast.profiles.registry import resolve_profile
+    from perfcast.step.costs import op_cost
+
+    spec = get_model("mistralai/Mixtral-8x7B-v0.1")
+    ops = build_ops(spec, StepShape("prefill", np.asarray(1), np.asarray(2048), np.asarray(2048)), 1, "bf16",
+                    GRAPH_LAYOUT)
+    up = next(o for o in ops if o.name == "expert_gate_up_proj")
+    gpu = get_gpu("h100-sxm")
+    prof = resolve_profile(gpu, "auto")
+    q = expert_token_quantiles(4096, 8)
+    want = np.mean([float(prof.gemm(int(m), up.dims["n"], up.dims["k"]).seconds) for m in q])
+    got = float(np.asarray(op_cost(up, gpu, prof).seconds)) / float(np.asarray(up.dims["groups"]))
+    assert got == pytest.approx(want, rel=1e-9)

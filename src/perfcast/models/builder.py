@@ -7,6 +7,7 @@ Shapes are per GPU (tensor-parallel shards) and may be numpy arrays (one value p
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,24 @@ def kv_heads_per_gpu(spec: ModelSpec, tp: int) -> int:
     return max(1, spec.n_kv_heads // tp) if spec.n_kv_heads >= tp else 1
 
 
+_SPREAD_Z = np.array([statistics.NormalDist().inv_cdf((i + 0.5) / 16) for i in range(16)])
+
+
+def expert_token_quantiles(picks, n_experts: int, imbalance: float = 1.0):
+    """Tokens per hit expert at 16 equal-probability quantiles of the routing distribution.
+
+    Under uniform routing an expert receives Binomial(picks, 1/E) tokens (normal approximation, each
+    quantile at least 1 token). A GEMM's time is not linear in its rows (kernel choice and wave
+    quantization jump between neighbouring m), so the expected expert GEMM time is the mean over
+    these counts, not the time at the mean count. Shape: picks.shape + (16,).
+    """
+    picks = np.asarray(picks, dtype=float)
+    p = 1.0 / n_experts
+    mu, sd = picks * p, np.sqrt(picks * p * (1.0 - p))
+    q = np.maximum(1.0, np.round(mu[..., None] + sd[..., None] * _SPREAD_Z))
+    return np.ceil(q * imbalance)
+
+
 def expected_active_experts(n_experts: int, picks):
     """Expected number of distinct experts hit by ``picks`` uniform top-k choices (>= 1)."""
     picks = np.asarray(picks, dtype=float)
@@ -92,10 +111,13 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     adt = "bf16" if dtype in ("fp8", "int8", "int4", "fp4") else dtype
     ops: list[Op] = []
 
-    def gemm(name, n, k, count=L, group="layer", host_ops=1.0, m=None, groups=None, batched=False):
+    def gemm(name, n, k, count=L, group="layer", host_ops=1.0, m=None, groups=None, batched=False,
+             m_quantiles=None):
         dims = {"m": (T if group != "post" else B) if m is None else m, "n": int(n), "k": int(k)}
         if groups is not None:
             dims["groups"] = groups  # launches per layer (an array: MoE experts hit)
+        if m_quantiles is not None:
+            dims["m_quantiles"] = m_quantiles  # per-launch rows vary (MoE routing): time averaged over them
         ops.append(Op(name, "gemm", dims, count, dtype, wd, group, host_ops=host_ops,
                       meta={"batched": batched}))  # batched: the groups run in one kernel (bmm)
 
@@ -114,19 +136,19 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
             ops.append(Op(name, "collective", {"coll": "all_reduce", "bytes": nbytes, "gpus": tp},
                           count, dtype, None, "layer"))
 
-    def mlp(prefix, width, count, m=None, groups=None):
+    def mlp(prefix, width, count, m=None, groups=None, m_q=None):
         if spec.mlp_act in ("swiglu", "geglu"):
             if layout.fused_gate_up:
-                gemm(f"{prefix}gate_up_proj", 2 * width, h, count, host_ops=2.0, m=m, groups=groups)
+                gemm(f"{prefix}gate_up_proj", 2 * width, h, count, host_ops=2.0, m=m, groups=groups, m_quantiles=m_q)
             else:
-                gemm(f"{prefix}gate_proj", width, h, count, m=m, groups=groups)
-                gemm(f"{prefix}up_proj", width, h, count, m=m, groups=groups)
+                gemm(f"{prefix}gate_proj", width, h, count, m=m, groups=groups, m_quantiles=m_q)
+                gemm(f"{prefix}up_proj", width, h, count, m=m, groups=groups, m_quantiles=m_q)
         else:
-            gemm(f"{prefix}up_proj", width, h, count, m=m, groups=groups)
+            gemm(f"{prefix}up_proj", width, h, count, m=m, groups=groups, m_quantiles=m_q)
         launches = 1 if groups is None else float(np.mean(groups))
         elem(f"{prefix}act", act_op, width, count, tokens=T if m is None else m, host_ops=2.0 * launches,
              kernels=2, groups=groups, strided=layout.fused_gate_up)  # act(gate) * up, once per expert hit
-        gemm(f"{prefix}down_proj", h, width, count, m=m, groups=groups)
+        gemm(f"{prefix}down_proj", h, width, count, m=m, groups=groups, m_quantiles=m_q)
 
     # --- embedding
     elem("embedding", "embedding", h, count=1, group="pre")
@@ -184,7 +206,8 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
         n_launch = float(np.mean(active_local))
         # per expert hit: gather its tokens, then scale and scatter-add its output (index_add_)
         elem("expert_gather", "copy", h, n_moe, tokens=m_exp, host_ops=n_launch, kernels=1, groups=active_local)
-        mlp("expert_", shard(spec.moe_intermediate, e_tp), n_moe, m=m_exp, groups=active_local)
+        m_q = expert_token_quantiles(picks, spec.n_experts, moe_imbalance)
+        mlp("expert_", shard(spec.moe_intermediate, e_tp), n_moe, m=m_exp, groups=active_local, m_q=m_q)
         elem("expert_scatter", "add", h, n_moe, tokens=m_exp, host_ops=3.0 * n_launch, kernels=3,
              groups=active_local)
         if ep > 1:

@@ -51,8 +51,10 @@ class Tables:
         self.meta = json.loads((root / "meta.json").read_text())
         self.gpu = gpu
         self.name = f"measured:{self.meta.get('gpu_id', gpu.id)}"
-        self._gemm_rows = [r for r in _read_csv(root / "gemm.csv") + _read_csv(root / "gemm_fp8.csv")
-                           if r.get("median_ms")]
+        # gemm.csv (perfcast calibrate) plus extra tables of the same columns: gemm_fp8*.csv, gemm_moe.csv,
+        # gemm_int4.csv (dtype "w4a16": bf16 activations times int4 weights) from perfcast.measure.extras
+        self._gemm_rows = [r for f in sorted(root.glob("gemm*.csv")) if "heldout" not in f.name
+                           for r in _read_csv(f) if r.get("median_ms")]
         self._attn_rows = [r for r in _read_csv(root / "attention.csv") if r.get("median_ms")]
         self._elem_rows = [r for r in _read_csv(root / "elementwise.csv") if r.get("median_ms")]
         self._coll_rows = [r for r in _read_csv(root / "collectives.csv") if r.get("median_ms")]
@@ -74,7 +76,7 @@ class Tables:
         for (dt, n, k), rows in by.items():
             m = _num(rows, "m")
             t = _num(rows, "median_ms") * 1e-3
-            base = an.gemm_cost(self.gpu, m, n, k, dt, None, IDEAL).seconds
+            base = _ideal_gemm(self.gpu, m, n, k, dt).seconds
             lr = monotone_log_ratio(m, np.log(t / base), base)
             self.gemm_curves[(dt, n, k)] = Curve(m, lr)
             self.gemm_time[(dt, n, k)] = Curve(m, lr + np.log(base))
@@ -93,8 +95,12 @@ class Tables:
         base = an.gemm_cost(prof.gpu, m, n, k, dtype, wdtype, IDEAL)
         n, k = int(n), int(k)
         m_arr = np.asarray(m, dtype=float)
+        if wdtype == "int4" and dtype in ("bf16", "fp16"):
+            dtype, wdtype = W4A16, None  # weight-only int4 (tinygemm) has its own measured table
         # fp16 runs on the same tensor cores as bf16: use bf16 tables where fp16 has none
         dts = [d for d in (dtype, "bf16" if dtype == "fp16" else None) if d and (d, _aligned(n, k)) in self._gemm_keys]
+        if dtype == W4A16 and not dts:
+            return an.gemm_cost(prof.gpu, m, n, k, "bf16", "int4", prof.eff)
         if not dts or wdtype:
             return an.gemm_cost(prof.gpu, m, n, k, dtype, wdtype, prof.eff)
         own = prof.gpu is self.gpu
@@ -321,6 +327,16 @@ class Tables:
             e[key] = float(min(max(e[key], 0.05), 1.0))
         e["source"] = self.meta.get("gpu_id", g.id)
         return an.Efficiency(**e)
+
+
+W4A16 = "w4a16"  # dtype column of weight-only int4 GEMM rows (bf16 activations)
+
+
+def _ideal_gemm(gpu, m, n, k, dt):
+    """The reference roofline of a table's dtype (w4a16: bf16 math on int4 weight bytes)."""
+    if dt == W4A16:
+        return an.gemm_cost(gpu, m, n, k, "bf16", "int4", IDEAL)
+    return an.gemm_cost(gpu, m, n, k, dt, None, IDEAL)
 
 
 def _aligned(n: int, k: int) -> bool:

@@ -39,6 +39,11 @@ def op_cost(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
 def _gemm(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
     d = op.dims
     c = prof.gemm(d["m"], d["n"], d["k"], op.dtype, op.wdtype)
+    mq = d.get("m_quantiles")
+    if mq is not None:  # rows differ between launches (MoE experts): mean time over the row quantiles
+        sec = np.asarray(prof.gemm(mq, d["n"], d["k"], op.dtype, op.wdtype).seconds, dtype=float).mean(axis=-1)
+        c = OpCost.of(sec.reshape(np.shape(c.seconds)) if np.ndim(c.seconds) else sec, c.bound, c.source,
+                      c.flops, c.bytes)
     g = d.get("groups")
     if g is None:
         return c
