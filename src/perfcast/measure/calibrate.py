@@ -314,7 +314,8 @@ def _families(only) -> list[str]:
 
 def _warm_gpu(torch, seconds: float = 1.0) -> None:
     """Bring the clocks up before the first measurement."""
-    a = torch.randn(4096, 4096, dtype=torch.bfloat16, device="cuda")
+    a = torch.randn(8192 if seconds > 5 else 4096, 8192 if seconds > 5 else 4096, dtype=torch.bfloat16,
+                    device="cuda")
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for _ in range(20):
@@ -323,9 +324,11 @@ def _warm_gpu(torch, seconds: float = 1.0) -> None:
 
 
 def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, device: str = "cuda",
-              progress: bool = True, seed: int = 0, tiny: bool | None = None) -> dict:
+              progress: bool = True, seed: int = 0, tiny: bool | None = None, preheat_s: float = 1.0) -> dict:
     """Measure kernels on ``device`` and write a profile directory; returns its meta.json dict.
 
+    ``preheat_s``: seconds of large GEMMs before the first measurement (clocks up; a long pre-heat
+    brings the GPU to the thermal/power state of a long run, to compare runs of different lengths).
     ``only``: a comma-separated string or list of families. ``tiny`` (default: on for the CPU) runs a
     few small shapes only, for tests. Times in the CSV files are milliseconds (launch.csv: microseconds).
     """
@@ -360,7 +363,9 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
     _write_meta(out, meta)
     grids = shapes.grids(quick=quick, heldout=heldout, tiny=tiny, seed=seed, sm_count=meta["sm_count"] or 132)
     if cuda:
-        _warm_gpu(torch, 0.3 if quick else 1.0)
+        _warm_gpu(torch, 0.3 if quick else preheat_s)
+        meta["timing"]["preheat_s"] = 0.3 if quick else preheat_s
+        meta["clocks_after_preheat"] = env.clocks_now(torch)
     r = _Run(torch, device, timer, progress)
     t_all = time.perf_counter()
     for fam in fams:
@@ -408,11 +413,13 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-family lines")
+    p.add_argument("--preheat-s", type=float, default=1.0,
+                   help="seconds of large GEMMs before measuring (default 1: clocks up; 60+: a long run's thermal state)")
     p.add_argument("--tiny", action="store_true", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     try:
         meta = calibrate(a.out, quick=a.quick, heldout=a.heldout, only=a.only, device=a.device,
-                         progress=not a.quiet, seed=a.seed, tiny=a.tiny)
+                         progress=not a.quiet, seed=a.seed, tiny=a.tiny, preheat_s=a.preheat_s)
     except (ValueError, RuntimeError) as e:
         print(f"perfcast calibrate: {e}", file=sys.stderr)
         return 2
