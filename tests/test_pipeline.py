@@ -296,3 +296,23 @@ def test_pp_device_cases_fit_the_time_budget():
         p = predict(d["model"], GPU, d["batch"], d["prompt"], d["context"], pp=d["pp"]) if not d.get("layers") else None
         if p is not None and d.get("measure") == "decode":
             assert p.weights_gib + p.kv_cache_gib + 1.5 < 79.0, d
+
+
+@pytest.mark.parametrize("runtime", ["cuda-graph", "eager"])
+def test_latency_from_whole_model_ops_matches_the_stage_build(runtime):
+    # the serving model splits the whole model's ops over the stages; for uniform layers it is exact
+    from perfcast.profiles.registry import resolve_profile
+    from perfcast.step.costs import op_cost
+    from perfcast.step.pipeline import latency_from_ops
+    from perfcast.step.predict import host_key, step_ops
+
+    for pp in (2, 3, 4):
+        cfg = make_config(L8, GPU, tp=2, pp=pp, runtime=runtime)
+        prof = resolve_profile(cfg.gpu, "auto")
+        for phase in ("prefill", "decode"):
+            ops = step_ops(cfg, phase, np.array([1, 16]), np.array([512, 2048]), np.array([512, 2048]))
+            costs = [op_cost(o, cfg.gpu, prof) for o in ops]
+            got = latency_from_ops(cfg, ops, costs, prof.host(host_key(cfg)), prof.eff)
+            want = [getattr(predict(L8, GPU, b, c, c, tp=2, pp=pp, runtime=runtime), f"{phase}_ms")
+                    for b, c in ((1, 512), (16, 2048))]
+            assert np.allclose(got * 1e3, want, rtol=1e-9)

@@ -196,6 +196,31 @@ def cycles(times: StageTimes) -> list[np.ndarray]:
     return out
 
 
+def latency_from_ops(cfg, ops: list[Op], costs: list, host, eff) -> np.ndarray:
+    """One micro-batch's latency through the pipeline, from the whole model's ops and their costs (as
+    ``step_ops`` builds them, with ``pp_send``): each stage gets the embedding (first), the final norm
+    and head (last), and the layer ops with their counts scaled to its share of the layers; the
+    ``p2p`` op gives each transfer. Exact for uniform layers; the serving model uses it so that its
+    iterations keep :func:`stage_times`' pipeline without rebuilding ops."""
+    from dataclasses import replace
+
+    run = get_runtime(cfg.runtime)
+    n = cfg.model.n_layers
+    sends = [np.asarray(c.seconds, dtype=float) for o, c in zip(ops, costs) if o.kind == "p2p"][:1]
+    body = [(o, c) for o, c in zip(ops, costs) if o.kind != "p2p"]
+    secs, gpus, hosts = [], [], []
+    for r in mem.stage_layers(n, cfg.pp):
+        sel = [(replace(o, count=o.count * len(r) / n) if o.group == "layer" else o, c) for o, c in body
+               if (o.group != "pre" or r.start == 0) and (o.group != "post" or r.stop == n)]
+        rt = run([o for o, _ in sel], [c for _, c in sel], host, eff)
+        secs.append(rt.seconds)
+        gpus.append(rt.gpu_seconds)
+        hosts.append(rt.host_seconds)
+    send = sends[0] if sends else np.zeros(())
+    lat, _ = schedule(secs, [send] * (cfg.pp - 1), 1, gpus, hosts)
+    return np.asarray(lat, dtype=float)
+
+
 def pipeline_seconds(cfg, phase: str, batch, prompt, context, microbatches: int = 1, prof=None):
     """``(latency, total, StageTimes)`` for ``batch`` sequences in ``microbatches`` equal micro-batches."""
     mb = np.asarray(batch) // int(microbatches)
