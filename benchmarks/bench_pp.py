@@ -42,13 +42,14 @@ CASE_OVERHEAD_S = 0.35  # per measurement: cache fill, barriers, empty_cache, th
 TARGET_S = float(os.environ.get("PERFCAST_MEASURE_TARGET_S", "1.0"))
 
 
-def measured_lines(root: Path = ROOT):
+def measured_lines(root: Path = ROOT, smoke: bool = False):
+    """Measured pipeline lines; the 4-layer plumbing cases (``tag: smoke``) only with ``smoke``."""
     for f in sorted(root.glob("*/step_pp*.jsonl")):
         for line in f.read_text().splitlines():
             if not line.strip():
                 continue
             d = json.loads(line)
-            if "error" in d or int(d.get("pp", 1) or 1) < 2:
+            if "error" in d or int(d.get("pp", 1) or 1) < 2 or (d.get("tag") == "smoke" and not smoke):
                 continue
             yield f.parent.name, d
 
@@ -143,6 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--cases", action="store_true", help="print every case")
     ap.add_argument("--data", default=str(ROOT), help="folder of GPU runs (default benchmarks/data)")
+    ap.add_argument("--smoke", action="store_true", help="include the 4-layer plumbing cases (tag smoke)")
     ap.add_argument("--estimate", nargs="?", const=str(CASES), default=None,
                     help="estimate the device run of a cases file instead (default cases_pp.jsonl)")
     ap.add_argument("--gpu", default="h100-sxm", help="GPU of the --estimate")
@@ -158,7 +160,7 @@ def main(argv=None) -> int:
                   f"b{d['batch']} p{d['prompt']} c{d['context']} M{d.get('microbatches', 1)} {d.get('runtime')})")
         print(f"all parts: about {total:.0f} s on {a.gpu} (PERFCAST_MEASURE_TARGET_S={TARGET_S:g})")
         return 0
-    rows = compare(measured_lines(Path(a.data)), a.profile)
+    rows = compare(measured_lines(Path(a.data), a.smoke), a.profile)
     if not rows:
         print("no PP measurements yet (run: bash benchmarks/device/run_multi.sh \"pp2 pp4\" on a 4-GPU host, "
               "then copy $OUT/<gpu>/step_pp*.jsonl under benchmarks/data/<run>/)")
