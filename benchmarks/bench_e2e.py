@@ -2,7 +2,9 @@
 
 Each measured line (written by ``perfcast.measure.model_step``) is predicted with the same model,
 GPU (the line's ``gpu_id``), batch, prompt, context, tp and runtime; lines that only calibrate host
-overhead (``tag: host``, a ``layers`` override, or the plain decoder under eager at tp 1) are skipped.
+overhead (``tag: host``, a ``layers`` override, or the plain decoder under eager at tp 1) are skipped,
+and so are pipeline-parallel lines (``pp > 1``, ``step_pp*.jsonl``): benchmarks/bench_pp.py compares
+those with ``perfcast.pipeline`` at their micro-batches.
 
     python benchmarks/bench_e2e.py [--profile auto|none] [--json out.json] [--cases]
 """
@@ -29,7 +31,7 @@ def measured_lines():
             continue
         for line in f.read_text().splitlines():
             d = json.loads(line)
-            if "error" in d or d.get("tag") == "host":
+            if "error" in d or d.get("tag") == "host" or int(d.get("pp", 1) or 1) > 1:
                 continue
             spec = get_model(d["model"])
             if d.get("layers") and int(d["layers"]) != spec.n_layers:

@@ -107,3 +107,21 @@ def test_model_from_config_path(tmp_path):
     r = run(["predict", "--cases", "-", "--json"], json.dumps({**GOOD, "model": str(tmp_path)}) + "\n")
     o = json.loads(r.stdout)
     assert o["weights_gib"] == pytest.approx(spec.total_params() * 2 / 2**30)
+
+
+def test_single_shot_microbatches_adds_the_pipeline_and_nothing_else():
+    args = ["predict", "--model", GOOD["model"], "--gpu", "h100-sxm", "--batch", "8", "--prompt", "1024", "--pp", "4"]
+    plain = run(args + ["--json"])
+    r = run(args + ["--microbatches", "4", "--json"])
+    assert r.returncode == 0, r.stderr
+    a, b = json.loads(plain.stdout), json.loads(r.stdout)
+    assert list(b)[:-1] == list(a) and {k: b[k] for k in a} == a  # the batch object, then "pipeline"
+    pipe = b["pipeline"]
+    assert set(pipe) == {"prefill", "decode"} and pipe["decode"]["microbatches"] == 4
+    assert len(pipe["decode"]["stages"]) == 4
+    table = run(args + ["--microbatches", "2"])
+    assert table.returncode == 0 and "bubble" in table.stdout
+    bad = run(args + ["--microbatches", "3"])
+    assert bad.returncode != 0 and "does not divide batch=8" in bad.stderr and "Traceback" not in bad.stderr
+    both = run(["predict", "--cases", "-", "--microbatches", "2"], stdin=json.dumps(GOOD) + "\n")
+    assert both.returncode != 0 and "single-shot only" in both.stderr

@@ -159,3 +159,97 @@ def test_collective_sizes_and_bus_bandwidth():
     assert co.busbw_gbps("reduce_scatter", 10**9, 4, ms) == pytest.approx(750.0)
     assert co.busbw_gbps("send_recv", 10**9, 2, ms) == pytest.approx(1000.0)
     assert co._parse_bytes("2G") == 2 << 30 and co._parse_bytes("64MiB") == 64 << 20
+
+
+# ------------------------------------------------------------------------------ pipeline parallel
+def _copy_stage(full: Decoder, stage: Decoder) -> None:
+    """Give a pipeline stage the full decoder's weights for its layers (and embedding / head)."""
+    for i, L in zip(stage.stage, stage.layers):
+        for n in L.__slots__:
+            setattr(L, n, getattr(full.layers[i], n))
+    if stage.first:
+        stage.embed = full.embed
+    if stage.last:
+        stage.final_norm, stage.final_norm_b, stage.lm_head = full.final_norm, full.final_norm_b, full.lm_head
+
+
+@pytest.mark.parametrize("n_layers,pp", [(4, 2), (5, 3), (4, 4)])
+def test_pipeline_stages_chain_to_the_full_decoder(n_layers, pp):
+    from perfcast.step.memory import stage_layers
+
+    spec = ModelSpec(**{**TINY, "n_layers": n_layers, "tied_embeddings": True})
+    full = Decoder(spec, device="cpu", dtype=torch.float32, seed=3)
+    stages = [Decoder(spec, device="cpu", dtype=torch.float32, stage=r) for r in stage_layers(n_layers, pp)]
+    assert stages[0].embed is not None and all(s.embed is None for s in stages[1:])
+    assert stages[-1].lm_head is not None and all(s.lm_head is None for s in stages[:-1])
+    assert sum(len(s.layers) for s in stages) == n_layers
+    for s in stages:
+        _copy_stage(full, s)
+    batch, n = 4, 9
+    ids = torch.randint(0, spec.vocab, (batch, n + 1))
+    full.alloc_cache(batch, n + 1)
+    want_prefill = full.prefill(ids[:, :n])
+    want_decode = full.decode(ids[:, n:], context=n)
+    for s in stages:
+        s.alloc_cache(batch, n + 1)
+    pos = torch.arange(n)
+    # two micro-batches of two sequences, each in its own rows of every stage's cache
+    for rows in (slice(0, 2), slice(2, 4)):
+        x = ids[rows, :n]
+        for s in stages:
+            x = s.forward_stage(x, pos, None, rows)
+        assert torch.allclose(x, want_prefill[rows], atol=1e-5)
+        x = ids[rows, n:]
+        for s in stages:
+            x = s.forward_stage(x, torch.tensor([n]), n + 1, rows)
+        assert torch.allclose(x, want_decode[rows], atol=1e-5)
+    assert stages[0].cache_bytes(batch, n + 1) * n_layers == full.cache_bytes(batch, n + 1) * len(stages[0].layers)
+
+
+def test_model_step_pipeline_parallel_on_cpu_gloo(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    monkeypatch.setenv("PERFCAST_MEASURE_TARGET_S", "0.01")  # the spawned ranks read it at import
+    cfg = {**TINY_CONFIG, "num_hidden_layers": 4}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    m = str(tmp_path / "c.json")
+    cases = [{"model": m, "batch": 4, "prompt": 8, "context": 12, "pp": 2, "microbatches": 2, "runtime": "eager"},
+             {"model": m, "batch": 2, "prompt": 8, "context": 8, "pp": 2, "runtime": "eager", "measure": "decode",
+              "layers": 3},
+             {"model": m, "batch": 4, "prompt": 8, "context": 8, "pp": 2, "microbatches": 3, "runtime": "eager"},
+             {"model": m, "batch": 1, "prompt": 8, "context": 8, "runtime": "eager"},  # pp 1: not this run
+             {"model": m, "batch": 2, "prompt": 8, "context": 8, "pp": 4, "runtime": "eager"}]  # pp 4: neither
+    (tmp_path / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cases))
+    out = tmp_path / "out.jsonl"
+    rc = model_step.main(["--cases", str(tmp_path / "cases.jsonl"), "--out", str(out), "--pp", "2",
+                          "--device", "cpu", "--dtype", "fp32"])
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rc == 1 and [r["case"] for r in rows] == [0, 1, 2]  # one error line (case 2)
+    r = rows[0]
+    assert (r["pp"], r["tp"], r["microbatches"], r["impl"]) == (2, 1, 2, "plain-decoder-pp")
+    assert r["stages"] == [[0, 2], [2, 4]] and r["pp_schedule"].startswith("gpipe-forward")
+    for ph in ("prefill", "decode"):
+        assert 0 < r[f"{ph}_min_ms"] <= r[f"{ph}_ms"] <= r[f"{ph}_p90_ms"] and r[f"{ph}_reps"] >= 5
+        assert len(r[f"{ph}_stage_ms"]) == 2 and all(x > 0 for x in r[f"{ph}_stage_ms"])
+    assert rows[1]["stages"] == [[0, 2], [2, 3]] and "decode_ms" in rows[1] and "prefill_ms" not in rows[1]
+    assert "does not divide" in rows[2]["error"] or "must divide" in rows[2]["error"]
+    with pytest.raises(SystemExit):  # tensor and pipeline parallel together are not measured
+        model_step.main(["--cases", str(tmp_path / "cases.jsonl"), "--out", str(out), "--pp", "2", "--tp", "2",
+                         "--device", "cpu"])
+
+
+def test_compare_predicts_pipeline_lines_with_their_microbatches():
+    from perfcast import pipeline
+    from perfcast.measure.compare import compare_lines, format_rows
+
+    line = {"model": "meta-llama/Llama-3.1-8B", "gpu_id": "h100-sxm", "batch": 8, "prompt": 1024, "context": 1024,
+            "tp": 1, "pp": 2, "microbatches": 2, "runtime": "eager", "impl": "plain-decoder-pp",
+            "decode_ms": 10.0, "decode_stage_ms": [3.0, 3.5], "prefill_ms": 100.0}
+    rows = compare_lines([line])
+    assert [r["phase"] for r in rows] == ["prefill", "decode"]
+    want = pipeline("meta-llama/Llama-3.1-8B", "h100-sxm", 8, 1024, 1024, pp=2, microbatches=2, phase="decode",
+                    runtime="eager").total_ms
+    assert rows[1]["predicted_ms"] == pytest.approx(want) and rows[1]["pp"] == 2
+    assert "pp2xM2" in format_rows(rows)

@@ -3,10 +3,13 @@
 #   bash benchmarks/device/run_multi.sh                 # "smoke coll tp2 tp4": ~4-5 min on 4 H100s
 #   bash benchmarks/device/run_multi.sh "coll"          # collectives only (2 and 4 GPUs)
 #   bash benchmarks/device/run_multi.sh "smoke"         # 4-layer TP2 check of every path (~40 s)
+#   bash benchmarks/device/run_multi.sh "pp2 pp4"       # pipeline parallel: ~2.5 min on 4 H100s
 # Parts: smoke (cases_smoke.jsonl at tp 2; when it fails, tp2 and tp4 are skipped), coll
 # (perfcast.measure.collectives), tp2 / tp4 (perfcast.measure.model_step --tp N on the first N GPUs,
-# cases_tp.jsonl). Writes under $OUT/<gpu_id>/: step_smoke_tp2.jsonl, coll/collectives.csv,
-# coll/meta.json, step_tp2.jsonl, step_tp4.jsonl, run_multi.log.
+# cases_tp.jsonl), pp2 / pp4 (perfcast.measure.model_step --pp N on the first N GPUs, cases_pp.jsonl:
+# each starts with two 4-layer plumbing cases; `python benchmarks/bench_pp.py --estimate` gives the
+# duration). Writes under $OUT/<gpu_id>/: step_smoke_tp2.jsonl, coll/collectives.csv, coll/meta.json,
+# step_tp2.jsonl, step_tp4.jsonl, step_pp2.jsonl, step_pp4.jsonl, run_multi.log.
 set -o pipefail
 cd "$(dirname "$0")/../.." || exit 2
 source benchmarks/device/_common.sh
@@ -24,6 +27,12 @@ tp_part() {  # tp_part NAME N CASES OUTFILE
     --cases "$3" --out "$4" --tp "$2"
 }
 
+pp_part() {  # pp_part NAME N CASES OUTFILE: one process per stage on the first N GPUs
+  if [ "$NGPU" -lt "$2" ]; then echo "=== $1: skipped, $NGPU GPUs < $2"; return 0; fi
+  CUDA_VISIBLE_DEVICES=$(seq -s, 0 $(($2 - 1))) run_part "$1" python3 -m perfcast.measure.model_step \
+    --cases "$3" --out "$4" --pp "$2"
+}
+
 main() {
   nvidia-smi
   nvidia-smi topo -m
@@ -34,10 +43,12 @@ main() {
       coll)  run_part coll python3 -m perfcast.measure.collectives --out "$D/coll" ;;
       tp2)   tp_part tp2 2 benchmarks/device/cases_tp.jsonl "$D/step_tp2.jsonl" ;;
       tp4)   tp_part tp4 4 benchmarks/device/cases_tp.jsonl "$D/step_tp4.jsonl" ;;
+      pp2)   pp_part pp2 2 benchmarks/device/cases_pp.jsonl "$D/step_pp2.jsonl" ;;
+      pp4)   pp_part pp4 4 benchmarks/device/cases_pp.jsonl "$D/step_pp4.jsonl" ;;
       smoke) local before=$RC; RC=0
              tp_part smoke 2 benchmarks/device/cases_smoke.jsonl "$D/step_smoke_tp2.jsonl"
              [ "$RC" -eq 0 ] || SMOKE_OK=0; [ "$before" -gt "$RC" ] && RC=$before ;;
-      *) echo "unknown part '$part' (coll, tp2, tp4, smoke)"; RC=2 ;;
+      *) echo "unknown part '$part' (coll, tp2, tp4, smoke, pp2, pp4)"; RC=2 ;;
     esac
   done
   pack_out "$D"

@@ -2,7 +2,8 @@
 
 ``perfcast.predict(model=..., gpu=..., batch=..., prompt=..., context=...)`` returns a frozen
 :class:`~perfcast.step.predict.Prediction`; ``perfcast.sweep`` is its vectorized form;
-``perfcast.predict_op`` costs one kernel. Importing perfcast is light (numpy only); torch is needed
+``perfcast.predict_op`` costs one kernel; ``perfcast.pipeline`` splits a step over pipeline stages and
+micro-batches (stage times, send/recv, bubble). Importing perfcast is light (numpy only); torch is needed
 only by ``perfcast.measure``.
 """
 
@@ -10,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "InputError",
+    "PipelinePrediction",
     "Prediction",
     "get_cpu",
     "get_gpu",
@@ -19,6 +21,7 @@ __all__ = [
     "list_models",
     "max_batch",
     "max_context",
+    "pipeline",
     "predict",
     "predict_op",
     "sweep",

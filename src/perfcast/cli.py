@@ -87,6 +87,9 @@ def main():
 @click.option("--context", type=int, default=None, help="KV-cache tokens per sequence at decode [default: prompt].")
 @click.option("--tp", type=int, default=1, show_default=True)
 @click.option("--pp", type=int, default=1, show_default=True)
+@click.option("--microbatches", type=int, default=None,
+              help="Pipeline: also split the batch into this many equal micro-batches (GPipe) and show each "
+                   "stage, the send/recv, the bubble and throughput (single-shot only).")
 @click.option("--ep", type=int, default=1, show_default=True, help="MoE: experts split over this many of the tp GPUs.")
 @click.option("--moe-imbalance", type=float, default=1.0, show_default=True,
               help="MoE: tokens of the busiest expert GPU over the uniform share.")
@@ -101,9 +104,11 @@ def main():
 @click.option("--cpu", type=str, default=None, help="Host CPU for --offload (catalog id or calibrated profile dir).")
 @click.option("--cpu-threads", type=int, default=None, help="CPU threads for offloaded ops [default: all cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the batch-mode object).")
-def predict(cases, model, gpu, batch, prompt, context, tp, pp, ep, moe_imbalance, dtype, kv_dtype, wdtype, runtime,
-            profile, breakdown, offload, cpu, cpu_threads, as_json):
+def predict(cases, model, gpu, batch, prompt, context, tp, pp, microbatches, ep, moe_imbalance, dtype, kv_dtype,
+            wdtype, runtime, profile, breakdown, offload, cpu, cpu_threads, as_json):
     """Predict one step: prefill (TTFT) and decode (TPOT), memory per GPU, and what binds."""
+    if microbatches is not None and (cases is not None or offload is not None):
+        raise UserError("--microbatches is single-shot only and does not combine with --cases or --offload")
     if cases is not None:
         from perfcast.batch import predict_lines
 
@@ -119,22 +124,48 @@ def predict(cases, model, gpu, batch, prompt, context, tp, pp, ep, moe_imbalance
         return
     from perfcast.step.predict import predict as api_predict
 
+    ctx = prompt if context is None else context
     try:
-        p = api_predict(model, gpu, batch, prompt, prompt if context is None else context, tp, pp, dtype,
+        p = api_predict(model, gpu, batch, prompt, ctx, tp, pp, dtype,
                         runtime, profile, breakdown, kv_dtype, wdtype, ep, moe_imbalance)
+        pipe = None
+        if microbatches is not None:
+            from perfcast.step.pipeline import pipeline
+
+            pipe = {ph: pipeline(model, gpu, batch, prompt, ctx, tp, pp, microbatches, ph, dtype, runtime, profile,
+                                 kv_dtype, wdtype, ep, moe_imbalance).to_dict() for ph in ("prefill", "decode")}
     except Exception as e:
         _fail(e)
     if as_json:
         from perfcast.batch import dumps
 
-        click.echo(dumps(p.to_dict(breakdown=breakdown)))
+        out = p.to_dict(breakdown=breakdown)
+        if pipe is not None:
+            out["pipeline"] = pipe
+        click.echo(dumps(out))
         return
     _print_predictions([p.to_dict()])
+    if pipe is not None:
+        _print_pipeline(pipe)
     if breakdown:
         rows = [[r["phase"], r["name"], r["count"], r["ms"], 100 * r["share"], r["bound"], r["source"]]
                 for r in p.breakdown]
         _table("per-op breakdown (ms per step = count x per launch)",
                ["phase", "name", "count", "ms", "share %", "bound", "source"], rows)
+
+
+def _print_pipeline(pipe: dict):
+    rows = []
+    for ph, d in pipe.items():
+        for st in d["stages"]:
+            rows.append([ph, st["stage"], f"{st['layers'][0]}-{st['layers'][1] - 1}", st["ms"], st["gpu_ms"],
+                         st["host_ms"], st["send_ms"], st["cycle_ms"]])
+    _table(f"pipeline stages (one micro-batch of {next(iter(pipe.values()))['microbatch_size']} sequences)",
+           ["phase", "stage", "layers", "ms", "gpu ms", "host ms", "send ms", "cycle ms"], rows)
+    rows = [[ph, d["microbatches"], d["latency_ms"], d["total_ms"], d["tokens_per_s"], 100 * d["bubble_fraction"],
+             d["bottleneck_stage"]] for ph, d in pipe.items()]
+    _table("pipeline (GPipe forward-only)", ["phase", "micro-batches", "latency ms", "total ms", "tokens/s",
+                                            "bubble %", "bottleneck stage"], rows)
 
 
 def _predict_offload(model, gpu, batch, prompt, context, tp, pp, dtype, runtime, profile, offload, cpu,

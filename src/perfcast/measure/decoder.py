@@ -18,6 +18,13 @@ gathered with one ``all_gather_into_tensor`` (rank-major ``[tp * batch, vocab / 
 transpose into ``[batch, vocab]`` is left out, it is a few KB). The embedding is replicated (a row
 lookup costs nothing; Megatron's vocab-parallel embedding would add one small all-reduce).
 
+Pipeline parallel (``stage=range(a, b)``): this rank holds decoder layers ``a..b-1`` only, the
+embedding when ``a == 0`` and the final norm and LM head when ``b`` is the last layer (a tied head is a
+copy of its own on a last stage that is not also the first, as Megatron keeps it).
+:meth:`Decoder.forward_stage` takes token ids (first stage) or the previous stage's hidden states
+``[batch, q_len, hidden]`` and returns hidden states (or, on the last stage, logits); ``rows`` picks the
+batch rows of the KV cache a micro-batch owns.
+
 Approximations (do not change the cost of the ops modelled): weights are random; RoPE scaling
 (llama3, yarn, ...) only changes the frequency table and is ignored; sliding windows, logit
 soft-capping and Gemma's embedding scale are not applied; MoE and MLA models are not supported.
@@ -77,7 +84,7 @@ class Decoder:
     """
 
     def __init__(self, spec: ModelSpec, *, device="cuda", dtype=torch.bfloat16, tp_rank: int = 0,
-                 tp_size: int = 1, group=None, seed: int = 0):
+                 tp_size: int = 1, group=None, seed: int = 0, stage: range | None = None):
         if spec.is_moe or spec.is_mla:
             raise NotImplementedError(f"{spec.name}: the plain decoder has no MoE / MLA layers")
         if spec.n_heads % tp_size:
@@ -86,6 +93,10 @@ class Decoder:
             raise ValueError(f"tp {tp_size} does not divide the {spec.n_kv_heads} KV heads")
         if spec.n_kv_heads < tp_size and tp_size % spec.n_kv_heads:
             raise ValueError(f"{spec.n_kv_heads} KV heads cannot be replicated over tp {tp_size}")
+        self.stage = range(spec.n_layers) if stage is None else stage
+        if len(self.stage) < 1 or self.stage.start < 0 or self.stage.stop > spec.n_layers:
+            raise ValueError(f"stage {self.stage} is not a non-empty range of the {spec.n_layers} layers")
+        self.first, self.last = self.stage.start == 0, self.stage.stop == spec.n_layers
         self.spec, self.device, self.dtype = spec, torch.device(device), dtype
         self.tp_rank, self.tp_size, self.group = tp_rank, tp_size, group
         self.hd = spec.head_dim
@@ -94,7 +105,7 @@ class Decoder:
         self.inter = math.ceil(spec.intermediate / tp_size)
         self.vocab_local = math.ceil(spec.vocab / tp_size)
         self.gated = spec.mlp_act in ("swiglu", "geglu")
-        torch.manual_seed(seed + 7919 * tp_rank)
+        torch.manual_seed(seed + 7919 * tp_rank + 104729 * self.stage.start)
         self._build()
         self.k_cache = self.v_cache = None
         self.max_len = 0
@@ -108,9 +119,9 @@ class Decoder:
         s, dev, dt, h = self.spec, self.device, self.dtype, self.spec.hidden
         ln = s.norm == "layernorm"
         qkv_out = (self.hq + 2 * self.hkv) * self.hd
-        self.embed = _rand((s.vocab, h), dev, dt)
+        self.embed = _rand((s.vocab, h), dev, dt) if self.first else None
         self.layers = []
-        for _ in range(s.n_layers):
+        for _ in self.stage:
             L = _Layer()
             L.ln1, L.ln2 = self._norm_w(), self._norm_w()
             L.ln1_b = _rand(h, dev, dt) if ln else None
@@ -129,9 +140,17 @@ class Decoder:
             L.wdown = _rand((h, self.inter), dev, dt)
             L.bdown = _rand(h, dev, dt) if s.mlp_bias else None
             self.layers.append(L)
+        self.final_norm = self.final_norm_b = self.lm_head = None
+        if self.last:
+            self._build_head(ln)
+        half = torch.arange(0, self.hd, 2, device=dev, dtype=torch.float32) / self.hd
+        self.inv_freq = 1.0 / (s.rope_theta ** half)
+
+    def _build_head(self, ln: bool):
+        s, dev, dt, h = self.spec, self.device, self.dtype, self.spec.hidden
         self.final_norm = self._norm_w()
         self.final_norm_b = _rand(h, dev, dt) if ln else None
-        if s.tied_embeddings:
+        if s.tied_embeddings and self.embed is not None:
             lo = self.tp_rank * self.vocab_local
             lm = self.embed[lo: lo + self.vocab_local]
             if lm.shape[0] < self.vocab_local:  # last shard of a vocab tp does not divide: pad
@@ -139,8 +158,6 @@ class Decoder:
             self.lm_head = lm
         else:
             self.lm_head = _rand((self.vocab_local, h), dev, dt)
-        half = torch.arange(0, self.hd, 2, device=dev, dtype=torch.float32) / self.hd
-        self.inv_freq = 1.0 / (s.rope_theta ** half)
 
     def weight_bytes(self) -> int:
         """Bytes of this rank's weights (the tied LM head counted once)."""
@@ -157,7 +174,7 @@ class Decoder:
     # ------------------------------------------------------------------ cache
     def cache_bytes(self, batch: int, max_len: int) -> int:
         esz = torch.finfo(self.dtype).bits // 8
-        return 2 * self.spec.n_layers * batch * self.hkv * max_len * self.hd * esz
+        return 2 * len(self.layers) * batch * self.hkv * max_len * self.hd * esz
 
     def activation_bytes(self, tokens: int) -> int:
         """A generous bound on the transient activations of one forward over ``tokens`` tokens."""
@@ -168,7 +185,7 @@ class Decoder:
     def alloc_cache(self, batch: int, max_len: int) -> None:
         """A static KV cache for ``max_len`` tokens, filled with random values, plus RoPE tables."""
         self.free_cache()
-        shape = (self.spec.n_layers, batch, self.hkv, max_len, self.hd)
+        shape = (len(self.layers), batch, self.hkv, max_len, self.hd)
         self.k_cache = _rand(shape, self.device, self.dtype, 1.0)
         self.v_cache = _rand(shape, self.device, self.dtype, 1.0)
         t = torch.arange(max_len, device=self.device, dtype=torch.float32)
@@ -193,12 +210,23 @@ class Decoder:
         return x
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
-        b, q_len = ids.shape
+        return self.forward_stage(ids, pos, kv_len)
+
+    def forward_stage(self, inp: torch.Tensor, pos: torch.Tensor, kv_len: int | None = None,
+                      rows: slice | None = None) -> torch.Tensor:
+        """This rank's layers over ``inp``: token ids ``[batch, q_len]`` on the first stage, else the
+        previous stage's hidden states ``[batch, q_len, hidden]``. Returns the next stage's input, or the
+        last position's logits on the last stage. ``rows``: the KV-cache batch rows of this micro-batch."""
+        x = F.embedding(inp, self.embed) if self.first else inp
+        x = self._layers(x, pos, kv_len, rows)
+        return self._head(x) if self.last else x
+
+    def _layers(self, x: torch.Tensor, pos: torch.Tensor, kv_len: int | None, rows: slice | None):
+        b, q_len = x.shape[0], x.shape[1]
         hq, hkv, hd = self.hq, self.hkv, self.hd
         gqa = hq != hkv
         cos = self.cos.index_select(0, pos)
         sin = self.sin.index_select(0, pos)
-        x = F.embedding(ids, self.embed)
         for i, L in enumerate(self.layers):
             h = self._norm(x, L.ln1, L.ln1_b)
             qkv = F.linear(h, L.wqkv, L.bqkv)
@@ -214,6 +242,8 @@ class Decoder:
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             kc, vc = self.k_cache[i], self.v_cache[i]
+            if rows is not None:
+                kc, vc = kc[rows], vc[rows]
             kc.index_copy_(2, pos, k)
             vc.index_copy_(2, pos, v)
             if kv_len is None:
@@ -241,6 +271,10 @@ class Decoder:
             if L.pn2 is not None:
                 m = self._norm(m, L.pn2)
             x = x + m
+        return x
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
         x = self._norm(x, self.final_norm, self.final_norm_b)
         logits = F.linear(x[:, -1], self.lm_head)
         if self.tp_size > 1:

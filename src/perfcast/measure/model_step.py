@@ -3,9 +3,12 @@
     PYTHONPATH=src python3 -m perfcast.measure.model_step --cases CASES.jsonl --out OUT.jsonl
     PYTHONPATH=src python3 -m perfcast.measure.model_step --cases CASES.jsonl --out OUT.jsonl --tp 4
 
-With ``--tp N > 1`` the script spawns N processes itself (one per GPU, ``torch.multiprocessing``);
-it also runs under ``torchrun --nproc-per-node N -m perfcast.measure.model_step ... --tp N``. Only the
-cases whose ``tp`` equals N are run; rank 0 writes. NVLink multicast is forced off before NCCL starts.
+    PYTHONPATH=src python3 -m perfcast.measure.model_step --cases CASES.jsonl --out OUT.jsonl --pp 4
+
+With ``--tp N > 1`` (or ``--pp N > 1``) the script spawns N processes itself (one per GPU,
+``torch.multiprocessing``); it also runs under ``torchrun --nproc-per-node N -m
+perfcast.measure.model_step ... --tp N``. Only the cases whose ``tp`` and ``pp`` equal the run's are
+run (a case without them has 1); rank 0 writes. NVLink multicast is forced off before NCCL starts.
 
 A case line holds ``perfcast predict``'s fields ``model, batch, prompt, context, tp, runtime`` and
 optionally ``layers`` (fewer decoder layers, for quick runs), ``measure`` (``"prefill"``,
@@ -16,6 +19,20 @@ optionally ``layers`` (fewer decoder layers, for quick runs), ``measure`` (``"pr
   warm-up; replays timed with CUDA events.
 - ``eager``: tp 1, the HF transformers model (hf_step.py); tp > 1, the plain decoder run eagerly.
   Host clock around the step after ``torch.cuda.synchronize()``.
+
+Pipeline parallel (``--pp N``, case fields ``pp`` and ``microbatches``, tp 1): rank r holds its
+contiguous slice of the plain decoder's layers, split as vLLM splits them
+(``perfcast.step.memory.stage_layers``; the embedding on rank 0, the final norm and LM head on the
+last). The batch runs as ``microbatches`` (default 1, must divide ``batch``) equal micro-batches, GPipe
+forward only: per micro-batch, ``recv`` the hidden states from rank r-1, run the stage, ``send`` to
+rank r+1 (``torch.distributed`` send/recv: NCCL on GPUs, gloo with ``--device cpu``). Decode attends
+over a KV cache of ``context`` tokens per stage, each micro-batch over its own batch rows.
+``cuda-graph``: each rank captures its stage's forward, one CUDA graph per micro-batch, and the
+send/recv run eagerly between replays (as vLLM runs its pipeline stages); ``eager``: the stages run
+eagerly. Each rep: barrier, then the host clock around the whole schedule until the GPU is done; the
+slowest rank sets the rep (``{phase}_ms`` is the time of all micro-batches). ``{phase}_stage_ms`` lists
+each stage's median compute time for one micro-batch (CUDA events around the stage's forward, so
+without its send/recv waits).
 
 Each rep count adapts to about one second per measurement (at least 10 for graphs, 5 for eager);
 the median, min and p90 are written (under TP, per rep the slowest rank). A case that does not fit
@@ -174,12 +191,32 @@ def _phases(case: dict) -> list[str]:
 
 
 def _impl(case: dict) -> str:
-    tp = int(case.get("tp", 1))
-    default = "hf" if case.get("runtime", "cuda-graph") == "eager" and tp == 1 else "plain"
+    tp, pp = int(case.get("tp", 1)), _pp(case)
+    default = "hf" if case.get("runtime", "cuda-graph") == "eager" and tp == 1 and pp == 1 else "plain"
     impl = case.get("impl", default)
-    if impl not in ("hf", "plain") or (impl == "hf" and tp > 1):
-        raise CaseError(f"impl must be 'plain' or (at tp 1) 'hf', got {impl!r}")
+    if impl not in ("hf", "plain") or (impl == "hf" and tp * pp > 1):
+        raise CaseError(f"impl must be 'plain' or (at tp 1 and pp 1) 'hf', got {impl!r}")
     return impl
+
+
+def _pp(case: dict) -> int:
+    try:
+        pp = int(case.get("pp", 1) or 1)
+    except (TypeError, ValueError):
+        raise CaseError(f"pp must be a positive integer, got {case.get('pp')!r}") from None
+    if pp < 1:
+        raise CaseError(f"pp must be a positive integer, got {pp}")
+    return pp
+
+
+def _microbatches(case: dict, batch: int) -> int:
+    """Micro-batches of a pipeline case: a positive divisor of ``batch`` (default 1)."""
+    m = case.get("microbatches", 1)
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise CaseError(f"microbatches must be a positive integer, got {m!r}")
+    if m > batch or batch % m:
+        raise CaseError(f"microbatches={m} must divide batch={batch} (equal micro-batches of at least one sequence)")
+    return m
 
 
 def _free_bytes(device) -> int:
@@ -191,12 +228,12 @@ def _free_bytes(device) -> int:
 class _Group:
     """One built model (plain decoder or HF) shared by consecutive cases with the same key."""
 
-    def __init__(self, model: str, layers, impl: str, device, dtype, rank: int, world: int):
+    def __init__(self, model: str, layers, impl: str, device, dtype, rank: int, world: int, pp: int = 1):
         import torch
 
         from perfcast.models import get_model
 
-        self.impl, self.device = impl, device
+        self.impl, self.device, self.pp, self.rank = impl, device, pp, rank
         if impl == "hf":
             from perfcast.measure import hf_step
 
@@ -209,13 +246,22 @@ class _Group:
             spec = get_model(model)
             if layers:
                 spec = spec.with_layers(int(layers))
-            self.m = Decoder(spec, device=device, dtype=dtype, tp_rank=rank, tp_size=world)
+            if pp > 1:
+                from perfcast.step.memory import stage_layers
+
+                if pp > spec.n_layers:
+                    raise CaseError(f"pp={pp} exceeds the {spec.n_layers} layers")
+                stage = stage_layers(spec.n_layers, pp)[rank]
+                self.m = Decoder(spec, device=device, dtype=dtype, stage=stage)
+                self.stage = [stage.start, stage.stop]
+            else:
+                self.m = Decoder(spec, device=device, dtype=dtype, tp_rank=rank, tp_size=world)
             self.n_layers = spec.n_layers
             self.weights = self.m.weight_bytes()
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def need_bytes(self, phase: str, batch: int, prompt: int, context: int) -> int:
+    def need_bytes(self, phase: str, batch: int, prompt: int, context: int, microbatches: int = 1) -> int:
         if self.impl == "hf":
             from perfcast.measure import hf_step
 
@@ -226,6 +272,10 @@ class _Group:
             return 2 * hf_step.cache_bytes(self.m, batch, context + 1) + batch * (1 << 20)
         length = prompt if phase == "prefill" else context + 1
         tokens = batch * (prompt if phase == "prefill" else 1)
+        if self.pp > 1:  # one micro-batch's activations, plus each micro-batch's input and output buffers
+            esz = torch_esz(self.m.dtype)
+            return (self.m.cache_bytes(batch, length) + self.m.activation_bytes(tokens // microbatches)
+                    + 2 * tokens * self.m.spec.hidden * esz)
         return self.m.cache_bytes(batch, length) + self.m.activation_bytes(tokens)
 
     def step(self, phase: str, batch: int, prompt: int, context: int):
@@ -251,6 +301,156 @@ class _Group:
     def release(self) -> None:
         if self.impl == "plain":
             self.m.free_cache()
+
+
+def torch_esz(dtype) -> int:
+    import torch
+
+    return torch.finfo(dtype).bits // 8
+
+
+class _Pipe:
+    """One rank's part of a pipeline phase: ``microbatches`` x (recv -> this stage -> send).
+
+    ``graphs``: the stage's forward is captured once per micro-batch (static input and output
+    buffers, one shared memory pool) and replayed; the send/recv stay eager, between replays."""
+
+    def __init__(self, d, phase: str, batch: int, prompt: int, context: int, microbatches: int, rank: int,
+                 graphs: bool):
+        import torch
+
+        dev = d.device
+        self.d, self.rank, self.n = d, rank, microbatches
+        bm = batch // microbatches
+        q = prompt if phase == "prefill" else 1
+        d.alloc_cache(batch, prompt if phase == "prefill" else context + 1)
+        if phase == "prefill":
+            self.pos, self.kv_len = torch.arange(prompt, device=dev), None
+        else:
+            self.pos, self.kv_len = torch.tensor([context], device=dev), context + 1
+        self.rows = [slice(m * bm, (m + 1) * bm) for m in range(microbatches)]
+        if d.first:
+            self.inp = [torch.randint(0, d.spec.vocab, (bm, q), device=dev) for _ in range(microbatches)]
+        else:  # receive buffers (random until the first receive: never NaN in a warm-up)
+            self.inp = [torch.empty((bm, q, d.spec.hidden), device=dev, dtype=d.dtype).normal_(0.0, 1.0)
+                        for _ in range(microbatches)]
+        self.graphs = self.out = None
+        if graphs:
+            self._capture()
+
+    def _stage(self, m: int):
+        return self.d.forward_stage(self.inp[m], self.pos, self.kv_len, self.rows[m])
+
+    def _capture(self) -> None:
+        import torch
+
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                for m in range(self.n):
+                    self._stage(m)
+        torch.cuda.current_stream().wait_stream(s)
+        torch.cuda.synchronize()
+        pool = torch.cuda.graph_pool_handle()
+        self.graphs, self.out = [], []
+        for m in range(self.n):  # replayed in capture order, so the micro-batches may share one pool
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool, capture_error_mode="thread_local"):
+                y = self._stage(m)
+            self.graphs.append(g)
+            self.out.append(y)
+        torch.cuda.synchronize()
+
+    def run(self, stamps=None) -> None:
+        import torch.distributed as dist
+
+        d = self.d
+        for m in range(self.n):
+            if not d.first:
+                dist.recv(self.inp[m], self.rank - 1)
+            if stamps is not None:
+                stamps.begin()
+            if self.graphs is not None:
+                self.graphs[m].replay()
+                y = self.out[m]
+            else:
+                y = self._stage(m)
+            if stamps is not None:
+                stamps.end()
+            if not d.last:
+                dist.send(y, self.rank + 1)
+
+    def close(self) -> None:
+        self.graphs = self.out = self.inp = None
+        self.d.free_cache()
+
+
+class _Stamps:
+    """Start/end marks around each stage forward: CUDA events on a GPU, the host clock on the CPU."""
+
+    def __init__(self, device, n: int):
+        import torch
+
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                       for _ in range(n)]
+        else:
+            self.ev = [[0.0, 0.0] for _ in range(n)]
+        self.i = 0
+
+    def begin(self) -> None:
+        if self.cuda:
+            self.ev[self.i][0].record()
+        else:
+            self.ev[self.i][0] = time.perf_counter()
+
+    def end(self) -> None:
+        if self.cuda:
+            self.ev[self.i][1].record()
+        else:
+            self.ev[self.i][1] = time.perf_counter()
+        self.i += 1
+
+    def ms(self) -> list[float]:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) for a, b in self.ev[: self.i]]
+        return [(b - a) * 1e3 for a, b in self.ev[: self.i]]
+
+
+def time_pipeline(pipe: _Pipe, device, world: int, lo: int = 5, hi: int = 100) -> tuple[list[float], list[float]]:
+    """Per rep: barrier, host clock around the whole schedule until this rank's GPU is done; the
+    slowest rank sets each rep. Also each stage's median forward time per micro-batch (all ranks)."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def once(stamps=None) -> float:
+        if _dist_on():
+            torch.distributed.barrier()
+        sync()
+        t0 = time.perf_counter()
+        pipe.run(stamps)
+        sync()
+        return (time.perf_counter() - t0) * 1e3
+
+    for _ in range(3):
+        once()
+    reps = _n_reps(once(), lo, hi, device)
+    stamps = _Stamps(device, reps * pipe.n)
+    gc.collect()
+    gc.disable()
+    try:
+        times = [once(stamps) for _ in range(reps)]
+    finally:
+        gc.enable()
+    own = summarize(stamps.ms())["ms"]
+    stage = [own if r == pipe.rank else 0.0 for r in range(world)]
+    return _all_max(times, device), _all_max(stage, device)
 
 
 def _cleanup(device) -> None:
@@ -283,6 +483,8 @@ def run_case(group: _Group, case: dict, device) -> dict:
         raise CaseError("runtime cuda-graph needs a CUDA device")
     res = {"impl": "hf-transformers" if group.impl == "hf" else "plain-decoder", "layers": group.n_layers,
            "weights_gib": round(group.weights / 2**30, 3)}
+    if group.pp > 1:
+        return _run_pipeline(group, case, device, b, prompt, context, runtime, res)
     for phase in _phases(case):
         need = group.need_bytes(phase, b, prompt, context)
         fits = need + MARGIN_BYTES < _free_bytes(device)
@@ -315,6 +517,57 @@ def run_case(group: _Group, case: dict, device) -> dict:
     return res
 
 
+def _run_pipeline(group: _Group, case: dict, device, b: int, prompt: int, context: int, runtime: str,
+                  res: dict) -> dict:
+    """One pipeline case on this rank (every rank runs it; the slowest rank sets each rep)."""
+    import torch
+
+    m = _microbatches(case, b)
+    world = group.pp
+    res = {**res, "impl": "plain-decoder-pp", "microbatches": m, "stages": _all_stages(group, device),
+           "weights_gib": round(max(_all_max([group.weights / 2**30], device)[0], 0.0), 3),
+           "pp_schedule": "gpipe-forward" + (": cuda graph per stage and micro-batch, eager send/recv"
+                                             if runtime == "cuda-graph" else ": eager")}
+    for phase in _phases(case):
+        need = group.need_bytes(phase, b, prompt, context, m)
+        if not _agree(need + MARGIN_BYTES < _free_bytes(device), device):
+            return {**res, "error": "oom", "need_gib": round(need / 2**30, 2)}
+        pipe, err = None, "oom"
+        try:  # set-up and graph capture touch no other rank: a failure here is an error line
+            pipe = _Pipe(group.m, phase, b, prompt, context, m, group.rank, runtime == "cuda-graph")
+        except torch.OutOfMemoryError:
+            pipe = None
+        except Exception as e:
+            pipe, err = None, f"{phase} set-up failed: {type(e).__name__}: {e}"
+        if not _agree(pipe is not None, device):
+            if pipe is not None:
+                err = f"{phase} set-up failed on another rank (oom or graph capture)"
+                pipe.close()
+            group.release()
+            _cleanup(device)
+            return {**res, "error": err, "need_gib": round(need / 2**30, 2)}
+        try:
+            graph = runtime == "cuda-graph"
+            times, stage = time_pipeline(pipe, device, world, lo=10 if graph else 5, hi=200 if graph else 100)
+        finally:
+            pipe.close()
+            pipe = None
+            group.release()
+            _cleanup(device)
+        st = summarize(times)
+        res.update({f"{phase}_ms": st["ms"], f"{phase}_min_ms": st["min_ms"], f"{phase}_p90_ms": st["p90_ms"],
+                    f"{phase}_reps": st["reps"], f"{phase}_stage_ms": [round(x, 5) for x in stage]})
+    return res
+
+
+def _all_stages(group: _Group, device) -> list[list[int]]:
+    """Every rank's [first layer, last layer + 1]."""
+    flat = [0.0] * (2 * group.pp)
+    flat[2 * group.rank: 2 * group.rank + 2] = [float(x) for x in group.stage]
+    flat = _all_max(flat, device)
+    return [[int(flat[2 * r]), int(flat[2 * r + 1])] for r in range(group.pp)]
+
+
 def _group_cases(todo: list) -> dict:
     """Cases keyed by model build (model, layers, impl), in the order of first appearance."""
     keys: dict = {}
@@ -329,7 +582,7 @@ def _group_cases(todo: list) -> dict:
     return keys
 
 
-def _build(model, layers, impl, device, dtype, rank, world):
+def _build(model, layers, impl, device, dtype, rank, world, pp: int = 1):
     """``(group, None)`` or ``(None, error message)``; every rank learns whether all builds worked."""
     import torch
 
@@ -337,7 +590,7 @@ def _build(model, layers, impl, device, dtype, rank, world):
     if model == "__bad__":
         return None, layers  # the key carries the message
     try:
-        group = _Group(model, layers, impl, device, dtype, rank, world)
+        group = _Group(model, layers, impl, device, dtype, rank, world, pp)
     except torch.OutOfMemoryError:
         err = "oom"
     except Exception as e:
@@ -364,9 +617,17 @@ def _measure(group, case: dict, device, world: int) -> dict:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
+def _selected(c: dict, tp: int, pp: int) -> bool:
+    try:
+        return int(c.get("tp", 1) or 1) == tp and int(c.get("pp", 1) or 1) == pp
+    except (TypeError, ValueError):
+        return tp == 1 and pp == 1  # a malformed line errors in the single-GPU run
+
+
 def run(cases: list[dict], out_path: str, device_kind: str = "cuda", dtype_name: str = "bf16",
-        rank: int = 0, world: int = 1) -> int:
-    """Run every case whose tp equals ``world``; rank 0 writes JSONL. Returns the number of errors."""
+        rank: int = 0, world: int = 1, pp: int = 1) -> int:
+    """Run every case whose tp equals ``world`` (``pp`` 1), or, with ``pp > 1``, whose pp equals ``pp``
+    (tp 1, ``world == pp``); rank 0 writes JSONL. Returns the number of errors."""
     import torch
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
@@ -374,26 +635,31 @@ def run(cases: list[dict], out_path: str, device_kind: str = "cuda", dtype_name:
     info = {**env_info(device_kind), "dtype": dtype_name}
     if world > 1 and device.type == "cuda":
         info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
-    todo = [(i, c) for i, c in enumerate(cases) if int(c.get("tp", 1)) == world]
+    if pp > 1 and world != pp:
+        raise ValueError(f"a pipeline run has one rank per stage: world {world} != pp {pp}")
+    tp = 1 if pp > 1 else world
+    todo = [(i, c) for i, c in enumerate(cases) if _selected(c, tp, pp)]
     if rank == 0:
-        print(f"{len(todo)} of {len(cases)} cases have tp={world}; device {info['gpu']} ({info['gpu_id']})",
+        print(f"{len(todo)} of {len(cases)} cases have tp={tp} pp={pp}; device {info['gpu']} ({info['gpu_id']})",
               flush=True)
     rows, t_start = [], time.perf_counter()
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(out_path, "w")) if rank == 0 else None
         for (model, layers, impl), items in _group_cases(todo).items():
-            group, err = _build(model, layers, impl, device, dtype, rank, world)
+            group, err = _build(model, layers, impl, device, dtype, rank, world, pp)
             for i, c in items:
                 t0 = time.perf_counter()
                 res = {"error": err} if err else _measure(group, c, device, world)
-                rows.append({**c, "tp": world, "case": i, **res, **info})
+                par = {"tp": 1, "pp": pp, "microbatches": c.get("microbatches", 1)} if pp > 1 else {"tp": world}
+                rows.append({**c, **par, "case": i, **res, **info})
                 if out:  # written as measured: a killed run keeps what it has
                     out.write(json.dumps(rows[-1]) + "\n")
                     out.flush()
                     shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()
                              if k in ("prefill_ms", "decode_ms", "error")}
+                    mb = f" pp={pp} M={c.get('microbatches', 1)}" if pp > 1 else ""
                     print(f"[{time.perf_counter() - t_start:6.1f}s] #{i} {model} L={c.get('layers', 'all')} "
-                          f"{c.get('runtime')} b={c.get('batch')} p={c.get('prompt')} c={c.get('context')} "
+                          f"{c.get('runtime')} b={c.get('batch')} p={c.get('prompt')} c={c.get('context')}{mb} "
                           f"{shown} ({time.perf_counter() - t0:.1f}s)", flush=True)
             group = None
             _cleanup(device)
@@ -428,11 +694,12 @@ def _main_dist(args) -> int:
     if args.device == "cuda":
         torch.cuda.set_device(local)
         dist.init_process_group("nccl", device_id=torch.device("cuda", local), timeout=timeout)
-    else:  # gloo on the CPU: smoke tests of the tensor-parallel path
+    else:  # gloo on the CPU: smoke tests of the tensor- and pipeline-parallel paths
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # ranks share the cores
         dist.init_process_group("gloo", timeout=timeout)
     try:
         with torch.inference_mode():
-            errs = run(_read_cases(args.cases), args.out, args.device, args.dtype, rank, world)
+            errs = run(_read_cases(args.cases), args.out, args.device, args.dtype, rank, world, args.pp)
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -456,6 +723,9 @@ def main(argv=None) -> int:
     p.add_argument("--runtime", default="cuda-graph", choices=("cuda-graph", "eager"))
     p.add_argument("--no-compare", action="store_true", help="do not print measured vs predicted")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size: run the cases with this tp")
+    p.add_argument("--pp", type=int, default=1,
+                   help="pipeline-parallel size (tp 1): one process per stage; run the cases with this pp")
+    p.add_argument("--microbatches", type=int, default=1, help="single case: micro-batches of a --pp run")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: eager smoke tests only")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     args = p.parse_args(argv)
@@ -467,6 +737,8 @@ def main(argv=None) -> int:
         case = {"model": args.model, "batch": args.batch, "prompt": args.prompt,
                 "context": args.prompt if args.context is None else args.context, "tp": args.tp,
                 "runtime": args.runtime}
+        if args.pp > 1:
+            case.update({"pp": args.pp, "microbatches": args.microbatches})
         fd, args.cases = tempfile.mkstemp(suffix=".jsonl")
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(case) + "\n")
@@ -475,19 +747,26 @@ def main(argv=None) -> int:
         from perfcast.measure.compare import compare_lines, format_rows
 
         lines = [json.loads(x) for x in open(args.out) if x.strip()]
-        print(format_rows(compare_lines(lines)))
+        try:
+            print(format_rows(compare_lines(lines)))
+        except Exception as e:  # the measurements are written; a comparison bug must not cost them
+            print(f"model_step: comparison failed ({type(e).__name__}: {e}); measurements in {args.out}",
+                  file=sys.stderr)
     return rc
 
 
 def _run_cases(p, args) -> int:
     set_safe_env()
+    if args.tp < 1 or args.pp < 1 or (args.tp > 1 and args.pp > 1):
+        p.error("give --tp N or --pp N (positive; tensor and pipeline parallel together are not measured)")
+    world = args.tp * args.pp
     if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun
         return 1 if _main_dist(args) else 0
-    if args.tp > 1:
+    if world > 1:
         import torch.multiprocessing as mp
 
         try:
-            mp.spawn(_worker, args=(args, args.tp, _free_port()), nprocs=args.tp, join=True)
+            mp.spawn(_worker, args=(args, world, _free_port()), nprocs=world, join=True)
         except Exception as e:
             print(f"model_step: a rank failed: {e}", file=sys.stderr)
             return 3

@@ -91,11 +91,16 @@ def expected_active_experts(n_experts: int, picks):
 
 def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16",
               layout: Layout = GRAPH_LAYOUT, kv_dtype: str | None = None,
-              wdtype: str | None = None, pp: int = 1, ep: int = 1, moe_imbalance: float = 1.0) -> list[Op]:
+              wdtype: str | None = None, pp: int = 1, ep: int = 1, moe_imbalance: float = 1.0,
+              layers: range | None = None) -> list[Op]:
     """Ops of one step over all layers (a request's latency crosses every pipeline stage).
 
     MoE layers: experts split over ``ep`` of the ``tp`` GPUs, each expert's width over ``tp // ep``;
     ``moe_imbalance`` (>= 1) scales the tokens of the most loaded GPU over the uniform share.
+
+    ``layers``: one pipeline stage's contiguous decoder layers (``range(start, stop)``); the embedding
+    is built only when the range starts at layer 0, the final norm and LM head only when it ends at the
+    last layer, and no ``pp_send`` op is added (perfcast.step.pipeline costs the transfers).
     """
     T = shape.tokens
     B = shape.batch
@@ -104,7 +109,11 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     kvh = kv_heads_per_gpu(spec, tp)
     inter = shard(spec.intermediate, tp)
     act_op = "silu_mul" if spec.mlp_act == "swiglu" else ("gelu_mul" if spec.mlp_act == "geglu" else "gelu")
-    L = spec.n_layers
+    stage = range(spec.n_layers) if layers is None else layers
+    if len(stage) < 1 or stage.start < 0 or stage.stop > spec.n_layers or stage.step != 1:
+        raise ValueError(f"layers {stage} is not a non-empty contiguous range of the {spec.n_layers} layers")
+    first, last = stage.start == 0, stage.stop == spec.n_layers
+    L = len(stage)
     norm = layout.norm_op if spec.norm == "rmsnorm" else "layernorm"
     wd = wdtype if wdtype and wdtype != dtype else None
     # fp8 deployments run fp8 GEMMs; activations, norms and attention stay in bf16
@@ -150,10 +159,11 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
              kernels=2, groups=groups, strided=layout.fused_gate_up)  # act(gate) * up, once per expert hit
         gemm(f"{prefix}down_proj", h, width, count, m=m, groups=groups, m_quantiles=m_q)
 
-    # --- embedding
-    elem("embedding", "embedding", h, count=1, group="pre")
-    if tp > 1 and layout.tp_embedding_allreduce:
-        allreduce("embed_allreduce", count=1)
+    # --- embedding (pipeline stage 0 only)
+    if first:
+        elem("embedding", "embedding", h, count=1, group="pre")
+        if tp > 1 and layout.tp_embedding_allreduce:
+            allreduce("embed_allreduce", count=1)
     # --- attention block
     norm_ops = 8.0 if norm == "rmsnorm_eager" else 1.0
     elem("attn_norm", norm, h, host_ops=norm_ops)
@@ -172,7 +182,7 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
              strided=layout.fused_qkv)
         kv_op = layout.kv_write_op + ("_decode" if shape.phase == "decode" else "")
         elem("kv_write", kv_op, 2 * kvh * hd, host_ops=2.0, kernels=2)  # index_copy_ of K and of V
-        n_swa = spec.sliding_layers if spec.sliding_window else 0
+        n_swa = stage_sliding_layers(spec, stage) if spec.sliding_window else 0
         for name, count, window in (("attention", L - n_swa, None), ("attention_swa", n_swa, spec.sliding_window)):
             if count <= 0:
                 continue
@@ -187,7 +197,7 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     elem("attn_residual", "add", h)
     # --- MLP block: dense layers and MoE layers
     elem("mlp_norm", norm, h, host_ops=norm_ops)
-    n_moe = spec.n_moe_layers
+    n_moe = sum(1 for i in stage if spec.is_moe_layer(i)) if layers is not None else spec.n_moe_layers
     if L - n_moe > 0:
         mlp("", inter, L - n_moe)
     if n_moe:
@@ -219,17 +229,30 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     if spec.post_norms:
         elem("post_mlp_norm", norm, h, host_ops=norm_ops)
     elem("mlp_residual", "add", h)
-    # --- head: final norm over every position (as HF does), LM head on the last position only
-    elem("final_norm", norm, h, count=1, group="post", host_ops=norm_ops)
-    gemm("lm_head", shard(spec.vocab, tp), h, count=1, group="post")
-    if tp > 1:
-        ops.append(Op("logits_gather", "collective",
-                      {"coll": "all_gather", "bytes": B * shard(spec.vocab, tp) * 2.0, "gpus": tp},
-                      1, dtype, None, "post"))
-    if pp > 1:
+    # --- head (last pipeline stage): final norm over every position (as HF does), LM head on the
+    # last position only
+    if last:
+        elem("final_norm", norm, h, count=1, group="post", host_ops=norm_ops)
+        gemm("lm_head", shard(spec.vocab, tp), h, count=1, group="post")
+        if tp > 1:
+            ops.append(Op("logits_gather", "collective",
+                          {"coll": "all_gather", "bytes": B * shard(spec.vocab, tp) * 2.0, "gpus": tp},
+                          1, dtype, None, "post"))
+    if pp > 1 and layers is None:
         ops.append(Op("pp_send", "p2p", {"coll": "send_recv", "bytes": T * h * 2.0, "gpus": 2},
                       pp - 1, dtype, None, "post"))
     return ops
+
+
+def stage_sliding_layers(spec: ModelSpec, stage: range) -> int:
+    """Sliding-window layers among ``stage``'s layers. Only their count is known (``sliding_layers``),
+    so they are spread evenly over the depth: all, none or every other layer come out exact."""
+    if not spec.sliding_layers:
+        return 0
+    if len(stage) == spec.n_layers:
+        return spec.sliding_layers
+    f = spec.sliding_layers / spec.n_layers
+    return int(math.floor(stage.stop * f + 1e-9) - math.floor(stage.start * f + 1e-9))
 
 
 def _mla(spec: ModelSpec, shape: StepShape, tp, dtype, kv_dtype, gemm, elem, ops, L):

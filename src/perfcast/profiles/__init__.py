@@ -49,10 +49,13 @@ class Profile:
         return Profile(gpu=gpu, eff=eff)
 
     def host(self, runtime: str) -> HostModel:
-        """The host model for ``runtime``; eager-tp<N> falls back to the nearest fitted N."""
+        """The host model for ``runtime``; eager-tp<N> falls back to the nearest fitted N, and eager-tp1
+        (the plain decoder at tp 1, as pipeline stages run it) to ``eager-tp``, fitted on that decoder."""
         if runtime in self.hosts:
             return self.hosts[runtime]
-        if runtime.startswith("eager-tp"):
+        if runtime == "eager-tp1" and "eager-tp" in self.hosts:
+            return self.hosts["eager-tp"]
+        if runtime.startswith("eager-tp") and runtime[8:].isdigit():
             fitted = sorted((int(k[8:]), k) for k in self.hosts if k.startswith("eager-tp") and k[8:].isdigit())
             if fitted:
                 n = int(runtime[8:])

@@ -85,10 +85,20 @@ class IterationModel:
         self._kv_at = {v: i for i, v in enumerate(self._kv_points)}
 
     # ------------------------------------------------------------------ tables
+    def _run(self, ops, costs):
+        """The runtime's step; with pp > 1 its time is one micro-batch through the stages, as the step
+        model has it (every stage its own graph launch or host process)."""
+        rt = self._rt(ops, costs, self._host, self.prof.eff)
+        if self.cfg.pp > 1:
+            from perfcast.step.pipeline import latency_from_ops
+
+            rt = replace(rt, seconds=latency_from_ops(self.cfg, ops, costs, self._host, self.prof.eff))
+        return rt
+
     def _charged(self, ops):
         """The runtime's step time, and each op's seconds (all launches) as the runtime charges it."""
         costs = [op_cost(o, self.cfg.gpu, self.prof) for o in ops]
-        rt = self._rt(ops, costs, self._host, self.prof.eff)
+        rt = self._run(ops, costs)
         return rt, [np.asarray(s, dtype=float) * o.count for o, s in zip(ops, rt.op_seconds)]
 
     def _build_linear(self):
@@ -126,7 +136,7 @@ class IterationModel:
         n_attn = sum(o.count for o in ops if o.kind == "attention")
         costs = [replace(c, seconds=a_grid[None, :] / n_attn + 0 * t_grid[:, None]) if o.kind == "attention"
                  else c for o, c in zip(ops, costs)]
-        rt = self._rt(ops, costs, self._host, self.prof.eff)
+        rt = self._run(ops, costs)
         ovh = np.broadcast_to(np.asarray(rt.seconds - rt.gpu_seconds, dtype=float),
                               (len(t_grid), len(a_grid)))
         self._ovh_t = np.log(t_grid).tolist()

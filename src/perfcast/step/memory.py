@@ -40,11 +40,18 @@ class Memory:
 
 
 def stage_layers(n_layers: int, pp: int) -> list[range]:
-    """Layers of each pipeline stage: as even as possible, earlier stages take the remainder."""
+    """Contiguous layers of each pipeline stage, split as vLLM does (``get_pp_indices``): as even as
+    possible, the remainder one layer each to the stages before the last, from the second-to-last
+    backwards (the last stage also runs the final norm and LM head). Megatron needs ``pp`` to divide
+    the layers; then every rule agrees. perfcast.measure.model_step uses this same split."""
+    if pp < 1 or pp > n_layers:
+        raise ValueError(f"pp={pp} must be from 1 to the {n_layers} layers")
     base, extra = divmod(n_layers, pp)
+    counts = [base] * pp
+    for i in range(2, extra + 2):
+        counts[-i] += 1
     out, start = [], 0
-    for s in range(pp):
-        n = base + (1 if s < extra else 0)
+    for n in counts:
         out.append(range(start, start + n))
         start += n
     return out

@@ -125,8 +125,8 @@ def make_config(model, gpu, tp=1, pp=1, dtype="bf16", runtime="cuda-graph", prof
 
 
 def _layout(cfg: StepConfig):
-    if cfg.runtime == "eager":
-        return HF_LAYOUT if cfg.tp == 1 else MEGATRON_LAYOUT
+    if cfg.runtime == "eager":  # HF at tp 1 without a pipeline; else the plain Megatron-style decoder
+        return HF_LAYOUT if cfg.tp == 1 and cfg.pp == 1 else MEGATRON_LAYOUT
     return GRAPH_LAYOUT
 
 
@@ -147,13 +147,22 @@ def _phase(cfg: StepConfig, phase: str, batch, prompt, context):
     ops = step_ops(cfg, phase, batch, prompt, context)
     costs = [op_cost(o, cfg.gpu, prof) for o in ops]
     rt = get_runtime(cfg.runtime)(ops, costs, prof.host(host_key(cfg)), prof.eff)
+    if cfg.pp > 1:
+        # the step's time is one micro-batch through the pipeline: every stage its own graph launch or
+        # host process (perfcast.step.pipeline); the ops above still give the breakdown and the bounds
+        from perfcast.step.pipeline import pipeline_seconds
+
+        lat, _, st = pipeline_seconds(cfg, phase, batch, prompt, context, 1, prof)
+        hb = np.logical_or.reduce(np.broadcast_arrays(*st.host_bound)) if cfg.runtime == "eager" else rt.host_bound
+        rt = replace(rt, seconds=np.asarray(lat, dtype=float), host_bound=np.asarray(hb))
     return ops, costs, rt, prof
 
 
 def host_key(cfg: StepConfig) -> str:
-    """Which host model drives the step: HF eager at tp 1, the TP decoder's per-size fit, or the graph."""
+    """Which host model drives the step: HF eager at tp 1, the plain decoder's per-tp fit (tensor or
+    pipeline parallel: every stage is a plain-decoder process), or the graph."""
     if cfg.runtime == "eager":
-        return "eager-hf" if cfg.tp == 1 else f"eager-tp{cfg.tp}"
+        return "eager-hf" if cfg.tp == 1 and cfg.pp == 1 else f"eager-tp{cfg.tp}"
     return cfg.runtime
 
 
