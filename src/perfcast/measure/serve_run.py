@@ -802,6 +802,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     p.add_argument("--wall-limit-s", type=float, default=280.0, help="the whole process, model builds included")
+    p.add_argument("--drain-s", type=float, default=30.0,
+                   help="a run may go on this long after its last arrival; what is unfinished then is cut")
     p.add_argument("--out", default="serve_out")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
@@ -903,7 +905,7 @@ def _run_engine(args, model, e, todo, out, env, index, deadline, log) -> int:
                 index["runs"].append({"model": model, "engine": e, "label": run["label"], "skipped": "wall limit"})
                 continue
             t = time.perf_counter()
-            reqs, steps = eng.run(reqs, run["label"], deadline)
+            reqs, steps = eng.run(reqs, run["label"], min(deadline, t + span + args.drain_s))
             wall = time.perf_counter() - t
             summ = summarize(reqs)
             summary = {"engine": e, "model": model, "label": run["label"], "rate_per_s": run["rate"],
