@@ -283,6 +283,9 @@ def main() -> int:
                   f" rate {s.get('rate_per_s')}/s, {s['env'].get('gpu_name')})")
             if s.get("incomplete"):
                 print(f"   {s['incomplete']} requests did not finish: the measured figures leave them out")
+            if s["engine"] == "hf-cb" and s["settings"].get("attn_implementation") != "paged|perfcast_varlen":
+                print(f"   attention {s['settings'].get('attn_implementation')}: a dense masked attention over every "
+                      "query and key of the iteration, which the simulator does not model; indicative only")
             head = f"   {'metric':<10} {'measured':>10}"
             for name in sims:
                 head += f" | {name:>30} {'err':>7}"

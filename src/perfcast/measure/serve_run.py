@@ -52,7 +52,6 @@ import contextlib
 import gc
 import json
 import math
-import os
 import sys
 import threading
 import time
@@ -921,7 +920,7 @@ def _run_engine(args, model, e, todo, out, env, index, deadline, log) -> int:
             write_run(d, reqs, steps, summary)
             index["runs"].append({"model": model, "engine": e, "label": run["label"], "dir": str(d.relative_to(out)),
                                   "requests": len(reqs), "incomplete": summ["incomplete"]})
-            fmt = lambda m: "-" if summ[m]["mean"] is None else f"{summ[m]['mean']:.1f}"  # noqa: E731
+            fmt = lambda m, s=summ: "-" if s[m]["mean"] is None else f"{s[m]['mean']:.1f}"
             p90 = summ["ttft_ms"]["p90"]
             log(f"{model} {e} {run['label']}: {len(reqs)} requests in {wall:.1f} s, TTFT mean {fmt('ttft_ms')} "
                 f"p90 {'-' if p90 is None else f'{p90:.1f}'} ms, TPOT mean {fmt('tpot_ms')} ms, "
