@@ -280,8 +280,9 @@ class StepRecorder:
         def prepare_next_batch(self):
             t0 = pc()
             ok = orig_prep(self)
-            if ok:
-                rec._cur = [rec.phase, t0, pc(), None, None, None, *rec.batch_info(self)]
+            if ok:  # the bookkeeping below is counted with the engine's own preparation
+                info = rec.batch_info(self)
+                rec._cur = [rec.phase, t0, pc(), None, None, None, *info]
             return ok
 
         def _generation_step(self, model):
