@@ -834,28 +834,27 @@ def main(argv=None) -> int:
         f"transformers {env.get('transformers_version')}; {len(runs)} runs planned")
     index = {"env": env, "args": {k: v for k, v in vars(args).items()}, "runs": []}
     rc = 0
-    with torch.inference_mode():
-        for model in models:
-            for e in engines:
-                todo = [r for r in runs if r["model"] == model and r["engine"] == e]
-                if not todo:
-                    continue
-                left = deadline - time.perf_counter()
-                if left < 30:
-                    log(f"{model} {e}: skipped, {left:.0f} s left of the wall limit")
-                    index["runs"] += [{"model": model, "engine": e, "label": r["label"], "skipped": "wall limit"}
-                                      for r in todo]
-                    continue
-                try:
-                    rc |= _run_engine(args, model, e, todo, out, env, index, deadline, log)
-                except Exception as ex:  # one engine failing must not lose the others' results
-                    import traceback
+    for model in models:
+        for e in engines:
+            todo = [r for r in runs if r["model"] == model and r["engine"] == e]
+            if not todo:
+                continue
+            left = deadline - time.perf_counter()
+            if left < 30:
+                log(f"{model} {e}: skipped, {left:.0f} s left of the wall limit")
+                index["runs"] += [{"model": model, "engine": e, "label": r["label"], "skipped": "wall limit"}
+                                  for r in todo]
+                continue
+            try:
+                rc |= _run_engine(args, model, e, todo, out, env, index, deadline, log)
+            except Exception as ex:  # one engine failing must not lose the others' results
+                import traceback
 
-                    traceback.print_exc()
-                    log(f"{model} {e}: failed: {type(ex).__name__}: {ex}")
-                    index["runs"].append({"model": model, "engine": e, "error": f"{type(ex).__name__}: {ex}"})
-                    rc = 1
-                (out / "index.json").write_text(json.dumps(index, indent=1))
+                traceback.print_exc()
+                log(f"{model} {e}: failed: {type(ex).__name__}: {ex}")
+                index["runs"].append({"model": model, "engine": e, "error": f"{type(ex).__name__}: {ex}"})
+                rc = 1
+            (out / "index.json").write_text(json.dumps(index, indent=1))
     index["wall_s"] = time.perf_counter() - t_start
     (out / "index.json").write_text(json.dumps(index, indent=1))
     log(f"done in {index['wall_s']:.1f} s")
@@ -863,7 +862,17 @@ def main(argv=None) -> int:
 
 
 def _run_engine(args, model, e, todo, out, env, index, deadline, log) -> int:
-    """Build one engine, warm it up, run its traces, tear it down."""
+    """Build one engine, warm it up, run its traces, tear it down. The static engine runs under
+    ``torch.inference_mode`` (as the step-model harness does); transformers' loop runs its forward
+    under ``no_grad`` in its own thread, so its model is built under ``no_grad`` too (inference
+    tensors could not be updated in place there)."""
+    import torch
+
+    with torch.inference_mode() if e == "static" else torch.no_grad():
+        return _run_engine_inner(args, model, e, todo, out, env, index, deadline, log)
+
+
+def _run_engine_inner(args, model, e, todo, out, env, index, deadline, log) -> int:
     max_in = max(r.input_tokens for run in todo for r in run["reqs"])
     max_out = max(r.output_tokens for run in todo for r in run["reqs"])
     min_in = min(r.input_tokens for run in todo for r in run["reqs"])
