@@ -197,7 +197,8 @@ def simulate_run(run: dict, calib: dict | None, tmp: Path) -> dict:
             cfg["iteration_overhead"] = calib["iteration_overhead"]
             cfg["eager_host_scale"] = calib["eager_host_scale"]
     else:
-        longest = max(r["input_tokens"] + r["output_tokens"] for r in use)
+        # the server's cache holds max_batch x (longest prompt + longest output): it never binds
+        longest = max(r["input_tokens"] for r in use) + max(r["output_tokens"] for r in use)
         cfg = {"model": s["model"], "gpu": gpu, "runtime": "cuda-graph", "scheduler": "static",
                "max_num_seqs": st["max_batch"], "block_size": 16,
                "kv_blocks": st["max_batch"] * (-(-longest // 16) + 1)}
