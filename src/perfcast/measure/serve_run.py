@@ -472,12 +472,16 @@ class HFCBEngine:
         self.rec.install()
         self.mgr = self.m.init_continuous_batching(generation_config=self.gen, continuous_batching_config=self.cb)
         self.mgr.start()
-        deadline = time.perf_counter() + 300
-        while self.mgr.batch_processor is None and self.mgr.is_running() and time.perf_counter() < deadline:
-            time.sleep(0.01)
-        if self.mgr.batch_processor is None:
-            raise RuntimeError("transformers' continuous batching loop did not start "
-                               f"({self.mgr.background_thread_status.fatal_error})")
+        try:
+            deadline = time.perf_counter() + 300
+            while self.mgr.batch_processor is None and self.mgr.is_running() and time.perf_counter() < deadline:
+                time.sleep(0.01)
+            if self.mgr.batch_processor is None:
+                raise RuntimeError("transformers' continuous batching loop did not start "
+                                   f"({self.mgr.background_thread_status.fatal_error})")
+        except BaseException:
+            self.close()
+            raise
         self._rng = np.random.default_rng(1234)
 
     def settings(self) -> dict:
@@ -564,10 +568,11 @@ class HFCBEngine:
         return self.run(reqs, "warmup", deadline)[1]
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.mgr.stop(block=True, timeout=30, hard_stop=True)
-        with contextlib.suppress(Exception):
-            self.mgr.destroy()
+        if self.mgr is not None:
+            with contextlib.suppress(Exception):
+                self.mgr.stop(block=True, timeout=30, hard_stop=True)
+            with contextlib.suppress(Exception):
+                self.mgr.destroy()
         self.rec.uninstall()
         self.mgr = self.m = None
         _cleanup(self.torch)
@@ -877,21 +882,32 @@ def _run_engine_inner(args, model, e, todo, out, env, index, deadline, log) -> i
     max_out = max(r.output_tokens for run in todo for r in run["reqs"])
     min_in = min(r.input_tokens for run in todo for r in run["reqs"])
     t_build = time.perf_counter()
-    warm_steps: list[dict] = []
     if e == "hf-cb":
         nb = args.num_blocks or default_num_blocks(max_in + max_out, args.max_num_seqs, args.block_size)
         eng = HFCBEngine(model, args.layers, args.device, args.dtype, args.max_num_seqs, args.max_batched_tokens,
                          args.block_size, nb, args.attn, log)
         log(f"{model} hf-cb: built in {eng.build_s:.1f} s; attention {eng.m.config._attn_implementation}")
+    else:
+        eng = StaticEngine(model, args.layers, args.device, args.dtype, args.static_batch, max_in,
+                           max_in + max_out, args.kv_bucket, graphs=not args.no_graphs, log=log)
+        log(f"{model} static: built in {eng.build_s:.1f} s")
+    try:  # whatever happens, the engine (and transformers' non-daemon thread) is shut down
+        return _warm_and_run(args, model, e, todo, out, env, index, deadline, log, eng, t_build,
+                             (min_in, max_in, max_out))
+    finally:
+        eng.close()
+
+
+def _warm_and_run(args, model, e, todo, out, env, index, deadline, log, eng, t_build, lengths) -> int:
+    min_in, max_in, max_out = lengths
+    warm_steps: list[dict] = []
+    if e == "hf-cb":
         n_warm = args.warmup_requests if args.warmup_requests is not None else 2 * args.max_num_seqs
         warm = make_trace(1.0, max(n_warm, 1), args.input_tokens,
                           {"dist": "uniform", "min": 4, "max": max(8, min(max_out, 64))}, args.seed + 1000, model)
         warm_steps = eng.warmup(warm, min(deadline, time.perf_counter() + 60))
         log(f"{model} hf-cb: warm-up burst of {len(warm)} requests, {len(warm_steps)} iterations")
     else:
-        eng = StaticEngine(model, args.layers, args.device, args.dtype, args.static_batch, max_in,
-                           max_in + max_out, args.kv_bucket, graphs=not args.no_graphs, log=log)
-        log(f"{model} static: built in {eng.build_s:.1f} s")
         eng.warmup(max_in)
         lo, hi = kv_bucket(min_in + 1, args.kv_bucket), kv_bucket(max_in + max_out - 1, args.kv_bucket)
         eng.capture(list(range(1, args.static_batch + 1)), list(range(lo, hi + 1, args.kv_bucket)),
@@ -904,43 +920,39 @@ def _run_engine_inner(args, model, e, todo, out, env, index, deadline, log) -> i
         write_run(base / f"{e}-warmup", [], warm_steps, {"engine": e, "model": model, "label": "warmup",
                                                           "settings": settings, "env": env})
     rc = 0
-    try:
-        for run in todo:
-            reqs = run["reqs"]
-            span = reqs[-1].arrival_s if reqs else 0.0
-            left = deadline - time.perf_counter()
-            if left < span + 5:
-                log(f"{model} {e} {run['label']}: skipped ({span:.0f} s of arrivals, {left:.0f} s left)")
-                index["runs"].append({"model": model, "engine": e, "label": run["label"], "skipped": "wall limit"})
-                continue
-            t = time.perf_counter()
-            reqs, steps = eng.run(reqs, run["label"], min(deadline, t + span + args.drain_s))
-            wall = time.perf_counter() - t
-            summ = summarize(reqs)
-            summary = {"engine": e, "model": model, "label": run["label"], "rate_per_s": run["rate"],
-                       "workload": {"input_tokens": args.input_tokens or DEFAULT_INPUT,
-                                    "output_tokens": args.output_tokens or DEFAULT_OUTPUT,
-                                    "seed": args.seed, "trace": args.trace},
-                       **summ, "wall_s": wall, "engine_setup_s": setup_s,
-                       "complete": summ["incomplete"] == 0, "settings": settings, "env": env}
-            if e == "static":
-                kv = np.array([(k - n) for _, n, k in eng.decode_steps], dtype=float)
-                summary["static_kv_overshoot_mean"] = float(kv.mean()) if kv.size else None
-            d = base / f"{e}-{run['label']}"
-            write_run(d, reqs, steps, summary)
-            index["runs"].append({"model": model, "engine": e, "label": run["label"], "dir": str(d.relative_to(out)),
-                                  "requests": len(reqs), "incomplete": summ["incomplete"]})
-            fmt = lambda m, s=summ: "-" if s[m]["mean"] is None else f"{s[m]['mean']:.1f}"
-            p90 = summ["ttft_ms"]["p90"]
-            log(f"{model} {e} {run['label']}: {len(reqs)} requests in {wall:.1f} s, TTFT mean {fmt('ttft_ms')} "
-                f"p90 {'-' if p90 is None else f'{p90:.1f}'} ms, TPOT mean {fmt('tpot_ms')} ms, "
-                f"{summ['incomplete']} incomplete")
-            if summ["incomplete"]:
-                rc = 1
-    finally:
-        eng.close()
+    for run in todo:
+        reqs = run["reqs"]
+        span = reqs[-1].arrival_s if reqs else 0.0
+        left = deadline - time.perf_counter()
+        if left < span + 5:
+            log(f"{model} {e} {run['label']}: skipped ({span:.0f} s of arrivals, {left:.0f} s left)")
+            index["runs"].append({"model": model, "engine": e, "label": run["label"], "skipped": "wall limit"})
+            continue
+        t = time.perf_counter()
+        reqs, steps = eng.run(reqs, run["label"], min(deadline, t + span + args.drain_s))
+        wall = time.perf_counter() - t
+        summ = summarize(reqs)
+        summary = {"engine": e, "model": model, "label": run["label"], "rate_per_s": run["rate"],
+                   "workload": {"input_tokens": args.input_tokens or DEFAULT_INPUT,
+                                "output_tokens": args.output_tokens or DEFAULT_OUTPUT,
+                                "seed": args.seed, "trace": args.trace},
+                   **summ, "wall_s": wall, "engine_setup_s": setup_s,
+                   "complete": summ["incomplete"] == 0, "settings": settings, "env": env}
+        if e == "static":
+            kv = np.array([(k - n) for _, n, k in eng.decode_steps], dtype=float)
+            summary["static_kv_overshoot_mean"] = float(kv.mean()) if kv.size else None
+        d = base / f"{e}-{run['label']}"
+        write_run(d, reqs, steps, summary)
+        index["runs"].append({"model": model, "engine": e, "label": run["label"], "dir": str(d.relative_to(out)),
+                              "requests": len(reqs), "incomplete": summ["incomplete"]})
+        fmt = lambda m, s=summ: "-" if s[m]["mean"] is None else f"{s[m]['mean']:.1f}"
+        p90 = summ["ttft_ms"]["p90"]
+        log(f"{model} {e} {run['label']}: {len(reqs)} requests in {wall:.1f} s, TTFT mean {fmt('ttft_ms')} "
+            f"p90 {'-' if p90 is None else f'{p90:.1f}'} ms, TPOT mean {fmt('tpot_ms')} ms, "
+            f"{summ['incomplete']} incomplete")
+        if summ["incomplete"]:
+            rc = 1
     return rc
-
 
 if __name__ == "__main__":
     sys.exit(main())
