@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-SCHEDULERS = ("vllm", "static")
+SCHEDULERS = ("vllm", "static", "hf-cb")
 ROUTERS = ("least_loaded", "round_robin")
 ARRIVALS = ("poisson", "gamma")
 DISTS = ("fixed", "uniform", "lognormal")
@@ -113,6 +113,38 @@ class Disaggregated:
 
 
 @dataclass(frozen=True)
+class IterationOverhead:
+    """Host time an engine spends per iteration outside the model forward (scheduling, building the
+    batch's index tensors, reading back the sampled tokens), as measured on a real engine:
+    ``base_ms + per_seq_us * sequences + per_token_us * tokens + per_kv_token_us * kv_tokens``, where
+    ``kv_tokens`` counts the cached tokens the iteration reads (0 when every sequence is a fresh
+    prefill). Not overlapped with the GPU (a synchronous engine loop)."""
+
+    base_ms: float = 0.0
+    per_seq_us: float = 0.0
+    per_token_us: float = 0.0
+    per_kv_token_us: float = 0.0
+
+    def seconds(self, seqs: int, tokens: int, kv_tokens: float) -> float:
+        return self.base_ms * 1e-3 + (self.per_seq_us * seqs + self.per_token_us * tokens
+                                      + self.per_kv_token_us * kv_tokens) * 1e-6
+
+    @staticmethod
+    def parse(v) -> IterationOverhead:
+        keys = ("base_ms", "per_seq_us", "per_token_us", "per_kv_token_us")
+        if not isinstance(v, dict):
+            raise ConfigError(f"iteration_overhead must be an object with {', '.join(keys)}, got {v!r}")
+        _no_extra("iteration_overhead", v, keys)
+        vals = {}
+        for k in keys:
+            x = v.get(k, 0.0)
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not x >= 0:
+                raise ConfigError(f"iteration_overhead.{k} must be a number >= 0, got {x!r}")
+            vals[k] = float(x)
+        return IterationOverhead(**vals)
+
+
+@dataclass(frozen=True)
 class SLA:
     ttft_ms: float | None = None
     tpot_ms: float | None = None
@@ -142,6 +174,11 @@ class ServingConfig:
     disaggregated: Disaggregated | None = None
     workload: Workload = field(default_factory=Workload)
     sla: SLA | None = None
+    # a real engine's calibration (see docs/serving.md): host time per iteration outside the
+    # forward, and a factor on the eager runtime's host dispatch times (1: the GPU profile's own)
+    iteration_overhead: IterationOverhead | None = None
+    eager_host_scale: float = 1.0
+    safety_margin: float | None = None  # hf-cb: share of KV blocks kept free from new prefills
 
     @property
     def gpus(self) -> int:
@@ -159,7 +196,7 @@ def parse_config(d: dict, base: Path | None = None) -> ServingConfig:
     for key in ("model", "gpu", "workload"):
         if key not in d:
             raise ConfigError(f"config needs {key!r}")
-    kw = {k: v for k, v in d.items() if k not in ("workload", "disaggregated", "sla")}
+    kw = {k: v for k, v in d.items() if k not in ("workload", "disaggregated", "sla", "iteration_overhead")}
     for k in ("tp", "pp", "replicas", "max_num_seqs", "max_batched_tokens", "block_size"):
         if k in kw:
             kw[k] = _posint(k, kw[k])
@@ -177,6 +214,20 @@ def parse_config(d: dict, base: Path | None = None) -> ServingConfig:
     if toks < seqs:
         raise ConfigError(f"max_batched_tokens ({toks}) must be >= max_num_seqs ({seqs}), as in vLLM: "
                           "every running sequence must fit one decode token in an iteration")
+    scale = kw.get("eager_host_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise ConfigError(f"eager_host_scale must be a number > 0, got {scale!r}")
+    kw["eager_host_scale"] = float(scale)
+    margin = kw.get("safety_margin")
+    if margin is not None:
+        if kw.get("scheduler", "vllm") != "hf-cb":
+            raise ConfigError("safety_margin applies to scheduler 'hf-cb' only (transformers keeps that share "
+                              "of the KV blocks free from new prefills)")
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+            raise ConfigError(f"safety_margin must be a number in [0, 1), got {margin!r}")
+        kw["safety_margin"] = float(margin)
+    over = d.get("iteration_overhead")
+    over = None if over is None else IterationOverhead.parse(over)
     dis = d.get("disaggregated")
     if dis is not None:
         if not isinstance(dis, dict):
@@ -195,7 +246,8 @@ def parse_config(d: dict, base: Path | None = None) -> ServingConfig:
             raise ConfigError("sla must be an object {ttft_ms, tpot_ms}")
         _no_extra("sla", sla, ("ttft_ms", "tpot_ms"))
         sla = SLA(*(None if sla.get(k) is None else float(sla[k]) for k in ("ttft_ms", "tpot_ms")))
-    return ServingConfig(**kw, disaggregated=dis, workload=Workload.parse(d["workload"], base), sla=sla)
+    return ServingConfig(**kw, disaggregated=dis, workload=Workload.parse(d["workload"], base), sla=sla,
+                         iteration_overhead=over)
 
 
 def load_config(path: str | Path) -> ServingConfig:

@@ -92,6 +92,9 @@ def summarize(sim: Simulator) -> Report:
         "preemptions": int(sum(e.preemptions for e in sim.engines)),
         "kv_cache": kv_occupancy(sim.engines, t0, t0 + duration, cfg.block_size),
     }
+    if cfg.iteration_overhead is not None or cfg.eager_host_scale != 1.0:  # a measured engine's calibration
+        s["calibration"] = {"iteration_overhead": None if cfg.iteration_overhead is None else
+                            vars(cfg.iteration_overhead), "eager_host_scale": cfg.eager_host_scale}
     s.update(load_check(arr, fin, sched))
     if cfg.sla is not None:
         s["goodput"] = goodput(cfg.sla, ttft, tpot, out, duration)

@@ -41,7 +41,7 @@ class Simulator:
         max_tokens = cfg.max_batched_tokens
         if cfg.scheduler == "static":
             max_tokens = max(max_tokens, cfg.max_num_seqs * max(r.prompt for r in self.requests))
-        self.model = iteration_model(self.step, max_tokens, cfg.max_num_seqs)
+        self.model = iteration_model(self.step, max_tokens, cfg.max_num_seqs, cfg.eager_host_scale)
         self.engines: list[Engine] = []
         d = cfg.disaggregated
         if d is None:
@@ -65,6 +65,9 @@ class Simulator:
                                         self.cfg.max_batched_tokens, trace))
         for e in self.engines[first:]:
             e.end_event = BatchEnd(e)  # one iteration in flight per engine: reuse its event
+            e.overhead = self.cfg.iteration_overhead
+            if self.cfg.safety_margin is not None:
+                e.set_safety_margin(self.cfg.safety_margin)
         return self.engines[first:]
 
     def _check_requests_fit(self) -> None:

@@ -14,7 +14,12 @@ from the step model's own ops (``perfcast.step``), split by what each op's cost 
   seconds per query-key pair interpolated between cached shapes (8 per octave) and multiplied by
   the exact pairs;
 - the runtime's overhead: the CUDA-graph launch (constant), or for eager the host time not hidden
-  behind the GPU, tabulated over (tokens, attention seconds) from the runtime's own model.
+  behind the GPU, tabulated over (tokens, attention seconds) from the runtime's own model; the eager
+  host times can be scaled (``host_scale``) to a host measured in the same session;
+- optionally (``kv_read``, the ``hf-cb`` scheduler) a gather of the cached K/V the iteration reads
+  into one contiguous buffer per layer (``index_select`` of K and of V, as transformers' paged cache
+  does before a varlen attention kernel): an elementwise copy of ``kv_read`` tokens, counted with
+  the attention (the eager host model sees it where the attention runs).
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from dataclasses import replace
 
 import numpy as np
 
+from perfcast.models.builder import kv_heads_per_gpu
+from perfcast.ops.base import Op
 from perfcast.step.costs import op_cost
-from perfcast.step.predict import StepConfig, host_key, step_ops
+from perfcast.step.predict import StepConfig, _act_dtype, host_key, step_ops
 from perfcast.step.runtime import get_runtime
 
 DENSE_TOKENS = 16384  # exact table up to here; log grid above
@@ -63,18 +70,26 @@ def _pairs(q: float, kv: float) -> float:
 class IterationModel:
     """Seconds of one engine iteration; build once per deployment, call per iteration.
 
-    ``max_tokens``: the most tokens one iteration may hold; ``max_seqs``: the most sequences.
+    ``max_tokens``: the most tokens one iteration may hold; ``max_seqs``: the most sequences;
+    ``host_scale``: a factor on the eager runtime's host dispatch times (per op, layer and step).
     """
 
-    def __init__(self, cfg: StepConfig, max_tokens: int, max_seqs: int):
+    def __init__(self, cfg: StepConfig, max_tokens: int, max_seqs: int, host_scale: float = 1.0):
         from perfcast.profiles.registry import resolve_profile
 
         self.cfg = cfg
         self.max_tokens = int(max_tokens)
         self.max_seqs = int(max_seqs)
+        self.host_scale = float(host_scale)
         self.prof = resolve_profile(cfg.gpu, cfg.profile)
         self._rt = get_runtime(cfg.runtime)
-        self._host = self.prof.host(host_key(cfg))
+        host = self.prof.host(host_key(cfg))
+        if self.host_scale != 1.0:
+            host = replace(host, per_op_s=host.per_op_s * self.host_scale,
+                           per_layer_s=host.per_layer_s * self.host_scale,
+                           per_step_s=host.per_step_s * self.host_scale)
+        self._host = host
+        self._gather: tuple[list[float], list[float]] | None = None  # kv tokens -> seconds (lazy)
         self._attn_ops = [o for o in step_ops(cfg, "prefill", 1, 1, 1) if o.kind == "attention"]
         self._build_linear()
         self._build_decode_attention()
@@ -214,6 +229,29 @@ class IterationModel:
         tab = self._prefill_tabs[n] = (sum(per) / _pairs(q, kv)).tolist()
         return tab
 
+    def kv_gather(self, tokens: float) -> float:
+        """Seconds to gather ``tokens`` cached tokens' K and V into contiguous buffers, every layer."""
+        if tokens <= 0:
+            return 0.0
+        if self._gather is None:
+            spec = self.cfg.model
+            grid = np.unique(np.round(np.logspace(0, np.log10(4 * (spec.max_positions + self.max_tokens)),
+                                                  _LOG_POINTS))).astype(np.int64)
+            width = 2 * kv_heads_per_gpu(spec, self.cfg.tp) * spec.head_dim
+            op = Op("kv_gather", "elementwise", {"op": "copy", "tokens": grid, "width": width},
+                    spec.n_layers, _act_dtype(self.cfg), None, "layer", host_ops=2.0,
+                    meta={"kernels": 2})
+            _, per = self._charged([op])
+            self._gather = (grid.astype(float).tolist(), np.broadcast_to(per[0], grid.shape).tolist())
+        g, v = self._gather
+        j = bisect.bisect_left(g, tokens)
+        if j <= 0:
+            return v[0] * tokens / g[0]
+        if j >= len(g):
+            return v[-1] * tokens / g[-1]
+        w = (tokens - g[j - 1]) / (g[j] - g[j - 1])
+        return v[j - 1] + w * (v[j] - v[j - 1])
+
     def overhead(self, tokens: int, attn_s: float) -> float:
         """Runtime seconds beyond the kernels: the graph launch, or eager's unhidden host time."""
         if self._ovh_const is not None:
@@ -267,10 +305,11 @@ class IterationModel:
         return out, t
 
     def seconds(self, tokens: int, seqs: int, n_decode: int = 0, sum_kv: float = 0.0,
-                n_chunks: int = 0, q_sum: int = 0, pairs_sum: float = 0.0) -> float:
+                n_chunks: int = 0, q_sum: int = 0, pairs_sum: float = 0.0, kv_read: float = 0.0) -> float:
         """One iteration: ``tokens`` in all, ``seqs`` sequences, ``n_decode`` of them decoding over
         ``sum_kv`` keys in all, ``n_chunks`` prefill chunks of ``q_sum`` tokens and ``pairs_sum``
-        causal query-key pairs (see :func:`chunk_pairs`)."""
+        causal query-key pairs (see :func:`chunk_pairs`); ``kv_read``: cached tokens gathered
+        before attention (see :meth:`kv_gather`; 0 for engines that attend in place)."""
         if tokens <= 0:
             return 0.0
         a = 0.0
@@ -278,6 +317,8 @@ class IterationModel:
             a = self.decode_attention(n_decode, sum_kv / n_decode)
         if n_chunks:
             a += self.prefill_attention(n_chunks, q_sum, pairs_sum)
+        if kv_read:
+            a += self.kv_gather(kv_read)
         g = self._table(self._lin, tokens) + self._table(self._head, max(seqs, 1)) + a
         return g + self.overhead(tokens, a)
 
@@ -302,15 +343,15 @@ def chunk_pairs(q: int, kv: int) -> float:
     return _pairs(q, kv)
 
 
-def iteration_model(cfg: StepConfig, max_tokens: int, max_seqs: int) -> IterationModel:
+def iteration_model(cfg: StepConfig, max_tokens: int, max_seqs: int, host_scale: float = 1.0) -> IterationModel:
     """A cached :class:`IterationModel` (tables are reused by every simulation of the same config)."""
-    key = (cfg, int(max_tokens), int(max_seqs))
+    key = (cfg, int(max_tokens), int(max_seqs), float(host_scale))
     m = _CACHE.get(key)
     if m is None:
-        for (c, t, s), old in _CACHE.items():  # a bigger table of the same config serves too
-            if c == cfg and t >= max_tokens and s >= max_seqs:
+        for (c, t, s, h), old in _CACHE.items():  # a bigger table of the same config serves too
+            if c == cfg and t >= max_tokens and s >= max_seqs and h == float(host_scale):
                 return old
-        m = _CACHE[key] = IterationModel(cfg, max_tokens, max_seqs)
+        m = _CACHE[key] = IterationModel(cfg, max_tokens, max_seqs, host_scale)
     return m
 
 

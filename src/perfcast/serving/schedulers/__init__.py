@@ -6,10 +6,13 @@ config's ``scheduler`` key gives.
 """
 
 from perfcast.serving.schedulers.base import Engine
+from perfcast.serving.schedulers.hfcb import HFContinuousBatching
 from perfcast.serving.schedulers.router import ROUTERS, make_router
 from perfcast.serving.schedulers.static import StaticBatching
 from perfcast.serving.schedulers.vllm import ContinuousBatching
 
-SCHEDULERS: dict[str, type[Engine]] = {"vllm": ContinuousBatching, "static": StaticBatching}
+SCHEDULERS: dict[str, type[Engine]] = {"vllm": ContinuousBatching, "static": StaticBatching,
+                                       "hf-cb": HFContinuousBatching}
 
-__all__ = ["ROUTERS", "SCHEDULERS", "ContinuousBatching", "Engine", "StaticBatching", "make_router"]
+__all__ = ["ROUTERS", "SCHEDULERS", "ContinuousBatching", "Engine", "HFContinuousBatching", "StaticBatching",
+           "make_router"]

@@ -49,6 +49,8 @@ class Engine:
         self.itl_n: list[int] = []
         # iterations for a Chrome trace: (start s, seconds, decode tokens, prefill tokens, chunks, blocks)
         self.trace: list[tuple] | None = [] if trace else None
+        # host time per iteration outside the forward (a measured engine's calibration), or None
+        self.overhead = None
 
     # -- the interface the simulator drives ------------------------------------------------
     def add(self, r: Request, now: float) -> None:
@@ -72,6 +74,10 @@ class Engine:
         """Optionally run iterations that nothing can interrupt before ``horizon`` (the next event
         anywhere) without going through the event queue; returns when the last one ended."""
         return now
+
+    def extra_seconds(self, seqs: int, tokens: int, kv_tokens: float) -> float:
+        """The configured per-iteration host overhead (0 without one)."""
+        return 0.0 if self.overhead is None else self.overhead.seconds(seqs, tokens, kv_tokens)
 
     # -- helpers ------------------------------------------------------------------------------
     def _record(self, now: float, seconds: float, n_dec: int, q_sum: int, n_chunks: int) -> None:

@@ -31,10 +31,10 @@ class StaticBatching(Engine):
         b, p, k = len(self.batch), self.pmax, self.step
         if k == 0:
             pairs = b * (p * p - p * (p - 1) / 2.0)
-            dur = self.model.seconds(b * p, b, 0, 0.0, b, b * p, pairs)
+            dur = self.model.seconds(b * p, b, 0, 0.0, b, b * p, pairs) + self.extra_seconds(b, b * p, 0.0)
             self._record(now, dur, 0, b * p, b)
         else:  # padded: every slot decodes at the longest context
-            dur = self.model.seconds(b, b, b, float(b * (p + k)))
+            dur = self.model.seconds(b, b, b, float(b * (p + k))) + self.extra_seconds(b, b, float(b * (p + k)))
             self._record(now, dur, b, 0, 0)
         return dur
 

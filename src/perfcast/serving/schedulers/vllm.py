@@ -62,15 +62,42 @@ class ContinuousBatching(Engine):
             for r, q in chunks:
                 q_sum += q
                 pairs += q * (r.computed + q) - q * (q - 1) / 2.0
-            dur = self.model.seconds(n_dec + q_sum, n_dec + len(chunks), n_dec, self.sum_ctx + n_dec,
-                                     len(chunks), q_sum, pairs)
+            dur = self._iteration(n_dec, q_sum, pairs)
         elif n_dec:
             q_sum = 0
-            dur = self.model.decode(n_dec, self.sum_ctx + n_dec)
+            dur = self._decode_iteration(n_dec)
         else:
             return None
         self._record(now, dur, n_dec, q_sum, len(chunks))
         return dur
+
+    def kv_read(self) -> float:
+        """Cached tokens this iteration reads: every sequence's keys (its cache plus its new tokens)
+        when any sequence has a cache, else 0 (fresh prefills attend to their own keys only)."""
+        past = self.sum_ctx + sum(r.computed for r, _ in self.chunks)
+        if not past:
+            return 0.0
+        return float(past + self.n_dec + sum(q for _, q in self.chunks))
+
+    def _decode_iteration(self, n: int) -> float:
+        """Seconds of an iteration of ``n`` decodes only."""
+        dur = self.model.decode(n, self.sum_ctx + n)
+        if self.overhead is not None:
+            dur += self.extra_seconds(n, n, self.sum_ctx + n)
+        return dur
+
+    def _iteration(self, n_dec: int, q_sum: int, pairs: float) -> float:
+        """Seconds of an iteration holding prefill chunks (and ``n_dec`` decodes)."""
+        chunks = self.chunks
+        dur = self.model.seconds(n_dec + q_sum, n_dec + len(chunks), n_dec, self.sum_ctx + n_dec,
+                                 len(chunks), q_sum, pairs)
+        if self.overhead is not None:
+            dur += self.extra_seconds(n_dec + len(chunks), n_dec + q_sum, self.kv_read())
+        return dur
+
+    def _room(self) -> bool:
+        """Whether more prefill work may join this iteration (always, here; see the hf-cb scheduler)."""
+        return True
 
     def _preempt_for_decodes(self, need: int, now: float) -> int:
         k = self.it % self.bs
@@ -85,7 +112,7 @@ class ContinuousBatching(Engine):
         """Next chunks of running requests that are still prefilling, in admission order."""
         bs = self.bs
         for r in list(self.prefilling):
-            if budget <= 0:
+            if budget <= 0 or not self._room():
                 break
             if r.state != PREFILL:
                 continue  # preempted to make room for an earlier one
@@ -103,7 +130,7 @@ class ContinuousBatching(Engine):
     def _admit(self, now: float, budget: int) -> None:
         """Waiting requests, first come first served, while budget, slots and blocks last."""
         bs, waiting, running = self.bs, self.waiting, self.running
-        while waiting and budget > 0 and len(running) < self.max_seqs:
+        while waiting and budget > 0 and len(running) < self.max_seqs and self._room():
             r = waiting[0]
             if r.computed:  # its KV cache came from a prefill pool: decode at once
                 nb = blocks_for(r.computed + 1, bs)
@@ -175,7 +202,7 @@ class ContinuousBatching(Engine):
         finishes, the blocks the decoders take are free, and each ends before ``horizon``. Same
         arithmetic as one :meth:`schedule` + :meth:`finish` per iteration, without the event queue."""
         n = self.n_dec
-        if self.waiting or self.prefilling or not n:
+        if self.waiting or self.prefilling or not n or self.overhead is not None:
             return now
         heap, ends, i, bs = self.end_heap, self.ends, self.it, self.bs
         while heap and heap[0] not in ends:
