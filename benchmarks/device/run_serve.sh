@@ -16,7 +16,8 @@
 # and run_serve.log. Compare with the simulator:
 #   mkdir -p benchmarks/data/serve_<gpu_id> && cp <fetched>/<gpu_id>/* benchmarks/data/serve_<gpu_id>/
 #   python benchmarks/bench_serving_real.py
-# SERVE_WALL_S (default 270) bounds the harness; runs that would not fit are skipped.
+# SERVE_WALL_S (default 270) bounds the harness; runs that would not fit are skipped. SERVE_ENGINES
+# (default hf-cb,static) picks the engines.
 # SERVE_MODEL (default meta-llama/Llama-3.1-8B), SERVE_RATES_HF (3,10,18), SERVE_RATES_STATIC (2,5,8)
 # and SERVE_EXTRA (more serve_run flags, e.g. "--device cpu --dtype fp32 --requests 10" for a dry run
 # without a GPU) change what runs; e.g. Llama-3.2-1B (perfcast: hf-cb ~50 req/s, static ~40 req/s):
@@ -38,7 +39,7 @@ main() {
 "cuda", torch.version.cuda, "numpy", numpy.__version__)'
   python3 -c 'import transformers; print("transformers", transformers.__version__)' || echo "transformers missing"
   PART_TIMEOUT=$((WALL + 25)) run_part serve python3 -m perfcast.measure.serve_run \
-    --model "$MODEL" --engines hf-cb,static \
+    --model "$MODEL" --engines "${SERVE_ENGINES:-hf-cb,static}" \
     --rates "hf-cb=$RATES_HF" --rates "static=$RATES_STATIC" --duration-s 20 --min-requests 60 \
     --max-num-seqs 32 --max-batched-tokens 2048 --block-size 256 --static-batch 16 --kv-bucket 128 \
     --wall-limit-s "$WALL" --out "$D/serve" $SERVE_EXTRA

@@ -586,7 +586,7 @@ class StaticEngine:
     name = "static"
 
     def __init__(self, model: str, layers, device: str, dtype_name: str, max_batch: int, max_prompt: int,
-                 max_len: int, bucket: int, graphs: bool = True, log=print):
+                 max_len: int, bucket: int, graphs: bool = True, log=print, prefill_sdpa: str = "flash"):
         import torch
 
         from perfcast.measure.decoder import Decoder
@@ -613,6 +613,10 @@ class StaticEngine:
         self.capture_s = 0.0
         self.capture_error = None
         self.decode_steps: list[tuple[int, int, int]] = []  # (batch, kv_len, kv attended)
+        # prefill attention backend: "flash" (no per-shape set-up) or "default" (torch's choice: cuDNN's
+        # fused attention on Hopper with torch 2.11, which builds an execution plan per new shape)
+        self.prefill_sdpa = prefill_sdpa
+        self.shape_probe: dict = {}
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -621,10 +625,36 @@ class StaticEngine:
     def _use(self, b: int) -> None:
         self.d.k_cache, self.d.v_cache = self.full_k[:, :b], self.full_v[:, :b]
 
+    def _sdpa_ctx(self):
+        if self.prefill_sdpa == "default" or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+
     def prefill(self, b: int, p: int) -> None:
         self._use(b)
-        self.d.forward(self.ids[:b, :p], self.prefill_pos[:p], None)
+        with self._sdpa_ctx():
+            self.d.forward(self.ids[:b, :p], self.prefill_pos[:p], None)
         self._sync()
+
+    def probe_new_shapes(self) -> dict:
+        """Time a prefill at a shape never run before, then again (set-up cost of a new shape), under the
+        chosen backend and under torch's default backend; recorded in the settings."""
+        out = {}
+        for backend, p in (("chosen", 97), ("default", 89)):
+            saved = self.prefill_sdpa
+            if backend == "default":
+                self.prefill_sdpa = "default"
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                self.prefill(1, p)
+                times.append(round((time.perf_counter() - t) * 1e3, 3))
+            self.prefill_sdpa = saved
+            out[backend] = {"prompt": p, "first_ms": times[0], "repeat_ms": times[1:]}
+        self.shape_probe = out
+        return out
 
     def decode(self, b: int, kv_len: int) -> None:
         kb = kv_bucket(kv_len, self.bucket)
@@ -671,6 +701,8 @@ class StaticEngine:
         self.capture_s = time.perf_counter() - t
 
     def warmup(self, max_prompt: int) -> None:
+        if self.device.type == "cuda":
+            self.log(f"static: new-shape prefill probe {self.probe_new_shapes()}")
         self.prefill(self.max_batch, max(int(max_prompt), 1))
         self.prefill(1, 16)
         self.decode(1, 17)
@@ -682,6 +714,7 @@ class StaticEngine:
                 "decode": "CUDA graph per (batch, KV bucket)" if self.use_graphs else "eager",
                 "graphs": len(self.graphs), "graph_capture_s": round(self.capture_s, 2),
                 "graph_capture_error": self.capture_error, "prefill": "eager (no graph), prompts padded",
+                "prefill_sdpa": self.prefill_sdpa, "new_shape_probe": self.shape_probe,
                 "model_build_s": round(self.build_s, 2)}
 
     def run(self, reqs: list[Req], label: str, deadline: float) -> tuple[list[Req], list[dict]]:
@@ -803,6 +836,9 @@ def main(argv=None) -> int:
     p.add_argument("--static-batch", type=int, default=16, help="static: most requests per batch")
     p.add_argument("--kv-bucket", type=int, default=128, help="static: decode KV length granularity of the graphs")
     p.add_argument("--no-graphs", action="store_true", help="static: decode eagerly")
+    p.add_argument("--prefill-sdpa", choices=("flash", "default"), default="flash",
+                   help="static: prefill attention backend (default backend = cuDNN on Hopper, which sets up "
+                        "an execution plan per new prompt shape, tens of ms)")
     p.add_argument("--layers", type=int, default=None, help="fewer decoder layers (smoke tests)")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
@@ -889,7 +925,8 @@ def _run_engine_inner(args, model, e, todo, out, env, index, deadline, log) -> i
         log(f"{model} hf-cb: built in {eng.build_s:.1f} s; attention {eng.m.config._attn_implementation}")
     else:
         eng = StaticEngine(model, args.layers, args.device, args.dtype, args.static_batch, max_in,
-                           max_in + max_out, args.kv_bucket, graphs=not args.no_graphs, log=log)
+                           max_in + max_out, args.kv_bucket, graphs=not args.no_graphs, log=log,
+                           prefill_sdpa=args.prefill_sdpa)
         log(f"{model} static: built in {eng.build_s:.1f} s")
     try:  # whatever happens, the engine (and transformers' non-daemon thread) is shut down
         return _warm_and_run(args, model, e, todo, out, env, index, deadline, log, eng, t_build,
