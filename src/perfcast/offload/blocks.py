@@ -161,6 +161,24 @@ class Parts:
                 t = t + o.count * np.asarray(f) * s
         return t
 
+    def cpu_weight_bytes(self, frac: dict):
+        """Weight bytes the CPU streams in one phase for the selected launches (GEMM ``n x k`` operands,
+        repeats and groups included): what evicts the caches before a hand-off back to the GPU."""
+        from perfcast.hardware.spec import DTYPE_BYTES
+
+        total = np.zeros(np.shape(self.tokens))
+        for o, b in zip(self.ops, self.blocks):
+            f = frac.get(b, 0.0)
+            if o.kind != "gemm" or not np.any(np.asarray(f) > 0):
+                continue
+            d = o.dims
+            w = float(d["n"]) * float(d["k"]) * DTYPE_BYTES[o.wdtype or o.dtype]
+            w = w * np.asarray(o.meta.get("repeat", 1.0), dtype=float)
+            if d.get("groups") is not None:
+                w = w * np.asarray(d["groups"], dtype=float)
+            total = total + o.count * np.asarray(f) * w
+        return total
+
     def bound(self, gpu_frac: dict, cpu_frac: dict, pcie_s) -> str:
         """The bound holding the most time (GPU op bounds, CPU op bounds, PCIe = network)."""
         acc = np.zeros(len(BOUNDS))
