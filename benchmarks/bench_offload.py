@@ -91,7 +91,8 @@ def rows_of(path: Path) -> list[dict]:
                 if f"{ph}_ms" in line:
                     row[f"{ph}_meas"] = line[f"{ph}_ms"]
                     row[f"{ph}_{src}"] = pred[f"{ph}_ms"]
-                    row[f"{ph}_{src}_ape"] = abs(pred[f"{ph}_ms"] - line[f"{ph}_ms"]) / line[f"{ph}_ms"]
+                    row[f"{ph}_{src}_err"] = (pred[f"{ph}_ms"] - line[f"{ph}_ms"]) / line[f"{ph}_ms"]
+                    row[f"{ph}_{src}_ape"] = abs(row[f"{ph}_{src}_err"])
         rows.append(row)
     return rows
 
@@ -99,6 +100,12 @@ def rows_of(path: Path) -> list[dict]:
 def mape(rows, key) -> tuple[float, int]:
     v = [r[key] for r in rows if key in r]
     return (100.0 * sum(v) / len(v), len(v)) if v else (float("nan"), 0)
+
+
+def bias(rows, key) -> float:
+    """Mean signed error (predicted - measured) / measured, in %: negative = predicted too fast."""
+    v = [r[key] for r in rows if key in r]
+    return 100.0 * sum(v) / len(v) if v else float("nan")
 
 
 def ranking(ok: list[dict], src: str = "profile") -> None:
@@ -157,7 +164,7 @@ def report(rows: list[dict]) -> None:
             for ph in ("prefill", "decode"):
                 m, n = mape(rs, f"{ph}_{src}_ape")
                 if n:
-                    parts.append(f"{ph}/{src} {m:5.1f}% (n={n})")
+                    parts.append(f"{ph}/{src} {m:5.1f}% bias {bias(rs, f'{ph}_{src}_err'):+5.1f}% (n={n})")
         print(f"MAPE {g:<40} " + "  ".join(parts))
     ranking(ok)
 
