@@ -12,9 +12,10 @@ thread counts (clamped at the ends):
   squares over the ``attn_decode`` rows; prefill at the best FLOP/s of the ``attn_prefill`` rows;
 - the per-op overhead: the time per small eager op (norm, mul, add, silu, cat on one token);
 - the hand-off of serial plans, per streamed size S: ``chain(S) - chain(0)`` (an attention block's
-  dispatch right after an S-byte weight sweep minus warm) plus ``resume(S) - sweep(S)`` (the sweep right
-  after the chain minus back to back), each clipped at 0, from the ``cuda`` rows when the calibration saw
-  a GPU, else the ``cpu`` rows (a CPU chain stands in for the GPU's dispatch), at the nearest threads;
+  dispatch right after an S-byte weight sweep minus warm), clipped at 0, plus the threads' resume, the
+  median over S of ``resume(S) - sweep(S)`` (the sweep right after the chain minus back to back), clipped
+  at 0; from the ``cuda`` rows when the calibration saw a GPU, else the ``cpu`` rows (a CPU chain stands
+  in for the GPU's dispatch), at the measured thread count nearest the request;
 - the link: per (direction, pinned/pageable) ``latency = time of the smallest copy`` and
   ``bandwidth = slope between the smallest and the largest copy``. Without CUDA at calibration time
   the link falls back to the datasheet prior of the GPU it is paired with.
@@ -131,8 +132,11 @@ def _handoff(rows, threads: int):
         sizes = sorted(s for k, s in t if k == "chain" and s > 0)
         if warm is None or not sizes:
             continue
-        extra = [max(0.0, t[("chain", s)] - warm) + max(0.0, t.get(("resume", s), 0.0) - t.get(("sweep", s), 0.0))
-                 for s in sizes]
+        # the threads' resume does not depend on S: one figure, the median over the sizes (a large sweep's
+        # own noise would swamp it at that size alone), clipped at 0
+        diffs = [t[("resume", s)] - t[("sweep", s)] for s in sizes if ("resume", s) in t and ("sweep", s) in t]
+        resume = max(0.0, float(np.median(diffs))) if diffs else 0.0
+        extra = [max(0.0, t[("chain", s)] - warm) + resume for s in sizes]
         return dev, np.array(sizes, dtype=float), np.array(extra)
     return None
 
