@@ -102,13 +102,17 @@ def _with_handoff(handoff_s: float):
 @pytest.mark.unit
 def test_handoffs_by_hand():
     """One hand-off per return to the GPU after a CPU block: L for ffn_cpu, one for a layer split with CPU
-    layers, none without a device change; each after the CPU streamed that block's weights."""
+    layers, none without a device change; each after the CPU streamed that block's weights. Eager GPU
+    segments only (the prior has no resume part; a CUDA-graph segment's dispatch is not the eager one)."""
     cpu0, cpu1 = _with_handoff(0.0), _with_handoff(0.5e-3)
+    kw = {**KW, "runtime": "eager"}
+    graph = predict_offload(L8B, "h100-pcie", cpu1, {"plan": "ffn_cpu"}, **KW)
+    assert graph["runtime"] == "cuda-graph" and graph["offload"]["decode"]["handoff_ms"] == 0.0
     runs = {}
     for name, off in (("ffn", {"plan": "ffn_cpu"}), ("split", {"plan": "layers", "gpu_layers": 13}),
                       ("gpu", {"plan": "layers", "gpu_layers": 32}), ("cpu", {"plan": "cpu"}),
                       ("stream", {"plan": "stream"})):
-        runs[name] = [predict_offload(L8B, "h100-pcie", c, off, **KW) for c in (cpu0, cpu1)]
+        runs[name] = [predict_offload(L8B, "h100-pcie", c, off, **kw) for c in (cpu0, cpu1)]
     # Llama-3.1-8B MLP: 3 x 4096 x 14336 bf16 = 352 MB per layer >= 64 MiB: the full 0.5 ms, 32 times
     for ph in ("prefill", "decode"):
         base, h = runs["ffn"][0], runs["ffn"][1]
@@ -121,14 +125,14 @@ def test_handoffs_by_hand():
             assert runs[name][1][f"{ph}_ms"] == pytest.approx(runs[name][0][f"{ph}_ms"])
     # a small MLP streams less than 64 MiB: Qwen2.5-0.5B, 3 x 896 x 4864 bf16 = 26.1 MB per layer, on the
     # log2 ramp from 1 MiB: log2(26.1 MB / 1 MiB) / log2(64) of the prior, 24 layers
-    q = predict_offload("Qwen/Qwen2.5-0.5B", "h100-pcie", cpu1, {"plan": "ffn_cpu"}, **KW)
+    q = predict_offload("Qwen/Qwen2.5-0.5B", "h100-pcie", cpu1, {"plan": "ffn_cpu"}, **kw)
     frac = math.log2(3 * 896 * 4864 * 2 / 2**20) / 6
     assert q["offload"]["decode"]["handoff_ms"] == pytest.approx(24 * 0.5 * frac)
     # neurons: one hand-off per layer after the cold neurons, fewer bytes than the whole MLP
-    n = predict_offload(L8B, "h100-pcie", cpu1, {"plan": "neurons", "hot_fraction": 0.5, "sparsity": 0.0}, **KW)
+    n = predict_offload(L8B, "h100-pcie", cpu1, {"plan": "neurons", "hot_fraction": 0.5, "sparsity": 0.0}, **kw)
     assert n["offload"]["decode"]["handoff_ms"] == pytest.approx(32 * 0.5)  # half of 352 MB is still > 64 MiB
     assert predict_offload(L8B, "h100-pcie", cpu1, {"plan": "neurons", "hot_fraction": 1.0, "sparsity": 0.0},
-                           **KW)["offload"]["decode"]["handoff_ms"] == 0.0
+                           **kw)["offload"]["decode"]["handoff_ms"] == 0.0
 
 
 @pytest.mark.unit

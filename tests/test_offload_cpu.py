@@ -172,6 +172,7 @@ def test_handoff_prior_is_a_log_ramp_in_streamed_bytes():
     assert float(c.handoff(8 * mib)) == pytest.approx(0.5e-3 * 3 / 6)
     assert float(c.handoff(64 * mib)) == pytest.approx(0.5e-3)
     assert float(c.handoff(4096 * mib)) == pytest.approx(0.5e-3)
+    assert float(c.handoff(4096 * mib, eager=False)) == 0.0  # CUDA-graph segments: not the eager dispatch
 
 
 def _handoff_rows(dev, threads=8):
@@ -189,14 +190,15 @@ def test_measured_handoff_read_back(tmp_path):
     base = [{"kind": "copy", "threads": 8, "bytes": 1e9, "median_ms": 20.0}, _gemm_row(8, 1, 40, 400)]
     _write_profile(tmp_path / "p", base + _handoff_rows("cpu"))
     c = load_cpu_profile(tmp_path / "p")
-    dev, sizes, extra = c.handoff_pts
+    dev, sizes, cold, resume = c.handoff_pts
     assert dev == "cpu" and list(sizes) == [16 << 20, 256 << 20]
-    # (chain cold - warm) + resume, resume = median over S of (resume - sweep) = (0.05 + 0.1) / 2 ms
-    assert extra == pytest.approx([0.2e-3 + 0.075e-3, 0.6e-3 + 0.075e-3])
+    # chain cold - warm per S; resume = median over S of (resume - sweep) = (0.05 + 0.1) / 2 ms
+    assert cold == pytest.approx([0.2e-3, 0.6e-3]) and resume == pytest.approx(0.075e-3)
+    assert float(c.handoff(16 << 20, eager=False)) == pytest.approx(0.075e-3)  # a graph launch: resume only
     mib = float(1 << 20)
     assert float(c.handoff(16 * mib)) == pytest.approx(0.275e-3)
     assert float(c.handoff(64 * mib)) == pytest.approx(0.275e-3 + 0.4e-3 * 2 / 4)  # log2: 64 MiB is 2 of 4 steps
-    assert float(c.handoff(4 * mib)) == pytest.approx(0.275e-3 * 2 / 4)  # from 0 at 1 MiB: 4 MiB is 2 of 4 steps
+    assert float(c.handoff(4 * mib)) == pytest.approx(0.2e-3 * 2 / 4 + 0.075e-3)  # cold from 0 at 1 MiB: 2 of 4 steps
     assert float(c.handoff(1 << 40)) == pytest.approx(0.675e-3)  # flat past the largest sweep
     # a GPU's own chain wins over the CPU stand-in
     _write_profile(tmp_path / "q", base + _handoff_rows("cpu") + [

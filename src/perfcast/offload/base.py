@@ -185,7 +185,7 @@ class Case:
         if not np.any(n > 0):
             return np.zeros(np.shape(parts.tokens))
         per = parts.cpu_weight_bytes(cpu_frac) / np.maximum(n, 1.0)
-        return n * self.cpu.handoff(per)
+        return n * self.cpu.handoff(per, eager=self.cfg.runtime == "eager")
 
     def crossing(self, parts: Parts, n=1.0):
         """(seconds, bytes) of ``n`` round trips of the hidden states: GPU -> CPU and back."""

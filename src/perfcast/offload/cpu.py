@@ -63,6 +63,7 @@ class CPUEfficiency:
     handoff_s: float = 0.0
     handoff_full_bytes: float = float(64 << 20)
     handoff_min_bytes: float = float(1 << 20)
+    handoff_resume_s: float = 0.0  # the CPU threads' resume after the GPU segment (measured: none, 2 cores)
     source: str = "prior"
 
 
@@ -105,7 +106,8 @@ class CPUModel:
     ratio: dict = field(default_factory=dict)  # dtype class -> (log m, log(measured / roofline))
     attn_decode: dict = field(default_factory=dict)  # dtype class -> (seconds per call, per element)
     attn_flops: dict = field(default_factory=dict)  # dtype class -> FLOP/s of causal prefill SDPA
-    # measured hand-off: (device whose chain was timed, streamed bytes, extra seconds per hand-off)
+    # measured hand-off: (device whose chain was timed, streamed bytes, cold-dispatch extra seconds at
+    # each, the threads' resume seconds)
     handoff_pts: tuple | None = None
     source: str = "catalog"  # "catalog:<id>" or "measured:<dir>"
 
@@ -172,20 +174,21 @@ class CPUModel:
         return t + over, np.where(t < over, LATENCY, b)
 
     # ------------------------------------------------------------------ device hand-off
-    def handoff(self, streamed_bytes):
-        """Extra seconds of one return to the GPU after the CPU streamed ``streamed_bytes`` of weights
-        (cold dispatch of the GPU segment + the CPU threads' resume), beyond the warm costs of the ops
-        and the copies. Measured (``chain``/``resume`` rows of a profile, interpolated in log bytes from 0
-        at 1 MiB, flat past the largest measured sweep) or the prior's log ramp."""
+    def handoff(self, streamed_bytes, eager: bool = True):
+        """Extra seconds of one return to the GPU after the CPU streamed ``streamed_bytes`` of weights,
+        beyond the warm costs of the ops and the copies: the GPU segment's eager dispatch with cold caches
+        (``eager`` only: a CUDA-graph launch dispatches far less host code, not measured) plus the CPU
+        threads' resume. Measured (a profile's ``chain``/``resume`` rows; the dispatch part interpolated
+        in log bytes from 0 at 1 MiB, flat past the largest measured sweep) or the prior's log ramp."""
         b = np.maximum(np.asarray(streamed_bytes, dtype=float), 1.0)
         lo = self.eff.handoff_min_bytes
         if self.handoff_pts is not None:
-            _, nbytes, extra = self.handoff_pts
+            _, nbytes, cold, resume = self.handoff_pts
             xs = np.concatenate(([np.log2(lo)], np.log2(np.asarray(nbytes, dtype=float))))
-            ys = np.concatenate(([0.0], np.asarray(extra, dtype=float)))
-            return np.interp(np.log2(b), xs, ys, left=0.0)
+            ys = np.concatenate(([0.0], np.asarray(cold, dtype=float)))
+            return (np.interp(np.log2(b), xs, ys, left=0.0) if eager else 0.0) + resume
         ramp = np.clip(np.log2(b / lo) / np.log2(self.eff.handoff_full_bytes / lo), 0.0, 1.0)
-        return self.eff.handoff_s * ramp
+        return (self.eff.handoff_s * ramp if eager else 0.0 * ramp) + self.eff.handoff_resume_s
 
     # ------------------------------------------------------------------ host-device link
     def link(self, direction: str, pinned: bool = False) -> Link:

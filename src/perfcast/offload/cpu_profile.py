@@ -119,7 +119,8 @@ def _attn_fit(rows, threads: int):
 
 
 def _handoff(rows, threads: int):
-    """(device, streamed bytes, extra seconds per hand-off) from the chain/resume/sweep rows, or None."""
+    """(device, streamed bytes, cold-dispatch seconds at each, resume seconds) from the chain/resume/sweep
+    rows, or None."""
     for dev in ("cuda", "cpu"):
         rs = [r for r in rows if r["kind"] in (f"chain_{dev}", f"resume_{dev}", f"sweep_{dev}")]
         if not rs:
@@ -136,8 +137,8 @@ def _handoff(rows, threads: int):
         # own noise would swamp it at that size alone), clipped at 0
         diffs = [t[("resume", s)] - t[("sweep", s)] for s in sizes if ("resume", s) in t and ("sweep", s) in t]
         resume = max(0.0, float(np.median(diffs))) if diffs else 0.0
-        extra = [max(0.0, t[("chain", s)] - warm) + resume for s in sizes]
-        return dev, np.array(sizes, dtype=float), np.array(extra)
+        cold = [max(0.0, t[("chain", s)] - warm) for s in sizes]
+        return dev, np.array(sizes, dtype=float), np.array(cold), resume
     return None
 
 
