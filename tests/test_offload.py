@@ -124,9 +124,9 @@ def test_handoffs_by_hand():
             assert runs[name][1]["offload"][ph]["handoff_ms"] == 0.0
             assert runs[name][1][f"{ph}_ms"] == pytest.approx(runs[name][0][f"{ph}_ms"])
     # a small MLP streams less than 64 MiB: Qwen2.5-0.5B, 3 x 896 x 4864 bf16 = 26.1 MB per layer, on the
-    # log2 ramp from 1 MiB: log2(26.1 MB / 1 MiB) / log2(64) of the prior, 24 layers
+    # log2 ramp from 8 MiB: log2(26.1 MB / 8 MiB) / log2(64 / 8) of the prior, 24 layers
     q = predict_offload("Qwen/Qwen2.5-0.5B", "h100-pcie", cpu1, {"plan": "ffn_cpu"}, **kw)
-    frac = math.log2(3 * 896 * 4864 * 2 / 2**20) / 6
+    frac = math.log2(3 * 896 * 4864 * 2 / 2**23) / 3
     assert q["offload"]["decode"]["handoff_ms"] == pytest.approx(24 * 0.5 * frac)
     # neurons: one hand-off per layer after the cold neurons, fewer bytes than the whole MLP
     n = predict_offload(L8B, "h100-pcie", cpu1, {"plan": "neurons", "hot_fraction": 0.5, "sparsity": 0.0}, **kw)

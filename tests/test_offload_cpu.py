@@ -165,13 +165,14 @@ def test_handoff_prior_is_a_log_ramp_in_streamed_bytes():
     from dataclasses import replace
 
     c = from_catalog(get_cpu("xeon-8480"), threads=16)
-    c = replace(c, eff=replace(PRIOR, handoff_s=0.5e-3))
+    assert PRIOR.handoff_s == 0.5e-3 and PRIOR.handoff_resume_s == 0.0  # as measured on the dev VM
+    c = replace(c, eff=replace(PRIOR, handoff_s=0.4e-3))
     mib = float(1 << 20)
-    # 0 at <= 1 MiB, the full prior at >= 64 MiB, log2-linear between: 8 MiB is 3/6 of the way
-    assert float(c.handoff(0.5 * mib)) == 0.0 and float(c.handoff(mib)) == 0.0
-    assert float(c.handoff(8 * mib)) == pytest.approx(0.5e-3 * 3 / 6)
-    assert float(c.handoff(64 * mib)) == pytest.approx(0.5e-3)
-    assert float(c.handoff(4096 * mib)) == pytest.approx(0.5e-3)
+    # 0 at <= 8 MiB, the full prior at >= 64 MiB, log2-linear between: 16 MiB is 1/3 of the way
+    assert float(c.handoff(0.5 * mib)) == 0.0 and float(c.handoff(8 * mib)) == 0.0
+    assert float(c.handoff(16 * mib)) == pytest.approx(0.4e-3 / 3)
+    assert float(c.handoff(64 * mib)) == pytest.approx(0.4e-3)
+    assert float(c.handoff(4096 * mib)) == pytest.approx(0.4e-3)
     assert float(c.handoff(4096 * mib, eager=False)) == 0.0  # CUDA-graph segments: not the eager dispatch
 
 
@@ -198,7 +199,8 @@ def test_measured_handoff_read_back(tmp_path):
     mib = float(1 << 20)
     assert float(c.handoff(16 * mib)) == pytest.approx(0.275e-3)
     assert float(c.handoff(64 * mib)) == pytest.approx(0.275e-3 + 0.4e-3 * 2 / 4)  # log2: 64 MiB is 2 of 4 steps
-    assert float(c.handoff(4 * mib)) == pytest.approx(0.2e-3 * 2 / 4 + 0.075e-3)  # cold from 0 at 1 MiB: 2 of 4 steps
+    assert float(c.handoff(4 * mib)) == pytest.approx(0.075e-3)  # below 8 MiB: the resume alone
+    assert float(c.handoff(11.3137 * mib)) == pytest.approx(0.2e-3 / 2 + 0.075e-3, rel=1e-4)  # cold: 0 at 8 MiB
     assert float(c.handoff(1 << 40)) == pytest.approx(0.675e-3)  # flat past the largest sweep
     # a GPU's own chain wins over the CPU stand-in
     _write_profile(tmp_path / "q", base + _handoff_rows("cpu") + [

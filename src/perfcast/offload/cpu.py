@@ -56,14 +56,15 @@ class CPUEfficiency:
     pcie: float = 0.80  # pinned copy fraction of the one-direction PCIe rate
     pageable: float = 0.50  # pageable / pinned copy rate (the driver stages through a bounce buffer)
     transfer_latency_s: float = 15e-6  # one small blocking copy, synchronize included
-    # Hand-off (per return to the GPU after a CPU block of a serial plan): one attention block's eager
-    # dispatch (35 calls) after the CPU streamed >= 64 MiB of weights costs this much more than warm;
-    # less after a smaller stream (log ramp from 0 at 1 MiB). Measured with `calibrate-cpu`'s chain on
-    # a 2-core Zen 3 VM (benchmarks/data/cpu_profile_local_handoff/, CPU chain: no GPU there).
-    handoff_s: float = 0.0
+    # Hand-off (per return to the GPU after a CPU block of a serial plan): an attention block's eager
+    # dispatch (35 calls) right after the CPU streamed >= 64 MiB of weights costs this much more than
+    # warm; less after a smaller stream (log ramp from 0 at 8 MiB, which a server's L3 holds). Measured by
+    # `calibrate-cpu` on the 2-core Zen 3 dev VM (benchmarks/data/cpu_profile_local_handoff/, CPU chain at
+    # 1 thread: 0.44 ms warm; +0.12 / +0.50 / +0.58 / +0.50 ms after 16 / 64 / 256 / 1024 MiB; resume 0).
+    handoff_s: float = 0.5e-3
     handoff_full_bytes: float = float(64 << 20)
-    handoff_min_bytes: float = float(1 << 20)
-    handoff_resume_s: float = 0.0  # the CPU threads' resume after the GPU segment (measured: none, 2 cores)
+    handoff_min_bytes: float = float(8 << 20)
+    handoff_resume_s: float = 0.0  # the CPU threads' resume after the GPU segment (same VM: within noise)
     source: str = "prior"
 
 
@@ -179,7 +180,7 @@ class CPUModel:
         beyond the warm costs of the ops and the copies: the GPU segment's eager dispatch with cold caches
         (``eager`` only: a CUDA-graph launch dispatches far less host code, not measured) plus the CPU
         threads' resume. Measured (a profile's ``chain``/``resume`` rows; the dispatch part interpolated
-        in log bytes from 0 at 1 MiB, flat past the largest measured sweep) or the prior's log ramp."""
+        in log bytes from 0 at 8 MiB, flat past the largest measured sweep) or the prior's log ramp."""
         b = np.maximum(np.asarray(streamed_bytes, dtype=float), 1.0)
         lo = self.eff.handoff_min_bytes
         if self.handoff_pts is not None:

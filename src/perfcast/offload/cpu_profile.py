@@ -12,10 +12,10 @@ thread counts (clamped at the ends):
   squares over the ``attn_decode`` rows; prefill at the best FLOP/s of the ``attn_prefill`` rows;
 - the per-op overhead: the time per small eager op (norm, mul, add, silu, cat on one token);
 - the hand-off of serial plans, per streamed size S: ``chain(S) - chain(0)`` (an attention block's
-  dispatch right after an S-byte weight sweep minus warm), clipped at 0, plus the threads' resume, the
-  median over S of ``resume(S) - sweep(S)`` (the sweep right after the chain minus back to back), clipped
-  at 0; from the ``cuda`` rows when the calibration saw a GPU, else the ``cpu`` rows (a CPU chain stands
-  in for the GPU's dispatch), at the measured thread count nearest the request;
+  dispatch right after an S-byte weight sweep minus warm; log S from 0 at 8 MiB), clipped at 0, plus the
+  threads' resume, the median over S of ``resume(S) - sweep(S)`` (the sweep right after the chain minus
+  back to back), clipped at 0; from the ``cuda`` rows when the calibration saw a GPU, else the ``cpu``
+  rows (a CPU chain stands in for the GPU's dispatch), at the measured thread count nearest the request;
 - the link: per (direction, pinned/pageable) ``latency = time of the smallest copy`` and
   ``bandwidth = slope between the smallest and the largest copy``. Without CUDA at calibration time
   the link falls back to the datasheet prior of the GPU it is paired with.
