@@ -237,3 +237,25 @@ def test_offload_cli_table_and_json():
     assert r.exit_code == 0 and "memory-first" in r.output
     r = CliRunner().invoke(main, ["offload", "--model", L8B, "--gpu", "rtx-4090", "--cpu", "nope"])
     assert r.exit_code == 1 and "unknown CPU" in r.output
+
+
+@pytest.mark.unit
+def test_gpu_segment_host_time_counts_the_ops_it_dispatches():
+    """The plain decoder's eager host model is per layer; an attention-only GPU segment (ffn_cpu) carries
+    the attention block's share of the layer's eager calls: norm 1 + qkv 3 + rope 14 + kv write 2 +
+    attention 3 + o 2 + residual 1 = 26 of 26 + (norm 1 + gate/up 2 + act 2 + down 1 + residual 1) = 33."""
+    from perfcast.offload.base import make_case
+    from perfcast.offload.blocks import ATTN, EXPERTS, MLP, POST, PRE
+    from perfcast.step.predict import make_config
+
+    cfg = make_config("meta-llama/Llama-3.2-1B", "h100-sxm", 1, 1, "bf16", "eager", "auto", None, None)
+    p = make_case(cfg, "xeon-8480", None, 1, 128, 512, impl="plain").parts("decode")
+    assert p.layer_host_share({PRE: 1.0, POST: 1.0, ATTN: 1.0}) == pytest.approx(26 / 33)
+    assert p.layer_host_share({MLP: 1.0}) == pytest.approx(7 / 33)
+    assert p.layer_host_share({ATTN: 0.25, MLP: 0.25, EXPERTS: 0.25}) == 1.0  # whole layers (a layer split)
+    host = p.prof.host(p.host_key)
+    assert host.per_op_s == 0.0 and host.per_layer_s > 0  # the fitted plain-decoder host model is per layer
+    # 16 attention segments dispatch 7/33 of a layer less each than 16 whole layers would
+    whole = p.gpu_seconds({PRE: 1.0, POST: 1.0, ATTN: 1.0, MLP: 1.0}, 16)
+    attn = p.gpu_seconds({PRE: 1.0, POST: 1.0, ATTN: 1.0}, 16)
+    assert float(whole - attn) >= 16 * host.per_layer_s * 7 / 33 - 1e-9

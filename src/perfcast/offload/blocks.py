@@ -137,10 +137,28 @@ class Parts:
                 costs.append(c)
         return ops, costs
 
+    def layer_host_share(self, frac: dict) -> float:
+        """Share of a layer's eager dispatch (``host_ops``) that the selected layer launches carry, taken
+        per selected layer: 1 for whole layers, about 26/33 for the plain decoder's attention block. Scales
+        the host model's per-layer time, which is fitted on whole layers."""
+        sel = tot = 0.0
+        top = max((float(np.max(frac.get(b, 0.0))) for b in (ATTN, MLP, EXPERTS) if b in frac), default=0.0)
+        for o, b in zip(self.ops, self.blocks):
+            if b in (PRE, POST):
+                continue
+            h = o.host_ops * float(np.mean(o.count))
+            tot += h * top
+            sel += h * float(np.max(frac.get(b, 0.0)))
+        return sel / tot if tot > 0 else 1.0
+
     def gpu_seconds(self, frac: dict, segments: int = 1):
         """GPU time of the selected launches, run as ``segments`` separate pieces (each ends in a
-        hand-off to the CPU); pre/post ops belong to the first/last piece."""
+        hand-off to the CPU); pre/post ops belong to the first/last piece. The host model's per-layer
+        time counts for the selected share of a layer's dispatch (:meth:`layer_host_share`)."""
         host = self.prof.host(self.host_key)
+        share = self.layer_host_share(frac)
+        if share < 1.0:
+            host = replace(host, per_layer_s=host.per_layer_s * share)
         rt = get_runtime(self.cfg.runtime)
         ops, costs = self._select(frac, segments)
         if not ops:
