@@ -131,7 +131,7 @@ def test_calibrate_cpu_tiny_writes_a_profile_the_model_reads(tmp_path, monkeypat
     assert {r["kind"] for r in rows} >= {"copy", "triad", "gemm", "op", "chain_cpu", "resume_cpu", "sweep_cpu"}
     assert all(float(r["median_ms"]) > 0 for r in rows)
     chain = [r for r in rows if r["kind"] == "chain_cpu"]
-    assert {int(r["m"]) for r in chain} == {0, 1 << 20, 4 << 20} and {r["n"] for r in chain} == {"35"}
+    assert {int(r["m"]) for r in chain} == {0, 1 << 20, 4 << 20} and {r["n"] for r in chain} == {"34"}
     assert {r["dtype"] for r in chain} == {"fp32"}  # the chain runs in the first dtype
     c = load_cpu_profile(tmp_path, threads=1)
     assert c.stream_bw > 0 and c.gemm_flops["bf16"] > 0 and np.isfinite(c.op_overhead_s)
@@ -178,7 +178,7 @@ def test_handoff_prior_is_a_log_ramp_in_streamed_bytes():
 
 def _handoff_rows(dev, threads=8):
     ms = {0: 0.30, 16 << 20: 0.50, 256 << 20: 0.90}  # chain: warm, then after 16 MiB and 256 MiB sweeps
-    rows = [{"kind": f"chain_{dev}", "dtype": "bf16", "threads": threads, "m": s, "n": 35, "bytes": s,
+    rows = [{"kind": f"chain_{dev}", "dtype": "bf16", "threads": threads, "m": s, "n": 34, "bytes": s,
              "median_ms": t} for s, t in ms.items()]
     for s, (resume, sweep) in {16 << 20: (1.25, 1.20), 256 << 20: (19.6, 19.5)}.items():
         rows += [{"kind": f"resume_{dev}", "dtype": "bf16", "threads": threads, "m": s, "bytes": s, "median_ms": resume},

@@ -287,7 +287,7 @@ def _attn_chain(torch, dev: str, dtype):
 
     # .to, 2 index_select, rms_norm, linear, split, 3 x (view, transpose), 2 x rope (mul, 2 slices, neg,
     # cat, mul, add), 2 index_copy_, sdpa, transpose, reshape, linear, add, .to
-    return chain, 35
+    return chain, 34
 
 
 def _handoff_rows(torch, threads: int, devices, dtype: str, facts: dict, quick: bool) -> list[dict]:

@@ -57,7 +57,7 @@ class CPUEfficiency:
     pageable: float = 0.50  # pageable / pinned copy rate (the driver stages through a bounce buffer)
     transfer_latency_s: float = 15e-6  # one small blocking copy, synchronize included
     # Hand-off (per return to the GPU after a CPU block of a serial plan): an attention block's eager
-    # dispatch (35 calls) right after the CPU streamed >= 64 MiB of weights costs this much more than
+    # dispatch (34 calls) right after the CPU streamed >= 64 MiB of weights costs this much more than
     # warm; less after a smaller stream (log ramp from 0 at 8 MiB, which a server's L3 holds). Measured by
     # `calibrate-cpu` on the 2-core Zen 3 dev VM (benchmarks/data/cpu_profile_local_handoff/, CPU chain at
     # 1 thread: 0.44 ms warm; +0.12 / +0.50 / +0.58 / +0.50 ms after 16 / 64 / 256 / 1024 MiB; resume 0).
