@@ -1,6 +1,7 @@
 """Offload plans: memory adds up, limits match the core model, hand-computed bounds, search, errors."""
 
 import json
+import math
 
 import pytest
 
@@ -87,6 +88,51 @@ def test_fewer_threads_are_never_faster_and_pinned_links_are_faster():
     pin = predict_offload(L8B, "h100-pcie", "xeon-8480", {"plan": "ffn_cpu", "pinned": True}, batch=8,
                           prompt=2048, context=2048)
     assert pin["offload"]["prefill"]["pcie_ms"] < page["offload"]["prefill"]["pcie_ms"]
+
+
+def _with_handoff(handoff_s: float):
+    from dataclasses import replace
+
+    from perfcast.hardware import get_cpu, get_gpu
+    from perfcast.offload.cpu import PRIOR, from_catalog
+
+    return from_catalog(get_cpu("xeon-8480"), gpu=get_gpu("h100-pcie"), eff=replace(PRIOR, handoff_s=handoff_s))
+
+
+@pytest.mark.unit
+def test_handoffs_by_hand():
+    """One hand-off per return to the GPU after a CPU block: L for ffn_cpu, one for a layer split with CPU
+    layers, none without a device change; each after the CPU streamed that block's weights. Eager GPU
+    segments only (the prior has no resume part; a CUDA-graph segment's dispatch is not the eager one)."""
+    cpu0, cpu1 = _with_handoff(0.0), _with_handoff(0.5e-3)
+    kw = {**KW, "runtime": "eager"}
+    graph = predict_offload(L8B, "h100-pcie", cpu1, {"plan": "ffn_cpu"}, **KW)
+    assert graph["runtime"] == "cuda-graph" and graph["offload"]["decode"]["handoff_ms"] == 0.0
+    runs = {}
+    for name, off in (("ffn", {"plan": "ffn_cpu"}), ("split", {"plan": "layers", "gpu_layers": 13}),
+                      ("gpu", {"plan": "layers", "gpu_layers": 32}), ("cpu", {"plan": "cpu"}),
+                      ("stream", {"plan": "stream"})):
+        runs[name] = [predict_offload(L8B, "h100-pcie", c, off, **kw) for c in (cpu0, cpu1)]
+    # Llama-3.1-8B MLP: 3 x 4096 x 14336 bf16 = 352 MB per layer >= 64 MiB: the full 0.5 ms, 32 times
+    for ph in ("prefill", "decode"):
+        base, h = runs["ffn"][0], runs["ffn"][1]
+        assert h["offload"][ph]["handoff_ms"] == pytest.approx(32 * 0.5)
+        assert h[f"{ph}_ms"] - base[f"{ph}_ms"] == pytest.approx(32 * 0.5)
+        assert base["offload"][ph]["handoff_ms"] == 0.0
+        assert runs["split"][1]["offload"][ph]["handoff_ms"] == pytest.approx(0.5)  # 19 CPU layers, one return
+        for name in ("gpu", "cpu", "stream"):
+            assert runs[name][1]["offload"][ph]["handoff_ms"] == 0.0
+            assert runs[name][1][f"{ph}_ms"] == pytest.approx(runs[name][0][f"{ph}_ms"])
+    # a small MLP streams less than 64 MiB: Qwen2.5-0.5B, 3 x 896 x 4864 bf16 = 26.1 MB per layer, on the
+    # log2 ramp from 8 MiB: log2(26.1 MB / 8 MiB) / log2(64 / 8) of the prior, 24 layers
+    q = predict_offload("Qwen/Qwen2.5-0.5B", "h100-pcie", cpu1, {"plan": "ffn_cpu"}, **kw)
+    frac = math.log2(3 * 896 * 4864 * 2 / 2**23) / 3
+    assert q["offload"]["decode"]["handoff_ms"] == pytest.approx(24 * 0.5 * frac)
+    # neurons: one hand-off per layer after the cold neurons, fewer bytes than the whole MLP
+    n = predict_offload(L8B, "h100-pcie", cpu1, {"plan": "neurons", "hot_fraction": 0.5, "sparsity": 0.0}, **kw)
+    assert n["offload"]["decode"]["handoff_ms"] == pytest.approx(32 * 0.5)  # half of 352 MB is still > 64 MiB
+    assert predict_offload(L8B, "h100-pcie", cpu1, {"plan": "neurons", "hot_fraction": 1.0, "sparsity": 0.0},
+                           **kw)["offload"]["decode"]["handoff_ms"] == 0.0
 
 
 @pytest.mark.unit
@@ -191,3 +237,25 @@ def test_offload_cli_table_and_json():
     assert r.exit_code == 0 and "memory-first" in r.output
     r = CliRunner().invoke(main, ["offload", "--model", L8B, "--gpu", "rtx-4090", "--cpu", "nope"])
     assert r.exit_code == 1 and "unknown CPU" in r.output
+
+
+@pytest.mark.unit
+def test_gpu_segment_host_time_counts_the_ops_it_dispatches():
+    """The plain decoder's eager host model is per layer; an attention-only GPU segment (ffn_cpu) carries
+    the attention block's share of the layer's eager calls: norm 1 + qkv 3 + rope 14 + kv write 2 +
+    attention 3 + o 2 + residual 1 = 26 of 26 + (norm 1 + gate/up 2 + act 2 + down 1 + residual 1) = 33."""
+    from perfcast.offload.base import make_case
+    from perfcast.offload.blocks import ATTN, EXPERTS, MLP, POST, PRE
+    from perfcast.step.predict import make_config
+
+    cfg = make_config("meta-llama/Llama-3.2-1B", "h100-sxm", 1, 1, "bf16", "eager", "auto", None, None)
+    p = make_case(cfg, "xeon-8480", None, 1, 128, 512, impl="plain").parts("decode")
+    assert p.layer_host_share({PRE: 1.0, POST: 1.0, ATTN: 1.0}) == pytest.approx(26 / 33)
+    assert p.layer_host_share({MLP: 1.0}) == pytest.approx(7 / 33)
+    assert p.layer_host_share({ATTN: 0.25, MLP: 0.25, EXPERTS: 0.25}) == 1.0  # whole layers (a layer split)
+    host = p.prof.host(p.host_key)
+    assert host.per_op_s == 0.0 and host.per_layer_s > 0  # the fitted plain-decoder host model is per layer
+    # 16 attention segments dispatch 7/33 of a layer less each than 16 whole layers would
+    whole = p.gpu_seconds({PRE: 1.0, POST: 1.0, ATTN: 1.0, MLP: 1.0}, 16)
+    attn = p.gpu_seconds({PRE: 1.0, POST: 1.0, ATTN: 1.0}, 16)
+    assert float(whole - attn) >= 16 * host.per_layer_s * 7 / 33 - 1e-9

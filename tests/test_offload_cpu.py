@@ -120,14 +120,22 @@ def test_calibrate_cpu_tiny_writes_a_profile_the_model_reads(tmp_path, monkeypat
     monkeypatch.setattr(cc, "M_QUICK", (1, 16, 64))
     monkeypatch.setattr(cc, "_stream_elems", lambda facts: 1 << 18)
     monkeypatch.setattr(cc, "guarded", lambda measure, **kw: (measure(), 0.0))  # no re-timing on busy hosts
+    monkeypatch.setattr(cc, "SWEEP_QUICK", (1 << 20, 4 << 20))
+    monkeypatch.setattr(cc, "SWEEP_NK", 256)
+    facts = cc.cpu_facts
+    monkeypatch.setattr(cc, "cpu_facts", lambda: {**facts(), "l3_bytes": 1 << 20})
     meta = cc.calibrate_cpu(tmp_path, threads=[1], dtypes=("fp32", "bf16"), quick=True, progress=False)
     assert meta["complete"] and meta["cores"] >= 1 and meta["cpu_name"]
     with open(tmp_path / "cpu.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert {r["kind"] for r in rows} >= {"copy", "triad", "gemm", "op"}
+    assert {r["kind"] for r in rows} >= {"copy", "triad", "gemm", "op", "chain_cpu", "resume_cpu", "sweep_cpu"}
     assert all(float(r["median_ms"]) > 0 for r in rows)
+    chain = [r for r in rows if r["kind"] == "chain_cpu"]
+    assert {int(r["m"]) for r in chain} == {0, 1 << 20, 4 << 20} and {r["n"] for r in chain} == {"34"}
+    assert {r["dtype"] for r in chain} == {"fp32"}  # the chain runs in the first dtype
     c = load_cpu_profile(tmp_path, threads=1)
     assert c.stream_bw > 0 and c.gemm_flops["bf16"] > 0 and np.isfinite(c.op_overhead_s)
+    assert c.handoff_pts[0] == "cpu" and np.all(np.asarray(c.handoff(4 << 20)) >= 0)
 
 
 def test_offload_step_decode_matches_prefill_on_cpu():
@@ -150,3 +158,68 @@ def test_offload_step_decode_matches_prefill_on_cpu():
     d.forward(ids[:, :8], list(range(8)), None)
     step = d.forward(ids[:, 8:], [8], 9)
     torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.unit
+def test_handoff_prior_is_a_log_ramp_in_streamed_bytes():
+    from dataclasses import replace
+
+    c = from_catalog(get_cpu("xeon-8480"), threads=16)
+    assert PRIOR.handoff_s == 0.5e-3 and PRIOR.handoff_resume_s == 0.0  # as measured on the dev VM
+    c = replace(c, eff=replace(PRIOR, handoff_s=0.4e-3))
+    mib = float(1 << 20)
+    # 0 at <= 8 MiB, the full prior at >= 64 MiB, log2-linear between: 16 MiB is 1/3 of the way
+    assert float(c.handoff(0.5 * mib)) == 0.0 and float(c.handoff(8 * mib)) == 0.0
+    assert float(c.handoff(16 * mib)) == pytest.approx(0.4e-3 / 3)
+    assert float(c.handoff(64 * mib)) == pytest.approx(0.4e-3)
+    assert float(c.handoff(4096 * mib)) == pytest.approx(0.4e-3)
+    assert float(c.handoff(4096 * mib, eager=False)) == 0.0  # CUDA-graph segments: not the eager dispatch
+
+
+def _handoff_rows(dev, threads=8):
+    ms = {0: 0.30, 16 << 20: 0.50, 256 << 20: 0.90}  # chain: warm, then after 16 MiB and 256 MiB sweeps
+    rows = [{"kind": f"chain_{dev}", "dtype": "bf16", "threads": threads, "m": s, "n": 34, "bytes": s,
+             "median_ms": t} for s, t in ms.items()]
+    for s, (resume, sweep) in {16 << 20: (1.25, 1.20), 256 << 20: (19.6, 19.5)}.items():
+        rows += [{"kind": f"resume_{dev}", "dtype": "bf16", "threads": threads, "m": s, "bytes": s, "median_ms": resume},
+                 {"kind": f"sweep_{dev}", "dtype": "bf16", "threads": threads, "m": s, "bytes": s, "median_ms": sweep}]
+    return rows
+
+
+@pytest.mark.unit
+def test_measured_handoff_read_back(tmp_path):
+    base = [{"kind": "copy", "threads": 8, "bytes": 1e9, "median_ms": 20.0}, _gemm_row(8, 1, 40, 400)]
+    _write_profile(tmp_path / "p", base + _handoff_rows("cpu"))
+    c = load_cpu_profile(tmp_path / "p")
+    dev, sizes, cold, resume = c.handoff_pts
+    assert dev == "cpu" and list(sizes) == [16 << 20, 256 << 20]
+    # chain cold - warm per S; resume = median over S of (resume - sweep) = (0.05 + 0.1) / 2 ms
+    assert cold == pytest.approx([0.2e-3, 0.6e-3]) and resume == pytest.approx(0.075e-3)
+    assert float(c.handoff(16 << 20, eager=False)) == pytest.approx(0.075e-3)  # a graph launch: resume only
+    mib = float(1 << 20)
+    assert float(c.handoff(16 * mib)) == pytest.approx(0.275e-3)
+    assert float(c.handoff(64 * mib)) == pytest.approx(0.275e-3 + 0.4e-3 * 2 / 4)  # log2: 64 MiB is 2 of 4 steps
+    assert float(c.handoff(4 * mib)) == pytest.approx(0.075e-3)  # below 8 MiB: the resume alone
+    assert float(c.handoff(11.3137 * mib)) == pytest.approx(0.2e-3 / 2 + 0.075e-3, rel=1e-4)  # cold: 0 at 8 MiB
+    assert float(c.handoff(1 << 40)) == pytest.approx(0.675e-3)  # flat past the largest sweep
+    # a GPU's own chain wins over the CPU stand-in
+    _write_profile(tmp_path / "q", base + _handoff_rows("cpu") + [
+        {**r, "median_ms": 2 * r["median_ms"]} for r in _handoff_rows("cuda")])
+    assert load_cpu_profile(tmp_path / "q").handoff_pts[0] == "cuda"
+    assert float(load_cpu_profile(tmp_path / "q").handoff(16 * mib)) == pytest.approx(0.4e-3 + 0.15e-3)
+    _write_profile(tmp_path / "r", base)  # an older profile without the rows: the prior
+    assert load_cpu_profile(tmp_path / "r").handoff_pts is None
+
+
+@pytest.mark.unit
+def test_harness_segments_book_each_copy_to_the_device_it_leaves():
+    from perfcast.measure.offload_step import Segments
+
+    ticks = iter([0.0, 1.0, 1.5, 4.0, 4.25, 5.0])
+    s = Segments(clock=lambda: next(ticks))
+    s.start("cuda")          # t = 0: embedding on the GPU
+    s.switch("cpu")          # t = 1: after x.to("cpu"): 1 s of GPU (its kernels and the copy out)
+    s.switch("cuda")         # t = 1.5: after x.to("cuda"): 0.5 s of CPU
+    s.switch("cpu")          # t = 4
+    s.switch("cuda")         # t = 4.25
+    assert s.stop() == {"cuda": 1.0 + 2.5 + 0.75, "cpu": 0.5 + 0.25} and s.switches == 4

@@ -12,6 +12,15 @@ What is measured (PyTorch on the CPU; numpy when torch is missing, fp32 only):
 - ``attn_decode`` / ``attn_prefill``: ``scaled_dot_product_attention`` with one query over 128..2048
   cached keys (batch 1 and 4, 32 heads, 8 KV heads), and causal over 256..1024 tokens;
 - ``op``: the small eager ops a decode step runs between GEMVs (norm, mul, add, silu, cat), per op;
+- ``chain_<dev>``, ``sweep_<dev>``, ``resume_<dev>`` (dev ``cpu``; ``cuda`` too with CUDA): the hand-off of an
+  offload plan. A chain is one attention block of the harness's plain decoder (RMSNorm, fused QKV, RoPE,
+  KV-cache write, SDPA, O projection, residual; tiny width, one token) dispatched eagerly on that device
+  behind the ``.to(device)`` and ahead of the blocking ``.to("cpu")`` of a device change. It is timed warm
+  (``m = 0``: right after itself) and cold (``m = S``: right after the CPU streamed ``S`` bytes of weights
+  with multi-threaded GEMVs, as an offloaded MLP does; this evicts the dispatch path of Python, PyTorch
+  and the driver from the caches). ``sweep`` is the ``S``-byte GEMV sweep back to back, ``resume`` the same
+  sweep right after the chain (the CPU's worker threads idled meanwhile); ``m`` = ``bytes`` = S,
+  ``n`` = eager calls per chain;
 - with CUDA: ``h2d`` / ``d2h`` blocking copies (``copy_`` + synchronize), pinned and pageable, 4 KB..256 MB.
 
 Output: ``meta.json`` (CPU model name from /proc/cpuinfo, cores, flags, memory, software versions) and
@@ -43,6 +52,9 @@ M_QUICK = (1, 4, 16, 64, 256, 1024)
 LINK_SIZES = (4 << 10, 256 << 10, 4 << 20, 64 << 20, 256 << 20)
 STREAM_MIN_BYTES = 256 << 20  # STREAM arrays: at least this, and 4x the L3 cache
 GEMM_NK = 4096  # weight matrix n = k of the GEMM sweep
+SWEEP_BYTES = (16 << 20, 64 << 20, 256 << 20, 1 << 30)  # weights streamed before a cold chain
+SWEEP_QUICK = (64 << 20, 256 << 20)
+SWEEP_NK = 2048  # fp32 matrices of 16 MiB streamed by the sweep
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve")
 
 
@@ -239,6 +251,104 @@ def _torch_rows(torch, threads: int, dtypes, facts: dict, quick: bool, max_call_
             F.rms_norm(x, (1024,), w, 1e-6), x * x, x + x, F.silu(y) * y, torch.cat((x, x), -1)
 
     rows.append(_row("op", "fp32", threads, _time(small_ops, target_s=target), per_call=300))
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows += _handoff_rows(torch, threads, devices, dtypes[0], facts, quick)
+    return rows
+
+
+def _attn_chain(torch, dev: str, dtype):
+    """One attention block of ``perfcast.measure.offload_step.SplitDecoder`` on one token at tiny width,
+    on ``dev``, fed from the CPU and handed back to it (``.to(dev)`` ... blocking ``.to("cpu")``): what
+    plan ``ffn_cpu`` dispatches once per layer between two CPU MLPs. Returns (fn, eager calls per fn)."""
+    import torch.nn.functional as F
+
+    h, hq, hkv, hd, T = 256, 4, 2, 64, 64
+
+    def g(*shape):
+        return (torch.rand(*shape) - 0.5).to(dtype).to(dev)
+
+    ln, wqkv, wo = torch.ones(h, dtype=dtype, device=dev), g((hq + 2 * hkv) * hd, h), g(h, hq * hd)
+    cos, sin, kc, vc = g(T, hd), g(T, hd), g(1, hkv, T, hd), g(1, hkv, T, hd)
+    x0, pos = (torch.rand(1, 1, h) - 0.5).to(dtype), torch.tensor([T - 1], device=dev)
+
+    def rope(t, c, s):
+        return t * c + torch.cat((-t[..., hd // 2:], t[..., :hd // 2]), -1) * s
+
+    def chain():
+        x = x0.to(dev)
+        c, s = cos.index_select(0, pos), sin.index_select(0, pos)
+        q, k, v = F.linear(F.rms_norm(x, (h,), ln, 1e-6), wqkv).split([hq * hd, hkv * hd, hkv * hd], dim=-1)
+        q, k, v = (t.view(1, 1, -1, hd).transpose(1, 2) for t in (q, k, v))
+        q, k = rope(q, c, s), rope(k, c, s)
+        kc.index_copy_(2, pos, k)
+        vc.index_copy_(2, pos, v)
+        o = F.scaled_dot_product_attention(q, kc, vc, enable_gqa=hq != hkv)
+        return (x + F.linear(o.transpose(1, 2).reshape(1, 1, hq * hd), wo)).to("cpu")
+
+    # .to, 2 index_select, rms_norm, linear, split, 3 x (view, transpose), 2 x rope (mul, 2 slices, neg,
+    # cat, mul, add), 2 index_copy_, sdpa, transpose, reshape, linear, add, .to
+    return chain, 34
+
+
+def _handoff_rows(torch, threads: int, devices, dtype: str, facts: dict, quick: bool) -> list[dict]:
+    """The hand-off of an offload plan's serial device switches (see the module docstring): per device
+    and sweep size S, the attention chain warm and right after an S-byte weight sweep, the sweep back to
+    back and the sweep right after the chain. Sizes, devices and the sweep order are interleaved per rep
+    so that slow drifts of a shared host hit them alike."""
+    import random
+
+    import torch.nn.functional as F
+
+    tdt = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[dtype]
+    sizes = SWEEP_QUICK if quick else SWEEP_BYTES
+    nk = SWEEP_NK
+    mat = nk * nk * 4
+    n_w = max(2, math.ceil(max(4 * facts["l3_bytes"], 2 * max(sizes)) / mat))
+    ws = [torch.full((nk, nk), 1e-3) for _ in range(n_w)]
+    x = torch.rand(1, nk)
+    state = {"i": 0}
+
+    def sweep(nbytes, ws=ws, x=x):  # multi-threaded GEMVs streaming nbytes of DRAM-resident weights
+        for _ in range(max(1, math.ceil(nbytes / mat))):
+            F.linear(x, ws[state["i"] % n_w])
+            state["i"] += 1
+
+    chains = {d: _attn_chain(torch, d, tdt) for d in devices}
+    reps = 12 if quick else 24
+
+    def measure():
+        res: dict = {}
+        rng = random.Random(0)
+        for d in devices:
+            chains[d][0]()
+        for _ in range(reps):
+            order = [(d, s) for d in devices for s in sizes]
+            rng.shuffle(order)
+            for d, s in order:
+                fn = chains[d][0]
+                fn()
+                t0 = time.perf_counter()
+                fn()
+                t1 = time.perf_counter()
+                res.setdefault((f"chain_{d}", 0), []).append((t1 - t0) * 1e3)
+                sweep(s)
+                t0 = time.perf_counter()
+                fn()  # cold: the sweep evicted the dispatch path
+                t1 = time.perf_counter()
+                sweep(s)  # the CPU's threads resume after the chain
+                t2 = time.perf_counter()
+                sweep(s)  # back to back
+                t3 = time.perf_counter()
+                res.setdefault((f"chain_{d}", s), []).append((t1 - t0) * 1e3)
+                res.setdefault((f"resume_{d}", s), []).append((t2 - t1) * 1e3)
+                res.setdefault((f"sweep_{d}", s), []).append((t3 - t2) * 1e3)
+        return res
+
+    res, share = guarded(measure)
+    rows = []
+    for (kind, s), times in sorted(res.items()):
+        n = chains[kind.rsplit("_", 1)[1]][1] if kind.startswith("chain") else 0
+        rows.append(_row(kind, dtype, threads, (times, share), m=s, n=n, nbytes=s))
     return rows
 
 

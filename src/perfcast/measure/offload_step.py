@@ -15,6 +15,10 @@ Before the cases it runs ``calibrate-cpu --quick`` at that thread count into ``<
 ``--cpu-profile DIR``, or ``--no-calibrate``) so the predictions can use this host's measured CPU.
 Each output line is the case plus ``prefill_ms`` / ``decode_ms`` (median; min, p90, reps beside),
 the CPU model and threads, GPU, torch version and the CPU profile's directory (relative to the output).
+Plans that change devices also get ``{phase}_seg_ms``: the step's wall time per device, median over the
+timed reps, each segment from the end of the ``.to()`` that entered it to the end of the blocking
+``.to()`` that leaves it (so a device's share includes the copy out and, on the GPU, the wait for its
+kernels), and ``{phase}_switches`` (device changes per step).
 """
 
 from __future__ import annotations
@@ -51,6 +55,30 @@ def placement(spec, off: dict, has_gpu: bool) -> tuple[str, list[tuple[str, str]
     raise ValueError(f"offload_step measures plans layers, ffn_cpu and cpu, not {plan!r}")
 
 
+class Segments:
+    """Wall time per device between device changes (the blocking ``.to()`` makes wall time exact)."""
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock, self.dev, self.t0 = clock, None, 0.0
+        self.acc: dict[str, float] = {}
+        self.switches = 0
+
+    def start(self, dev: str) -> None:
+        self.dev, self.t0, self.acc, self.switches = dev, self.clock(), {}, 0
+
+    def switch(self, dev: str) -> None:
+        """Call right after the ``.to(dev)`` that left ``self.dev`` (the copy is the old device's)."""
+        t = self.clock()
+        self.acc[self.dev] = self.acc.get(self.dev, 0.0) + t - self.t0
+        self.dev, self.t0 = dev, t
+        self.switches += 1
+
+    def stop(self) -> dict[str, float]:
+        t = self.clock()
+        self.acc[self.dev] = self.acc.get(self.dev, 0.0) + t - self.t0
+        return self.acc
+
+
 class SplitDecoder:
     """A random-weight decoder whose attention and MLP blocks each live on a chosen device."""
 
@@ -79,6 +107,8 @@ class SplitDecoder:
                 "wgu": self._rand((2 * spec.intermediate, h), m_dev), "wd": self._rand((h, spec.intermediate), m_dev)})
         self.cache = []
         self._pool.clear()
+        self.seg = Segments()
+        self.last_seg: tuple[dict, int] = ({}, 0)
 
     def _rand(self, shape, dev):
         import torch
@@ -122,11 +152,14 @@ class SplitDecoder:
 
         b, q = ids.shape
         hq, hkv, hd = self.hq, self.hkv, self.hd
+        seg = self.seg
+        seg.start(self.ends)
         x, dev = F.embedding(ids, self.embed), self.ends
         pos = {d: torch.tensor(pos_list, device=d) for d in self.rope}
         for i, (L, (a_dev, m_dev)) in enumerate(zip(self.layers, self.where)):
             if a_dev != dev:
                 x, dev = x.to(a_dev), a_dev
+                seg.switch(dev)
             cos, sin = (t.index_select(0, pos[dev]) for t in self.rope[dev])
             hs = F.rms_norm(x, (x.shape[-1],), L["ln1"], EPS)
             qh, k, v = F.linear(hs, L["wqkv"], L["bqkv"]).split([hq * hd, hkv * hd, hkv * hd], dim=-1)
@@ -146,12 +179,21 @@ class SplitDecoder:
             x = x + F.linear(o.transpose(1, 2).reshape(b, q, hq * hd), L["wo"])
             if m_dev != dev:
                 x, dev = x.to(m_dev), m_dev
+                seg.switch(dev)
             g, u = F.linear(F.rms_norm(x, (x.shape[-1],), L["ln2"], EPS), L["wgu"]).chunk(2, dim=-1)
             x = x + F.linear(F.silu(g) * u, L["wd"])
         if dev != self.ends:
             x = x.to(self.ends)
+            seg.switch(self.ends)
         x = F.rms_norm(x, (x.shape[-1],), self.final_norm, EPS)
-        return F.linear(x[:, -1], self.lm_head)
+        out = F.linear(x[:, -1], self.lm_head)
+        self.last_seg = (seg.stop(), seg.switches)  # the ends' tail is timed up to here (before the sync)
+        return out
+
+
+def _median(v) -> float:
+    v, n = sorted(v), len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
 
 
 def _time(fn, sync) -> list[float]:
@@ -195,12 +237,23 @@ def measure_case(case: dict, has_gpu: bool, wait_s: float = 30.0) -> dict:
         ids = torch.randint(0, spec.vocab, (b, q), device=ends)
         pos = list(range(p)) if phase == "prefill" else [c]
         kv = None if phase == "prefill" else c + 1
-        step = lambda ids=ids, pos=pos, kv=kv: m.forward(ids, pos, kv)
+        segs: list = []
+
+        def step(ids=ids, pos=pos, kv=kv, segs=segs):
+            out = m.forward(ids, pos, kv)
+            segs.append(m.last_seg)
+            return out
+
         times, share = guarded(lambda step=step: _time(step, sync), wait_s=wait_s)
         times, n = sorted(times), len(times)
-        res.update({f"{phase}_ms": times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2]),
-                    f"{phase}_min_ms": times[0], f"{phase}_p90_ms": times[min(n - 1, int(0.9 * n))],
+        res.update({f"{phase}_ms": _median(times), f"{phase}_min_ms": times[0],
+                    f"{phase}_p90_ms": times[min(n - 1, int(0.9 * n))],
                     f"{phase}_reps": n, f"{phase}_others_busy": round(share, 3)})
+        timed = segs[-n:]  # the reps of the accepted try (warm-ups and re-timed tries come before)
+        if timed and timed[-1][1]:
+            res[f"{phase}_seg_ms"] = {d: round(_median([a.get(d, 0.0) for a, _ in timed]) * 1e3, 4)
+                                      for d in sorted({d for a, _ in timed for d in a})}
+            res[f"{phase}_switches"] = timed[-1][1]
         m.cache = []
     return res
 

@@ -95,7 +95,8 @@ class Memory:
 # ------------------------------------------------------------------------------ results
 @dataclass(frozen=True)
 class PhaseSplit:
-    """One phase: step seconds and where they go (GPU, CPU, PCIe; overlap makes the sum exceed it)."""
+    """One phase: step seconds and where they go (GPU, CPU, PCIe, hand-offs; overlap makes the sum
+    exceed it)."""
 
     seconds: np.ndarray
     gpu_s: np.ndarray
@@ -104,6 +105,7 @@ class PhaseSplit:
     pcie_bytes: np.ndarray
     bound: str
     source: str
+    handoff_s: np.ndarray | float = 0.0  # returns to the GPU after a CPU block (cold dispatch, resume)
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,15 @@ class Case:
             gpu_reserve=core_mem.RUNTIME_RESERVE_BYTES if gpu_used else 0.0, gpu_extra=z + gpu_extra,
             cpu_weights=z + cpu_weights, cpu_kv=kv * (1 - frac), cpu_act=act if cpu_layers else z,
             gpu_capacity=self.vram_bytes, cpu_capacity=self.cpu.mem_capacity_bytes)
+
+    def handoffs(self, parts: Parts, cpu_frac: dict, n):
+        """Seconds of ``n`` returns to the GPU per phase, each after the CPU streamed its share of the
+        weights of the ``cpu_frac`` launches (:meth:`CPUModel.handoff`)."""
+        n = np.asarray(n, dtype=float)
+        if not np.any(n > 0):
+            return np.zeros(np.shape(parts.tokens))
+        per = parts.cpu_weight_bytes(cpu_frac) / np.maximum(n, 1.0)
+        return n * self.cpu.handoff(per, eager=self.cfg.runtime == "eager")
 
     def crossing(self, parts: Parts, n=1.0):
         """(seconds, bytes) of ``n`` round trips of the hidden states: GPU -> CPU and back."""

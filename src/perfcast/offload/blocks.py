@@ -137,10 +137,28 @@ class Parts:
                 costs.append(c)
         return ops, costs
 
+    def layer_host_share(self, frac: dict) -> float:
+        """Share of a layer's eager dispatch (``host_ops``) that the selected layer launches carry, taken
+        per selected layer: 1 for whole layers, about 26/33 for the plain decoder's attention block. Scales
+        the host model's per-layer time, which is fitted on whole layers."""
+        sel = tot = 0.0
+        top = max((float(np.max(frac.get(b, 0.0))) for b in (ATTN, MLP, EXPERTS) if b in frac), default=0.0)
+        for o, b in zip(self.ops, self.blocks):
+            if b in (PRE, POST):
+                continue
+            h = o.host_ops * float(np.mean(o.count))
+            tot += h * top
+            sel += h * float(np.max(frac.get(b, 0.0)))
+        return sel / tot if tot > 0 else 1.0
+
     def gpu_seconds(self, frac: dict, segments: int = 1):
         """GPU time of the selected launches, run as ``segments`` separate pieces (each ends in a
-        hand-off to the CPU); pre/post ops belong to the first/last piece."""
+        hand-off to the CPU); pre/post ops belong to the first/last piece. The host model's per-layer
+        time counts for the selected share of a layer's dispatch (:meth:`layer_host_share`)."""
         host = self.prof.host(self.host_key)
+        share = self.layer_host_share(frac)
+        if share < 1.0:
+            host = replace(host, per_layer_s=host.per_layer_s * share)
         rt = get_runtime(self.cfg.runtime)
         ops, costs = self._select(frac, segments)
         if not ops:
@@ -160,6 +178,24 @@ class Parts:
             if np.any(np.asarray(f) > 0):
                 t = t + o.count * np.asarray(f) * s
         return t
+
+    def cpu_weight_bytes(self, frac: dict):
+        """Weight bytes the CPU streams in one phase for the selected launches (GEMM ``n x k`` operands,
+        repeats and groups included): what evicts the caches before a hand-off back to the GPU."""
+        from perfcast.hardware.spec import DTYPE_BYTES
+
+        total = np.zeros(np.shape(self.tokens))
+        for o, b in zip(self.ops, self.blocks):
+            f = frac.get(b, 0.0)
+            if o.kind != "gemm" or not np.any(np.asarray(f) > 0):
+                continue
+            d = o.dims
+            w = float(d["n"]) * float(d["k"]) * DTYPE_BYTES[o.wdtype or o.dtype]
+            w = w * np.asarray(o.meta.get("repeat", 1.0), dtype=float)
+            if d.get("groups") is not None:
+                w = w * np.asarray(d["groups"], dtype=float)
+            total = total + o.count * np.asarray(f) * w
+        return total
 
     def bound(self, gpu_frac: dict, cpu_frac: dict, pcie_s) -> str:
         """The bound holding the most time (GPU op bounds, CPU op bounds, PCIe = network)."""

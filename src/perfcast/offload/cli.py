@@ -86,12 +86,12 @@ def _print(r: dict, show_all: bool) -> None:
     table = []
     for c in rows + extra:
         table.append([c["label"], c["decode_tokens_per_s"], c["decode_ms"], c["prefill_ms"], c["gpu_ms"],
-                      c["cpu_ms"], c["pcie_ms"], c["gpu_gib"], c["cpu_gib"], "yes" if c["fits"] else "NO",
+                      c["cpu_ms"], c["pcie_ms"], c["handoff_ms"], c["gpu_gib"], c["cpu_gib"], "yes" if c["fits"] else "NO",
                       ", ".join(marks.get(c["label"], []))])
     title = (f"perfcast offload: {r['model']} on {r['gpu']} ({r['vram_gib']:.1f} GiB) + {r['cpu']} "
              f"({r['cpu_threads']} threads), b{r['batch']} p{r['prompt']} c{r['context']}")
-    _table(title, ["name", "decode tok/s", "decode ms", "prefill ms", "gpu ms", "cpu ms", "pcie ms", "GiB GPU",
-                   "GiB CPU", "fits", "pick"], table)
+    _table(title, ["name", "decode tok/s", "decode ms", "prefill ms", "gpu ms", "cpu ms", "pcie ms", "hand-off ms",
+                   "GiB GPU", "GiB CPU", "fits", "pick"], table)
     if r.get("error"):
         click.echo(f"perfcast: {r['error']}", err=True)
     elif r.get("speedup_vs_memory_first"):

@@ -7,6 +7,12 @@ catalog (datasheet x :class:`CPUEfficiency`) or from a profile measured by ``per
 (``cpu_profile.py``). Every op time is a roofline on those ceilings, times a measured GEMM shape
 ratio where a profile has one, plus ``host_ops`` x the per-op overhead (a CPU runs eager PyTorch
 synchronously: dispatch and compute do not overlap).
+
+A serial offload plan also pays a *hand-off* each time work returns to the GPU after the CPU streamed
+a block's weights (:meth:`CPUModel.handoff`): the GPU segment's eager dispatch (Python, PyTorch, the
+CUDA driver) runs with caches the weight stream just evicted, and the CPU's worker threads resume
+after idling through the GPU segment. The per-op overhead and the GPU host model are both measured
+warm (ops back to back), so neither contains it.
 """
 
 from __future__ import annotations
@@ -50,6 +56,15 @@ class CPUEfficiency:
     pcie: float = 0.80  # pinned copy fraction of the one-direction PCIe rate
     pageable: float = 0.50  # pageable / pinned copy rate (the driver stages through a bounce buffer)
     transfer_latency_s: float = 15e-6  # one small blocking copy, synchronize included
+    # Hand-off (per return to the GPU after a CPU block of a serial plan): an attention block's eager
+    # dispatch (34 calls) right after the CPU streamed >= 64 MiB of weights costs this much more than
+    # warm; less after a smaller stream (log ramp from 0 at 8 MiB, which a server's L3 holds). Measured by
+    # `calibrate-cpu` on the 2-core Zen 3 dev VM (benchmarks/data/cpu_profile_local_handoff/, CPU chain at
+    # 1 thread: 0.44 ms warm; +0.12 / +0.50 / +0.58 / +0.50 ms after 16 / 64 / 256 / 1024 MiB; resume 0).
+    handoff_s: float = 0.5e-3
+    handoff_full_bytes: float = float(64 << 20)
+    handoff_min_bytes: float = float(8 << 20)
+    handoff_resume_s: float = 0.0  # the CPU threads' resume after the GPU segment (same VM: within noise)
     source: str = "prior"
 
 
@@ -92,6 +107,9 @@ class CPUModel:
     ratio: dict = field(default_factory=dict)  # dtype class -> (log m, log(measured / roofline))
     attn_decode: dict = field(default_factory=dict)  # dtype class -> (seconds per call, per element)
     attn_flops: dict = field(default_factory=dict)  # dtype class -> FLOP/s of causal prefill SDPA
+    # measured hand-off: (device whose chain was timed, streamed bytes, cold-dispatch extra seconds at
+    # each, the threads' resume seconds)
+    handoff_pts: tuple | None = None
     source: str = "catalog"  # "catalog:<id>" or "measured:<dir>"
 
     @property
@@ -155,6 +173,23 @@ class CPUModel:
             t = t * np.asarray(d["groups"], dtype=float)
         over = op.host_ops * self.op_overhead_s  # host_ops already counts repeated launches
         return t + over, np.where(t < over, LATENCY, b)
+
+    # ------------------------------------------------------------------ device hand-off
+    def handoff(self, streamed_bytes, eager: bool = True):
+        """Extra seconds of one return to the GPU after the CPU streamed ``streamed_bytes`` of weights,
+        beyond the warm costs of the ops and the copies: the GPU segment's eager dispatch with cold caches
+        (``eager`` only: a CUDA-graph launch dispatches far less host code, not measured) plus the CPU
+        threads' resume. Measured (a profile's ``chain``/``resume`` rows; the dispatch part interpolated
+        in log bytes from 0 at 8 MiB, flat past the largest measured sweep) or the prior's log ramp."""
+        b = np.maximum(np.asarray(streamed_bytes, dtype=float), 1.0)
+        lo = self.eff.handoff_min_bytes
+        if self.handoff_pts is not None:
+            _, nbytes, cold, resume = self.handoff_pts
+            xs = np.concatenate(([np.log2(lo)], np.log2(np.asarray(nbytes, dtype=float))))
+            ys = np.concatenate(([0.0], np.asarray(cold, dtype=float)))
+            return (np.interp(np.log2(b), xs, ys, left=0.0) if eager else 0.0) + resume
+        ramp = np.clip(np.log2(b / lo) / np.log2(self.eff.handoff_full_bytes / lo), 0.0, 1.0)
+        return (self.eff.handoff_s * ramp if eager else 0.0 * ramp) + self.eff.handoff_resume_s
 
     # ------------------------------------------------------------------ host-device link
     def link(self, direction: str, pinned: bool = False) -> Link:

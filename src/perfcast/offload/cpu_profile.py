@@ -11,6 +11,11 @@ thread counts (clamped at the ends):
 - attention: decode (one query) as ``call + per element x batch x heads x kv_len x head_dim``, least
   squares over the ``attn_decode`` rows; prefill at the best FLOP/s of the ``attn_prefill`` rows;
 - the per-op overhead: the time per small eager op (norm, mul, add, silu, cat on one token);
+- the hand-off of serial plans, per streamed size S: ``chain(S) - chain(0)`` (an attention block's
+  dispatch right after an S-byte weight sweep minus warm; log S from 0 at 8 MiB), clipped at 0, plus the
+  threads' resume, the median over S of ``resume(S) - sweep(S)`` (the sweep right after the chain minus
+  back to back), clipped at 0; from the ``cuda`` rows when the calibration saw a GPU, else the ``cpu``
+  rows (a CPU chain stands in for the GPU's dispatch), at the measured thread count nearest the request;
 - the link: per (direction, pinned/pageable) ``latency = time of the smallest copy`` and
   ``bandwidth = slope between the smallest and the largest copy``. Without CUDA at calibration time
   the link falls back to the datasheet prior of the GPU it is paired with.
@@ -113,6 +118,30 @@ def _attn_fit(rows, threads: int):
     return float(a), float(b)
 
 
+def _handoff(rows, threads: int):
+    """(device, streamed bytes, cold-dispatch seconds at each, resume seconds) from the chain/resume/sweep
+    rows, or None."""
+    for dev in ("cuda", "cpu"):
+        rs = [r for r in rows if r["kind"] in (f"chain_{dev}", f"resume_{dev}", f"sweep_{dev}")]
+        if not rs:
+            continue
+        ts = sorted({int(r["threads"]) for r in rs})
+        near = min(ts, key=lambda x: abs(x - threads))
+        t = {(r["kind"].split("_")[0], int(float(r["m"]))): float(r["median_ms"]) * 1e-3 for r in rs
+             if int(r["threads"]) == near}
+        warm = t.get(("chain", 0))
+        sizes = sorted(s for k, s in t if k == "chain" and s > 0)
+        if warm is None or not sizes:
+            continue
+        # the threads' resume does not depend on S: one figure, the median over the sizes (a large sweep's
+        # own noise would swamp it at that size alone), clipped at 0
+        diffs = [t[("resume", s)] - t[("sweep", s)] for s in sizes if ("resume", s) in t and ("sweep", s) in t]
+        resume = max(0.0, float(np.median(diffs))) if diffs else 0.0
+        cold = [max(0.0, t[("chain", s)] - warm) for s in sizes]
+        return dev, np.array(sizes, dtype=float), np.array(cold), resume
+    return None
+
+
 def load_cpu_profile(root, threads: int | None = None, gpu: GPUSpec | None = None) -> CPUModel:
     """The CPU model of a measured profile at ``threads`` (default: every core it was measured with)."""
     meta, rows = _read(str(Path(root).resolve()))
@@ -164,5 +193,6 @@ def load_cpu_profile(root, threads: int | None = None, gpu: GPUSpec | None = Non
         id=str(meta.get("cpu_id") or "measured"), name=str(meta.get("cpu_name", "measured CPU")), threads=t,
         cores=cores, mem_capacity_bytes=float(meta.get("mem_total_bytes") or 0.0), stream_bw=stream,
         gemv_bw=gemv, gemm_flops=flops, op_overhead_s=over, links=_links(rows, gpu), eff=PRIOR, ratio=ratio,
-        attn_decode=attn_decode, attn_flops=attn_flops, source=f"measured:{Path(root).name}",
+        attn_decode=attn_decode, attn_flops=attn_flops, handoff_pts=_handoff(rows, t),
+        source=f"measured:{Path(root).name}",
     )

@@ -5,7 +5,10 @@ GPU, the rest on the CPU. Per layer: attention and a low-rank activation predict
 the hidden states go to the CPU; the GPU computes the active hot neurons while the CPU computes the
 active cold ones; the CPU's partial sum comes back and is merged. Per layer::
 
-    t = GPU(attention + predictor) + max(GPU(hot), CPU(cold) + 2 crossings) + GPU(merge)
+    t = GPU(attention + predictor) + max(GPU(hot), CPU(cold) + 2 crossings) + GPU(merge) + hand-off
+
+(the hand-off: the next layer's GPU dispatch runs after the CPU streamed the cold neurons' weights,
+:meth:`~perfcast.offload.cpu.CPUModel.handoff`).
 
 Activity: a fraction ``a = 1 - sparsity`` of neurons fires per token, and the hottest f of neurons
 carry ``coverage(f)`` of the firings: from an ``activation_profile`` (per-neuron firing frequencies),
@@ -144,10 +147,11 @@ def neurons_plan(case: Case, hot_fraction: float, sparsity: float | None = None,
         hot = p.gpu_seconds({HOT: 1.0, MERGE: 1.0}, L)
         cold = p.cpu_seconds({COLD: 1.0})
         x, nbytes = case.crossing(p, float(L) if f < 1 else 0.0)
-        t = head + np.maximum(hot, cold + x)
+        h = case.handoffs(p, {COLD: 1.0}, float(L) if f < 1 else 0.0)
+        t = head + np.maximum(hot, cold + x) + h
         gf, cf = {PRE: 1.0, POST: 1.0, ATTN: 1.0, PRED: 1.0, HOT: 1.0, MERGE: 1.0}, {COLD: 1.0}
         phases.append(PhaseSplit(t, head + hot, cold, np.asarray(x, float), np.asarray(nbytes, float),
-                                 p.bound(gf, cf, x), p.source(f < 1)))
+                                 p.bound(gf, cf, x + h), p.source(f < 1), h))
     w, wb = case.weights, DTYPE_BYTES[_wdtype(case.cfg)]
     ffn = spec.mlp_params(spec.intermediate) * wb * L
     other = float(w.mlp.sum()) - ffn

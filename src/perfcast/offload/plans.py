@@ -5,14 +5,16 @@ Plans in this module (more register from ``moe``, ``stream`` and ``neurons``):
 - ``layers`` (llama.cpp ``-ngl N``): the first N decoder layers (weights + KV) on the GPU, the rest
   on the CPU; embedding and LM head on the GPU; the hidden states cross PCIe twice when 0 < ... < L
   layers run on the CPU (after the last GPU layer, before the final norm).
-  ``step = GPU(pre, N layers, post) + CPU(L - N layers) + 2 crossings``.
+  ``step = GPU(pre, N layers, post) + CPU(L - N layers) + 2 crossings + 1 hand-off``.
 - ``ffn_cpu``: attention and the KV cache on the GPU, every MLP on the CPU: per layer two crossings
-  and a synchronization. ``step = L x GPU(attention segment) + CPU(L MLPs) + 2L crossings``.
+  and a hand-off. ``step = L x GPU(attention segment) + CPU(L MLPs) + 2L crossings + L hand-offs``.
 - ``cpu``: everything on the CPU (no GPU at all), the CPU-only reference.
 
 Device work is serial: eager PyTorch's ``.to()`` blocks, so neither device works while the other
 does or while the hidden states cross. A crossing is one blocking copy each way
-(``latency + bytes / bandwidth``, pageable unless ``pinned``).
+(``latency + bytes / bandwidth``, pageable unless ``pinned``). A hand-off is the extra cost of
+returning to the GPU after the CPU streamed a block's weights (:meth:`CPUModel.handoff`: the GPU
+segment dispatches with cold caches, the CPU threads resume); it is booked in ``handoff_s``.
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ ALL_LAYER = LAYER_BLOCKS
 
 def serial_phase(case: Case, phase: str, gpu_frac: dict, cpu_frac: dict, segments: int = 1,
                  round_trips=0.0, parts=None) -> PhaseSplit:
-    """A phase whose GPU work, CPU work and ``round_trips`` activation crossings run one after another."""
+    """A phase whose GPU work, CPU work, ``round_trips`` activation crossings and as many hand-offs
+    (returns to the GPU after a CPU block) run one after another."""
     p = parts or case.parts(phase)
     g = p.gpu_seconds(gpu_frac, segments) if gpu_frac else np.zeros(np.shape(p.tokens))
     c = p.cpu_seconds(cpu_frac)
     x, nbytes = case.crossing(p, round_trips)
     x, nbytes = np.asarray(x, dtype=float), np.asarray(nbytes, dtype=float)
-    return PhaseSplit(g + c + x, g, c, x, nbytes, p.bound(gpu_frac, cpu_frac, x), p.source(bool(cpu_frac)))
+    h = case.handoffs(p, cpu_frac, round_trips) if gpu_frac and cpu_frac else np.zeros(np.shape(x))
+    return PhaseSplit(g + c + x + h, g, c, x, nbytes, p.bound(gpu_frac, cpu_frac, x + h), p.source(bool(cpu_frac)),
+                      h)
 
 
 def _layer_fracs(n_gpu, L):
@@ -94,7 +99,8 @@ def result_dict(case: Case, res: PlanResult) -> dict:
 
     def split(ph: PhaseSplit) -> dict:
         return {"ms": _f(ph.seconds) * 1e3, "gpu_ms": _f(ph.gpu_s) * 1e3, "cpu_ms": _f(ph.cpu_s) * 1e3,
-                "pcie_ms": _f(ph.pcie_s) * 1e3, "pcie_bytes": _f(ph.pcie_bytes), "bound": ph.bound}
+                "pcie_ms": _f(ph.pcie_s) * 1e3, "handoff_ms": _f(ph.handoff_s) * 1e3,
+                "pcie_bytes": _f(ph.pcie_bytes), "bound": ph.bound}
 
     off = {"plan": res.plan, **res.params, "gpu_layers": res.gpu_layers, "cpu_layers": (
         None if res.gpu_layers is None else case.L - res.gpu_layers),

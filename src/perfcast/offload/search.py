@@ -42,6 +42,7 @@ def _row(case: Case, off: dict) -> dict | None:
             "decode_tokens_per_s": o["decode_tokens_per_s"], "gpu_gib": d["total_gib"],
             "cpu_gib": o["cpu_total_gib"], "fits": d["fits"], "decode_bound": d["decode_bound"],
             "gpu_ms": o["decode"]["gpu_ms"], "cpu_ms": o["decode"]["cpu_ms"], "pcie_ms": o["decode"]["pcie_ms"],
+            "handoff_ms": o["decode"]["handoff_ms"],
             "detail": d}
 
 
