@@ -59,9 +59,11 @@ class CPUEfficiency:
     # Hand-off (per return to the GPU after a CPU block of a serial plan): an attention block's eager
     # dispatch (34 calls) right after the CPU streamed >= 64 MiB of weights costs this much more than
     # warm; less after a smaller stream (log ramp from 0 at 8 MiB, which a server's L3 holds). Measured by
-    # `calibrate-cpu` on the 2-core Zen 3 dev VM (benchmarks/data/cpu_profile_local_handoff/, CPU chain at
-    # 1 thread: 0.44 ms warm; +0.12 / +0.50 / +0.58 / +0.50 ms after 16 / 64 / 256 / 1024 MiB; resume 0).
-    handoff_s: float = 0.5e-3
+    # `calibrate-cpu` on an H100 host's 16-core Xeon (benchmarks/data/offload_h100-sxm_r2_cpu/, the chain
+    # dispatching CUDA ops at 16 threads: 0.50 ms warm; +0.14 / +0.19 ms after 64 / 256 MiB; resume within
+    # noise). On the 2-core Zen 3 dev VM (cpu_profile_local_handoff/, CPU chain, 1 thread) it is larger:
+    # 0.44 ms warm; +0.12 / +0.50 / +0.58 / +0.50 ms after 16 / 64 / 256 / 1024 MiB.
+    handoff_s: float = 0.14e-3
     handoff_full_bytes: float = float(64 << 20)
     handoff_min_bytes: float = float(8 << 20)
     handoff_resume_s: float = 0.0  # the CPU threads' resume after the GPU segment (same VM: within noise)
