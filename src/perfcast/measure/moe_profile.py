@@ -1,0 +1,107 @@
+"""Kernel-by-kernel profile of the MoE layer stack (perfcast.measure.extras ``moe``) under its CUDA graph.
+
+    PYTHONPATH=src python3 -m perfcast.measure.moe_profile --out DIR [--tokens 8,128,512]
+
+For each case, the stack is captured in a CUDA graph exactly as ``extras`` does, replayed under
+``torch.profiler`` (CUDA activity), and the GPU kernel time is summed by kernel name. Writes
+``moe_profile.jsonl`` (one line per case: graph time by CUDA events, kernel count, total kernel time,
+and the top kernels by time): the split between GEMMs, gathers and scatter-adds that the
+aggregate stack time hides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from perfcast.measure.env import collect, command_line
+from perfcast.measure.extras import MOE_CASES, moe_layer
+from perfcast.measure.timing import import_torch
+
+
+def profile_case(torch, F, label, h, inter, experts, top_k, layers, tokens, reps=10):
+    gen = torch.Generator().manual_seed(0)
+    fns = [moe_layer(torch, F, h, inter, experts, top_k, tokens, gen) for _ in range(layers)]
+    x = torch.randn(tokens, h, device="cuda", dtype=torch.bfloat16)
+    out = torch.zeros_like(x)
+
+    def step():
+        for fn, _ in fns:
+            fn(x, out)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        step()
+    for _ in range(5):
+        g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(20):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            g.replay()
+        torch.cuda.synchronize()
+    by: dict[str, list] = {}
+    n = 0
+    for e in prof.key_averages():
+        d = float(getattr(e, "self_device_time_total", 0.0) or getattr(e, "self_cuda_time_total", 0.0) or 0.0)
+        if d <= 0.0 or "CUDA" not in str(getattr(e, "device_type", "CUDA")):
+            continue
+        by[e.key] = [int(e.count), d]  # us over all reps
+        n += int(e.count)
+    total_us = sum(v[1] for v in by.values()) / reps
+    top = sorted(by.items(), key=lambda kv: -kv[1][1])[:12]
+    return {"model": label, "tokens": tokens, "layers": layers, "experts": experts, "top_k": top_k,
+            "active_experts": [a for _, a in fns], "graph_ms": times[len(times) // 2],
+            "kernels_per_step": n / reps, "kernel_time_ms": total_us / 1e3,
+            "top": [{"name": k[:160], "count_per_step": v[0] / reps, "ms_per_step": v[1] / reps / 1e3}
+                    for k, v in top]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m perfcast.measure.moe_profile", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tokens", default="8,128,512,2048")
+    a = ap.parse_args(argv)
+    torch = import_torch()
+    import torch.nn.functional as F
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = collect(torch)
+    meta["command"] = command_line()
+    (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    with open(out / "moe_profile.jsonl", "w") as f:
+        for label, h, inter, experts, top_k, layers in MOE_CASES:
+            for t in (int(v) for v in a.tokens.split(",")):
+                try:
+                    rec = profile_case(torch, F, label, h, inter, experts, top_k, layers, t)
+                except Exception as e:  # keep going: one failing case must not end the run
+                    rec = {"model": label, "tokens": t, "error": f"{type(e).__name__}: {str(e)[:200]}"}
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+                print(json.dumps({k: rec.get(k) for k in ("model", "tokens", "graph_ms", "kernels_per_step",
+                                                           "kernel_time_ms", "error")}))
+                torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
