@@ -14,6 +14,9 @@
 - ``int4``: weight-only INT4 GEMMs (bf16 activations, group size 128) through PyTorch's tinygemm kernel
   (``torch._weight_int4pack_mm``, what torchao's int4 weight-only path runs) on the calibration grid
   (``gemm_int4.csv``, dtype ``w4a16``) and a held-out set (``gemm_int4_heldout.csv``).
+- ``index``: ``index_select`` (rows gathered from a [4n, w] tensor) and ``index_add_`` (rows added into
+  one) over row counts 1-4096 and widths 1024-7168 (``elementwise_index.csv``, elementwise.csv's
+  columns): PyTorch picks its small-index kernels at few rows, which the MoE gather/scatter hits.
 - ``moe``: a stack of MoE MLP layers (router GEMM, softmax/top-k, then per expert hit: gather its
   tokens, gate/up GEMM, SiLU*up, down GEMM, weighted scatter-add) with a fixed uniform random routing,
   captured in one CUDA graph and timed by replay (``moe_step.jsonl``: one line per case with the
@@ -202,6 +205,34 @@ def run_int4(torch, timer, path: Path, cases, group: int = 128) -> tuple[int, di
     return rows, info
 
 
+INDEX_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 20, 24, 32, 48, 64, 128, 256, 512, 1024, 2048, 4096)
+INDEX_WIDTHS = (1024, 2048, 4096, 7168)
+
+
+def run_index(torch, timer, path: Path) -> int:
+    rows = 0
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    with open(path, "w") as f:
+        f.write("op,dtype,tokens,width,elements,bytes,median_ms,min_ms,p90_ms,reps\n")
+        for w in INDEX_WIDTHS:
+            for n in INDEX_ROWS:
+                big = max(4 * n, 64)
+                src = torch.randn(big, w, device="cuda", dtype=torch.bfloat16)
+                part = torch.randn(n, w, device="cuda", dtype=torch.bfloat16)
+                idx = torch.randperm(big, device="cuda", generator=gen)[:n].sort().values
+                for op, fn, traffic in (("index_select", lambda: src.index_select(0, idx), 2),
+                                        ("index_add", lambda: src.index_add_(0, idx, part), 3)):
+                    try:
+                        st = timer.bench(fn)
+                    except RuntimeError as e:
+                        print(f"index skip {op} {n}x{w}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+                        continue
+                    f.write(f"{op},bf16,{n},{w},{n * w},{traffic * n * w * 2},{st.median_ms:.6g},{st.min_ms:.6g},"
+                            f"{st.p90_ms:.6g},{st.reps}\n")
+                    rows += 1
+    return rows
+
+
 def moe_layer(torch, F, h, inter, experts, top_k, tokens, gen):
     """Weights and a fixed routing of one MoE layer; returns a closure running the layer."""
     w_r = torch.randn(experts, h, device="cuda", dtype=torch.bfloat16) * 0.02
@@ -313,6 +344,10 @@ def main(argv=None) -> int:
         meta["int4_rows"], meta["int4"] = run_int4(torch, timer, out / "gemm_int4.csv", int4_cases(False))
         meta["int4_heldout_rows"], _ = run_int4(torch, timer, out / "gemm_int4_heldout.csv", int4_cases(True))
         meta["elapsed_s"]["int4"] = round(time.time() - t0, 1)
+    if "index" in parts:
+        t0 = time.time()
+        meta["index_rows"] = run_index(torch, timer, out / "elementwise_index.csv")
+        meta["elapsed_s"]["index"] = round(time.time() - t0, 1)
     if "moe" in parts:
         t0 = time.time()
         meta["moe_rows"] = run_moe(torch, out / "moe_step.jsonl", a.quick)
