@@ -7,6 +7,7 @@ generation. Every time is >= the ideal roofline of the datasheet (efficiencies a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -48,10 +49,14 @@ _TILES = ((128, 256, 1.00), (128, 128, 0.93), (64, 128, 0.82), (64, 64, 0.65))
 _SPLITS = (1, 2, 4, 8, 16)
 
 
+@functools.lru_cache(maxsize=1024)
 def _candidates(k: int):
-    """(tile rows, tile cols, tile efficiency, split-K) of the kernels cuBLAS may pick, as arrays."""
+    """(tile rows, tile cols, tile efficiency, split-K) of the kernels cuBLAS may pick, as (read-only) arrays."""
     rows = [(tm, tn, te, sp) for tm, tn, te in _TILES for sp in _SPLITS if sp == 1 or k / sp >= 256]
-    return tuple(np.array(c, dtype=float) for c in zip(*rows))
+    out = tuple(np.array(c, dtype=float) for c in zip(*rows))
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 def gemm_compute_time(gpu: GPUSpec, m, n: int, k: int, dtype: str, eff: Efficiency):

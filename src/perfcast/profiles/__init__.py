@@ -97,7 +97,9 @@ def _on_unique(values: np.ndarray, cost) -> OpCost | None:
     """Large sweeps repeat few token counts: cost the unique ones and scatter back (None: not worth it)."""
     if values.size <= 4096:
         return None
-    u, inv = np.unique(values, return_inverse=True)
+    from perfcast.profiles.interp import unique
+
+    u, inv = unique(values, return_inverse=True)
     if u.size == values.size:
         return None
     c = cost(u)

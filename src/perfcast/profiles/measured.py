@@ -23,7 +23,7 @@ from perfcast.hardware.spec import GPUSpec
 from perfcast.ops import analytical as an
 from perfcast.ops import roofline as rl
 from perfcast.ops.base import ANALYTICAL, INTERPOLATED, MEASURED, OpCost
-from perfcast.profiles.interp import Curve, RowGrid, monotone_log_ratio
+from perfcast.profiles.interp import Curve, RowGrid, monotone_log_ratio, unique
 
 # the reference roofline: full datasheet peaks, fixed floors (the same for every GPU)
 IDEAL = an.Efficiency(gemm_compute=1.0, gemm_memory=1.0, gemm_floor_s=2.0e-6, attn_compute=1.0,
@@ -62,6 +62,8 @@ class Tables:
         self._build_collectives()
         self.hosts = _load_hosts(root)
         self.efficiency = self._fit_efficiency()
+        # the raw CSV rows are not needed once built: dropping them halves the disk cache (and its load)
+        del self._gemm_rows, self._attn_rows, self._elem_rows, self._coll_rows
 
     # ------------------------------------------------------------------ GEMM
     def _build_gemm(self):
@@ -127,7 +129,7 @@ class Tables:
             near = sorted(shapes, key=lambda s: (np.log(s[0] / n)) ** 2 + (np.log(s[1] / k)) ** 2)[:24]
             pts = np.vstack([s[2] for s in near])
             lr = np.concatenate([s[3] for s in near])
-            grid = np.unique(np.exp(pts[:, 0]))
+            grid = unique(np.exp(pts[:, 0]))
             q = np.stack([np.log(grid), np.full(grid.size, np.log(n)), np.full(grid.size, np.log(k))], axis=1)
             d2 = ((q[:, None, :] - pts[None, :, :]) ** 2).sum(-1)
             kk = min(8, len(lr))
@@ -156,7 +158,7 @@ class Tables:
             base = an.attention_cost(self.gpu, b, h, kvh, hd, q, kv, phase == "prefill", None, dt, None, None,
                                      IDEAL).seconds
             lr = np.log(t / base)
-            for bb in np.unique(b):  # within a row, a longer sequence is never faster (padding)
+            for bb in unique(b):  # within a row, a longer sequence is never faster (padding)
                 sel = b == bb
                 lr[sel] = monotone_log_ratio(kv[sel], lr[sel], base[sel])
             self.attn[key] = RowGrid(b * h, kv, lr)

@@ -66,8 +66,22 @@ def layer_weight_params_per_gpu(spec: ModelSpec, layer: int, tp: int) -> float:
     return sharded / tp + norms
 
 
+_WEIGHTS: dict = {}
+
+
 def weights_bytes_per_gpu(spec: ModelSpec, tp: int, pp: int, wdtype: str = "bf16") -> float:
-    """Bytes of weights on the most loaded GPU."""
+    """Bytes of weights on the most loaded GPU (a sum over every layer, so kept per deployment)."""
+    try:
+        key = (spec, tuple(sorted(spec.extra.items())), tp, pp, wdtype)
+        w = _WEIGHTS.get(key)
+    except TypeError:  # unhashable extras: no caching
+        return _weights_bytes_per_gpu(spec, tp, pp, wdtype)
+    if w is None:
+        w = _WEIGHTS[key] = _weights_bytes_per_gpu(spec, tp, pp, wdtype)
+    return w
+
+
+def _weights_bytes_per_gpu(spec: ModelSpec, tp: int, pp: int, wdtype: str) -> float:
     wb = DTYPE_BYTES[wdtype]
     stages = stage_layers(spec.n_layers, pp)
     worst = 0.0
