@@ -24,13 +24,19 @@ def _err(msg: str) -> dict:
     return {"error": str(msg).splitlines()[0] if str(msg) else "error"}
 
 
+# one decoder for every line (json.loads(s, parse_constant=...) builds a new one per call)
+_DECODER = json.JSONDecoder(parse_constant=float)
+
+
 def parse_line(line: str):
     """A dict, or an error dict when the line is not a JSON object."""
     s = line.strip()
     if not s:
         return None, _err("empty line: expected one JSON object")
     try:
-        obj = json.loads(s, parse_constant=lambda c: float(c))
+        if s.startswith("\ufeff"):  # as json.loads says it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", s, 0)
+        obj = _DECODER.decode(s)
     except (json.JSONDecodeError, RecursionError, ValueError) as e:
         return None, _err(f"not valid JSON ({e.__class__.__name__}: {e}); expected one JSON object per line")
     if not isinstance(obj, dict):
@@ -57,78 +63,238 @@ def _str_or_none(name: str, v):
     raise ValueError(f"{name} must be a string, got {json.dumps(v)[:60]}")
 
 
-def predict_lines(lines: Iterable[str]) -> tuple[list[dict], bool]:
-    """Predict each line; returns (output objects in order, all_ok)."""
-    from perfcast.step.predict import _predict_cfg, check_lengths, make_config, predict_many
+def _deployment_key(obj: dict) -> tuple:
+    """The deployment fields of a line, checked and defaulted, in PREDICT_KEYS order (raises with the fix).
 
-    outputs: list[dict | None] = []
-    groups: dict[tuple, list[tuple[int, int, int, int]]] = {}
-    configs: dict[tuple, object] = {}
-    singles: list[tuple[int, dict]] = []
-    for i, line in enumerate(lines):
-        obj, err = parse_line(line)
-        outputs.append(err)
-        if err:
-            continue
-        try:
-            if obj.get("model") is None:
-                raise ValueError("missing field 'model' (a shipped id such as meta-llama/Llama-3.1-8B, or a path)")
-            if obj.get("gpu") is None:
-                raise ValueError("missing field 'gpu' (e.g. h100-sxm; `perfcast gpus` lists them)")
-            vals = {k: obj.get(k, PREDICT_DEFAULTS.get(k)) for k in PREDICT_KEYS}
-            if vals["tp"] is None:
-                vals["tp"] = 1
-            if vals["pp"] is None:
-                vals["pp"] = 1
-            for k in ("model", "gpu", "dtype", "runtime", "profile", "kv_dtype", "wdtype"):
-                _str_or_none(k, vals[k])
-            vals["tp"], vals["pp"] = _as_int("tp", vals["tp"]), _as_int("pp", vals["pp"])
-            vals["ep"] = _as_int("ep", 1 if vals["ep"] is None else vals["ep"])
-            mi = 1.0 if vals["moe_imbalance"] is None else vals["moe_imbalance"]
-            if isinstance(mi, bool) or not isinstance(mi, (int, float)) or not math.isfinite(mi):
-                raise ValueError(f"moe_imbalance must be a number >= 1, got {json.dumps(mi)[:60]}")
-            vals["moe_imbalance"] = float(mi)
-            for k in ("dtype", "runtime", "profile"):
-                if vals[k] is None:
-                    vals[k] = PREDICT_DEFAULTS[k]
-            b = _as_int("batch", obj.get("batch", 1))
-            p = _as_int("prompt", obj.get("prompt", 512))
-            c = _as_int("context", obj.get("context", p))
-            key = tuple(vals[k] for k in PREDICT_KEYS)
-            if key not in configs:
+    A field that is missing and one that is null mean the same: the default."""
+    if obj.get("model") is None:
+        raise ValueError("missing field 'model' (a shipped id such as meta-llama/Llama-3.1-8B, or a path)")
+    if obj.get("gpu") is None:
+        raise ValueError("missing field 'gpu' (e.g. h100-sxm; `perfcast gpus` lists them)")
+    vals = {k: obj.get(k, PREDICT_DEFAULTS.get(k)) for k in PREDICT_KEYS}
+    if vals["tp"] is None:
+        vals["tp"] = 1
+    if vals["pp"] is None:
+        vals["pp"] = 1
+    for k in ("model", "gpu", "dtype", "runtime", "profile", "kv_dtype", "wdtype"):
+        _str_or_none(k, vals[k])
+    vals["tp"], vals["pp"] = _as_int("tp", vals["tp"]), _as_int("pp", vals["pp"])
+    vals["ep"] = _as_int("ep", 1 if vals["ep"] is None else vals["ep"])
+    mi = 1.0 if vals["moe_imbalance"] is None else vals["moe_imbalance"]
+    if isinstance(mi, bool) or not isinstance(mi, (int, float)) or not math.isfinite(mi):
+        raise ValueError(f"moe_imbalance must be a number >= 1, got {json.dumps(mi)[:60]}")
+    vals["moe_imbalance"] = float(mi)
+    for k in ("dtype", "runtime", "profile"):
+        if vals[k] is None:
+            vals[k] = PREDICT_DEFAULTS[k]
+    return tuple(vals[k] for k in PREDICT_KEYS)
+
+
+def _token_counts(obj: dict) -> tuple[int, int, int]:
+    b = _as_int("batch", obj.get("batch", 1))
+    p = _as_int("prompt", obj.get("prompt", 512))
+    c = _as_int("context", obj.get("context", p))
+    return b, p, c
+
+
+_MAX_INT = 1 << 40
+_NONE_STR = (type(None), str)
+
+
+class _Plan:
+    """Every line read and checked: finished outputs (errors, offload lines) in place, the rest grouped
+    by deployment for the vectorized step model."""
+
+    def __init__(self):
+        self.outputs: list = []
+        self.groups: dict[tuple, tuple[list, list, list, list]] = {}  # key -> (line, batch, prompt, context)
+        self.singles: list[tuple[int, object, int, int, int]] = []  # breakdown lines
+        self.configs: dict[tuple, object] = {}  # key -> StepConfig, or the exception make_config raised
+        self.fast: dict[tuple, object] = {}  # raw deployment values -> key, or the exception they raise
+
+    def config(self, key: tuple):
+        cfg = self.configs.get(key)
+        if cfg is None:
+            from perfcast.step.predict import make_config
+
+            try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    configs[key] = make_config(**vals)
-            cfg = configs[key]
-            check_lengths(cfg, p, c)
-            if obj.get("offload") is not None:
-                from perfcast.offload.plans import predict_offload_case
+                    cfg = make_config(*key)
+            except Exception as e:  # the same message for every line of this deployment
+                cfg = e
+            self.configs[key] = cfg
+        if isinstance(cfg, Exception):
+            raise cfg
+        return cfg
 
-                outputs[i] = predict_offload_case(cfg, obj, b, p, c)
+    def add(self, lines: Iterable[str]):
+        from perfcast.step.predict import check_lengths
+
+        outputs, groups, fast = self.outputs, self.groups, self.fast
+        max_int = _MAX_INT
+        for i, line in enumerate(lines):
+            obj, err = parse_line(line)
+            outputs.append(err)
+            if err:
                 continue
-            if obj.get("breakdown"):
-                singles.append((i, {"cfg": cfg, "b": b, "p": p, "c": c}))
-            else:
-                groups.setdefault(key, []).append((i, b, p, c))
-        except Exception as e:  # every failure becomes this line's error, never a traceback
-            outputs[i] = _err(e if str(e) else e.__class__.__name__)
-    for key, rows in groups.items():
-        cfg = configs[key]
-        idx = [r[0] for r in rows]
-        try:
-            preds = predict_many(cfg, np.array([r[1] for r in rows]), np.array([r[2] for r in rows]),
-                                 np.array([r[3] for r in rows]))
-            for i, pr in zip(idx, preds):
-                outputs[i] = pr.to_dict()
-        except Exception as e:
-            for i in idx:
+            # fast path: the common, well-typed line; anything else takes the careful path below,
+            # which decides (and words) every error exactly as it always did
+            g = obj.get
+            raw = (g("model"), g("gpu"), g("tp"), g("pp"), g("dtype"), g("runtime"), g("profile"), g("kv_dtype"),
+                   g("wdtype"), g("ep"), g("moe_imbalance"))
+            b, p = g("batch", 1), g("prompt", 512)
+            c = g("context", p)
+            mi = raw[10]
+            if (type(raw[0]) is str and type(raw[1]) is str and type(raw[2]) in (int, type(None))
+                    and type(raw[3]) in (int, type(None)) and type(raw[9]) in (int, type(None))
+                    and type(raw[4]) in _NONE_STR and type(raw[5]) in _NONE_STR and type(raw[6]) in _NONE_STR
+                    and type(raw[7]) in _NONE_STR and type(raw[8]) in _NONE_STR
+                    and (mi is None or type(mi) is int or (type(mi) is float and mi >= 1.0))
+                    and type(b) is int and type(p) is int and type(c) is int
+                    and 0 < b <= max_int and 0 < p <= max_int and 0 < c <= max_int
+                    and g("offload") is None and not g("breakdown")):
+                key = fast.get(raw)
+                if key is None:
+                    try:
+                        key = _deployment_key(obj)
+                    except Exception as e:
+                        key = e
+                    fast[raw] = key
+                try:
+                    if isinstance(key, Exception):
+                        raise key
+                    cfg = self.config(key)
+                    if p > cfg.model.max_positions or c > cfg.model.max_positions:
+                        check_lengths(cfg, p, c)
+                except Exception as e:
+                    outputs[i] = _err(e if str(e) else e.__class__.__name__)
+                    continue
+                grp = groups.get(key)
+                if grp is None:
+                    grp = groups[key] = ([], [], [], [])
+                grp[0].append(i)
+                grp[1].append(b)
+                grp[2].append(p)
+                grp[3].append(c)
+                continue
+            try:
+                self.add_slow(i, obj)
+            except Exception as e:  # every failure becomes this line's error, never a traceback
+                outputs[i] = _err(e if str(e) else e.__class__.__name__)
+
+    def add_slow(self, i: int, obj: dict):
+        from perfcast.step.predict import check_lengths
+
+        key = _deployment_key(obj)
+        b, p, c = _token_counts(obj)
+        cfg = self.config(key)
+        check_lengths(cfg, p, c)
+        if obj.get("offload") is not None:
+            from perfcast.offload.plans import predict_offload_case
+
+            self.outputs[i] = predict_offload_case(cfg, obj, b, p, c)
+            return
+        if obj.get("breakdown"):
+            self.singles.append((i, cfg, b, p, c))
+        else:
+            grp = self.groups.setdefault(key, ([], [], [], []))
+            for lst, v in zip(grp, (i, b, p, c)):
+                lst.append(v)
+
+    def predict(self, emit):
+        """Predict the groups (together) and the breakdown lines; ``emit(cfg, result, idx, b, p, c)``
+        turns one group's result into its output lines."""
+        from perfcast.step.predict import _predict_cfg, predict_groups
+
+        outputs = self.outputs
+        items = [(key, self.configs[key], grp) for key, grp in self.groups.items()]
+        arrays = [(cfg, np.array(grp[1]), np.array(grp[2]), np.array(grp[3])) for _, cfg, grp in items]
+        results = predict_groups(arrays, return_errors=True)  # a group that fails: its error, as alone
+        for (_, cfg, grp), res in zip(items, results):
+            idx = grp[0]
+            if isinstance(res, Exception):
+                for i in idx:
+                    outputs[i] = _err(res)
+                continue
+            for i, o in zip(idx, emit(cfg, res, grp)):
+                outputs[i] = o
+        for i, cfg, b, p, c in self.singles:
+            try:
+                outputs[i] = _predict_cfg(cfg, b, p, c, True).to_dict(breakdown=True)
+            except Exception as e:
                 outputs[i] = _err(e)
-    for i, a in singles:
-        try:
-            outputs[i] = _predict_cfg(a["cfg"], a["b"], a["p"], a["c"], True).to_dict(breakdown=True)
-        except Exception as e:
-            outputs[i] = _err(e)
+        return outputs
+
+
+def _group_dicts(cfg, res: dict, grp) -> list[dict]:
+    """One group's predictions as the dicts ``Prediction.to_dict`` gives."""
+    from perfcast.ops.base import BOUNDS, SOURCES
+
+    head = {"model": cfg.model.name, "gpu": cfg.gpu.id}
+    mid = {"tp": cfg.tp, "pp": cfg.pp, "dtype": cfg.dtype, "runtime": cfg.runtime}
+    cap, prof = res["capacity_gib"], res["profile"]
+    tail = {"prefill_err_p90_pct": res["prefill_err_p90_pct"], "decode_err_p90_pct": res["decode_err_p90_pct"],
+            "accuracy_basis": res["accuracy_basis"]}
+    cols = [res[k].tolist() for k in ("prefill_ms", "decode_ms", "weights_gib", "kv_cache_gib", "activations_gib",
+                                      "total_gib", "fits", "prefill_bound", "decode_bound", "source")]
+    out = []
+    for b, p, c, pm, dm, w, kv, act, tot, fits, pb, db, src in zip(grp[1], grp[2], grp[3], *cols):
+        out.append({**head, "batch": b, "prompt": p, "context": c, **mid, "prefill_ms": pm, "decode_ms": dm,
+                    "weights_gib": w, "kv_cache_gib": kv, "activations_gib": act, "total_gib": tot, "fits": fits,
+                    "capacity_gib": cap, "profile": prof, "prefill_bound": BOUNDS[pb], "decode_bound": BOUNDS[db],
+                    "source": SOURCES[src], **tail})
+    return out
+
+
+_FLOAT_COLUMNS = ("prefill_ms", "decode_ms", "weights_gib", "kv_cache_gib", "activations_gib", "total_gib")
+
+
+def _group_texts(cfg, res: dict, grp) -> list[str]:
+    """One group's predictions as JSON text, byte for byte what ``dumps(Prediction.to_dict())`` writes
+    (json writes floats with ``float.__repr__`` and ints with ``int.__repr__``; the constant parts are
+    written by ``dumps`` itself, once per group)."""
+    from perfcast.ops.base import BOUNDS, SOURCES
+
+    if not all(np.isfinite(res[k]).all() for k in _FLOAT_COLUMNS):  # dumps refuses these: let it say so
+        return [dumps(d) for d in _group_dicts(cfg, res, grp)]
+    head = f'{{"model": {dumps(cfg.model.name)}, "gpu": {dumps(cfg.gpu.id)}, "batch": '
+    mid = (f', "tp": {dumps(cfg.tp)}, "pp": {dumps(cfg.pp)}, "dtype": {dumps(cfg.dtype)}, '
+           f'"runtime": {dumps(cfg.runtime)}, "prefill_ms": ')
+    tail = f', "capacity_gib": {dumps(res["capacity_gib"])}, "profile": {dumps(res["profile"])}, "prefill_bound": '
+    end = (f', "prefill_err_p90_pct": {dumps(res["prefill_err_p90_pct"])}, '
+           f'"decode_err_p90_pct": {dumps(res["decode_err_p90_pct"])}, '
+           f'"accuracy_basis": {dumps(res["accuracy_basis"])}}}')
+    bnd = [dumps(x) for x in BOUNDS]
+    src_s = [dumps(x) for x in SOURCES]
+    fits_s = ("false", "true")
+    cols = [res[k].tolist() for k in ("prefill_ms", "decode_ms", "weights_gib", "kv_cache_gib", "activations_gib",
+                                      "total_gib", "fits", "prefill_bound", "decode_bound", "source")]
+    return [f'{head}{b}, "prompt": {p}, "context": {c}{mid}{pm!r}, "decode_ms": {dm!r}, "weights_gib": {w!r}, '
+            f'"kv_cache_gib": {kv!r}, "activations_gib": {act!r}, "total_gib": {tot!r}, '
+            f'"fits": {fits_s[fits]}{tail}{bnd[pb]}, "decode_bound": {bnd[db]}, "source": {src_s[src]}{end}'
+            for b, p, c, pm, dm, w, kv, act, tot, fits, pb, db, src in zip(grp[1], grp[2], grp[3], *cols)]
+
+
+def predict_lines(lines: Iterable[str]) -> tuple[list[dict], bool]:
+    """Predict each line; returns (output objects in order, all_ok)."""
+    plan = _Plan()
+    plan.add(lines)
+    outputs = plan.predict(_group_dicts)
     ok = all("error" not in o for o in outputs)
+    return outputs, ok
+
+
+def predict_lines_json(lines: Iterable[str]) -> tuple[list[str], bool]:
+    """``predict_lines`` written out: one JSON text per line, exactly ``dumps`` of each output object."""
+    plan = _Plan()
+    plan.add(lines)
+    outputs = plan.predict(_group_texts)
+    ok = True
+    for i, o in enumerate(outputs):
+        if type(o) is not str:
+            ok = ok and "error" not in o
+            outputs[i] = dumps(o)
     return outputs, ok
 
 

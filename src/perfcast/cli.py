@@ -65,8 +65,12 @@ def _run_cases(path: str, predict_lines, as_json: bool):
 def _emit_lines(outputs, ok: bool):
     from perfcast.batch import dumps
 
+    _emit_texts([dumps(o) for o in outputs], ok)
+
+
+def _emit_texts(texts: list[str], ok: bool):
     out = sys.stdout
-    out.write("\n".join(dumps(o) for o in outputs) + ("\n" if outputs else ""))
+    out.write("\n".join(texts) + ("\n" if texts else ""))
     out.flush()
     sys.exit(0 if ok else 1)
 
@@ -105,8 +109,11 @@ def predict(cases, model, gpu, batch, prompt, context, tp, pp, ep, moe_imbalance
             profile, breakdown, offload, cpu, cpu_threads, as_json):
     """Predict one step: prefill (TTFT) and decode (TPOT), memory per GPU, and what binds."""
     if cases is not None:
-        from perfcast.batch import predict_lines
+        from perfcast.batch import predict_lines, predict_lines_json
 
+        if as_json:  # the JSON text of each line straight from the batch reader (no dict round trip)
+            texts, ok = _run_cases(cases, predict_lines_json, False)
+            _emit_texts(texts, ok)
         outputs, ok = _run_cases(cases, predict_lines, as_json)
         _print_predictions(outputs)
         sys.exit(0 if ok else 1)
