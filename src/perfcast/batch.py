@@ -98,7 +98,15 @@ def _token_counts(obj: dict) -> tuple[int, int, int]:
 
 
 _MAX_INT = 1 << 40
-_NONE_STR = (type(None), str)
+_NONE = type(None)
+
+
+def _fast_types_ok(types: tuple) -> bool:
+    """Whether a line whose deployment fields have these types may take the fast path: model and gpu
+    strings, tp/pp/ep integers (not bools), the other names strings, moe_imbalance a number (or any of
+    them null/missing). Values of these types are equal only when the careful path treats them alike."""
+    return (types[0] is str and types[1] is str and all(t in (int, _NONE) for t in (types[2], types[3], types[9]))
+            and all(t in (str, _NONE) for t in types[4:9]) and types[10] in (int, float, _NONE))
 
 
 class _Plan:
@@ -107,13 +115,17 @@ class _Plan:
 
     def __init__(self):
         self.outputs: list = []
-        self.groups: dict[tuple, tuple[list, list, list, list]] = {}  # key -> (line, batch, prompt, context)
+        self.groups: dict[tuple, list] = {}  # key -> [(line, batch, prompt, context)]
         self.singles: list[tuple[int, object, int, int, int]] = []  # breakdown lines
         self.configs: dict[tuple, object] = {}  # key -> StepConfig, or the exception make_config raised
-        self.fast: dict[tuple, object] = {}  # raw deployment values -> key, or the exception they raise
+        # fast path: raw deployment values -> (config, its group's rows), or the exception they raise
+        self.fast: dict[tuple, object] = {}
+        self.fast_types: dict[tuple, bool] = {}
 
     def config(self, key: tuple):
-        cfg = self.configs.get(key)
+        # moe_imbalance -0.0 and 0.0 are equal keys with different messages: keep the sign in the key
+        ck = key if key[10] != 0 else (*key, str(key[10]))
+        cfg = self.configs.get(ck)
         if cfg is None:
             from perfcast.step.predict import make_config
 
@@ -123,61 +135,72 @@ class _Plan:
                     cfg = make_config(*key)
             except Exception as e:  # the same message for every line of this deployment
                 cfg = e
-            self.configs[key] = cfg
+            self.configs[ck] = cfg
         if isinstance(cfg, Exception):
             raise cfg
         return cfg
 
+    def group(self, key: tuple) -> list:
+        rows = self.groups.get(key)
+        if rows is None:
+            rows = self.groups[key] = []
+        return rows
+
     def add(self, lines: Iterable[str]):
         from perfcast.step.predict import check_lengths
 
-        outputs, groups, fast = self.outputs, self.groups, self.fast
+        outputs, fast, fast_types = self.outputs, self.fast, self.fast_types
+        scan = _DECODER.scan_once
+        keys = PREDICT_KEYS
         max_int = _MAX_INT
         for i, line in enumerate(lines):
-            obj, err = parse_line(line)
-            outputs.append(err)
-            if err:
-                continue
+            s = line.strip()
+            try:  # the decoder's own scanner: a whole line that is one JSON value
+                obj, end = scan(s, 0)
+            except Exception:
+                obj = end = None
+            if end != len(s) or type(obj) is not dict:
+                obj, err = parse_line(line)  # says what is wrong, as it always did
+                if err:
+                    outputs.append(err)
+                    continue
+            outputs.append(None)
             # fast path: the common, well-typed line; anything else takes the careful path below,
             # which decides (and words) every error exactly as it always did
             g = obj.get
-            raw = (g("model"), g("gpu"), g("tp"), g("pp"), g("dtype"), g("runtime"), g("profile"), g("kv_dtype"),
-                   g("wdtype"), g("ep"), g("moe_imbalance"))
+            raw = tuple(map(g, keys))
             b, p = g("batch", 1), g("prompt", 512)
             c = g("context", p)
-            mi = raw[10]
-            if (type(raw[0]) is str and type(raw[1]) is str and type(raw[2]) in (int, type(None))
-                    and type(raw[3]) in (int, type(None)) and type(raw[9]) in (int, type(None))
-                    and type(raw[4]) in _NONE_STR and type(raw[5]) in _NONE_STR and type(raw[6]) in _NONE_STR
-                    and type(raw[7]) in _NONE_STR and type(raw[8]) in _NONE_STR
-                    and (mi is None or type(mi) is int or (type(mi) is float and mi >= 1.0))
-                    and type(b) is int and type(p) is int and type(c) is int
+            types = tuple(map(type, raw))
+            ok = fast_types.get(types)
+            if ok is None:
+                ok = fast_types[types] = _fast_types_ok(types)
+            if (ok and type(b) is int and type(p) is int and type(c) is int
                     and 0 < b <= max_int and 0 < p <= max_int and 0 < c <= max_int
+                    and (types[10] is not float or raw[10] >= 1.0)
                     and g("offload") is None and not g("breakdown")):
-                key = fast.get(raw)
-                if key is None:
+                ent = fast.get(raw)
+                if ent is None:
                     try:
                         key = _deployment_key(obj)
+                        ent = (self.config(key), self.group(key))
                     except Exception as e:
-                        key = e
-                    fast[raw] = key
+                        ent = e
+                    fast[raw] = ent
+                if type(ent) is tuple:
+                    cfg, rows = ent
+                    mp = cfg.model.max_positions
+                    if p <= mp and c <= mp:
+                        rows.append((i, b, p, c))
+                        continue
+                    ent = None
                 try:
-                    if isinstance(key, Exception):
-                        raise key
-                    cfg = self.config(key)
-                    if p > cfg.model.max_positions or c > cfg.model.max_positions:
-                        check_lengths(cfg, p, c)
+                    if ent is not None:
+                        raise ent
+                    check_lengths(cfg, p, c)
                 except Exception as e:
                     outputs[i] = _err(e if str(e) else e.__class__.__name__)
                     continue
-                grp = groups.get(key)
-                if grp is None:
-                    grp = groups[key] = ([], [], [], [])
-                grp[0].append(i)
-                grp[1].append(b)
-                grp[2].append(p)
-                grp[3].append(c)
-                continue
             try:
                 self.add_slow(i, obj)
             except Exception as e:  # every failure becomes this line's error, never a traceback
@@ -198,9 +221,7 @@ class _Plan:
         if obj.get("breakdown"):
             self.singles.append((i, cfg, b, p, c))
         else:
-            grp = self.groups.setdefault(key, ([], [], [], []))
-            for lst, v in zip(grp, (i, b, p, c)):
-                lst.append(v)
+            self.group(key).append((i, b, p, c))
 
     def predict(self, emit):
         """Predict the groups (together) and the breakdown lines; ``emit(cfg, result, idx, b, p, c)``
@@ -208,16 +229,16 @@ class _Plan:
         from perfcast.step.predict import _predict_cfg, predict_groups
 
         outputs = self.outputs
-        items = [(key, self.configs[key], grp) for key, grp in self.groups.items()]
-        arrays = [(cfg, np.array(grp[1]), np.array(grp[2]), np.array(grp[3])) for _, cfg, grp in items]
+        items = [(key, self.configs[key], tuple(zip(*rows))) for key, rows in self.groups.items() if rows]
+        arrays = [(cfg, np.array(cols[1]), np.array(cols[2]), np.array(cols[3])) for _, cfg, cols in items]
         results = predict_groups(arrays, return_errors=True)  # a group that fails: its error, as alone
-        for (_, cfg, grp), res in zip(items, results):
-            idx = grp[0]
+        for (_, cfg, cols), res in zip(items, results):
+            idx = cols[0]
             if isinstance(res, Exception):
                 for i in idx:
                     outputs[i] = _err(res)
                 continue
-            for i, o in zip(idx, emit(cfg, res, grp)):
+            for i, o in zip(idx, emit(cfg, res, cols)):
                 outputs[i] = o
         for i, cfg, b, p, c in self.singles:
             try:
@@ -267,13 +288,20 @@ def _group_texts(cfg, res: dict, grp) -> list[str]:
            f'"accuracy_basis": {dumps(res["accuracy_basis"])}}}')
     bnd = [dumps(x) for x in BOUNDS]
     src_s = [dumps(x) for x in SOURCES]
-    fits_s = ("false", "true")
-    cols = [res[k].tolist() for k in ("prefill_ms", "decode_ms", "weights_gib", "kv_cache_gib", "activations_gib",
-                                      "total_gib", "fits", "prefill_bound", "decode_bound", "source")]
-    return [f'{head}{b}, "prompt": {p}, "context": {c}{mid}{pm!r}, "decode_ms": {dm!r}, "weights_gib": {w!r}, '
-            f'"kv_cache_gib": {kv!r}, "activations_gib": {act!r}, "total_gib": {tot!r}, '
-            f'"fits": {fits_s[fits]}{tail}{bnd[pb]}, "decode_bound": {bnd[db]}, "source": {src_s[src]}{end}'
-            for b, p, c, pm, dm, w, kv, act, tot, fits, pb, db, src in zip(grp[1], grp[2], grp[3], *cols)]
+    n = len(grp[0])
+    floats = []
+    for k in _FLOAT_COLUMNS:  # json writes a float as float.__repr__; a constant column (weights) once
+        col = res[k]
+        same = n and col[0] != 0 and (col == col[0]).all()  # (0.0 and -0.0 are equal, not alike)
+        floats.append([repr(float(col[0]))] * n if same else list(map(repr, col.tolist())))
+    fits = [("false", "true")[f] for f in res["fits"].tolist()]
+    pb, db = [bnd[x] for x in res["prefill_bound"].tolist()], [bnd[x] for x in res["decode_bound"].tolist()]
+    src = [src_s[x] for x in res["source"].tolist()]
+    return [f'{head}{b}, "prompt": {p}, "context": {c}{mid}{pm}, "decode_ms": {dm}, "weights_gib": {w}, '
+            f'"kv_cache_gib": {kv}, "activations_gib": {act}, "total_gib": {tot}, '
+            f'"fits": {ft}{tail}{pbs}, "decode_bound": {dbs}, "source": {ss}{end}'
+            for b, p, c, pm, dm, w, kv, act, tot, ft, pbs, dbs, ss in zip(grp[1], grp[2], grp[3], *floats, fits, pb,
+                                                                          db, src)]
 
 
 def predict_lines(lines: Iterable[str]) -> tuple[list[dict], bool]:

@@ -75,7 +75,46 @@ def _emit_texts(texts: list[str], ok: bool):
     sys.exit(0 if ok else 1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Each feature package adds its commands through a light ``cli`` module with ``register(main)``;
+# those modules import their heavy parts inside the command functions. They are imported only when
+# one of their commands runs or the command list is shown (``perfcast predict`` never needs them).
+_EXTENSIONS = {"perfcast.serving.cli": ("simulate", "search"), "perfcast.offload.cli": ("offload", "calibrate-cpu"),
+               "perfcast.report.cli": ("explain", "report", "ui")}
+
+
+class _Main(click.Group):
+    """The command group, with the extension commands registered on first use."""
+
+    _loaded: set = set()
+
+    def _load(self, module: str):
+        if module in self._loaded:
+            return
+        self._loaded.add(module)
+        import importlib
+
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and module.startswith(e.name):
+                return
+            raise
+        mod.register(self)
+
+    def list_commands(self, ctx):
+        for module in _EXTENSIONS:
+            self._load(module)
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        if name not in self.commands:
+            owners = [m for m, names in _EXTENSIONS.items() if name in names]
+            for module in owners or _EXTENSIONS:  # an unknown name loads them all (for "did you mean")
+                self._load(module)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="perfcast")
 def main():
     """perfcast: predict LLM inference speed, memory and the binding resource on GPUs you may not have."""
@@ -351,27 +390,6 @@ def measure(ctx):
         _fail(RuntimeError(f"measuring needs torch with CUDA: pip install 'perfcast[gpu]' ({e})"))
     sys.exit(model_step.main(list(ctx.args)) or 0)
 
-
-# ----------------------------------------------------------------------------- extensions
-# Each feature package adds its commands through a light ``cli`` module with ``register(main)``;
-# those modules import their heavy parts inside the command functions.
-_EXTENSIONS = ("perfcast.serving.cli", "perfcast.offload.cli", "perfcast.report.cli")
-
-
-def _register_extensions():
-    import importlib
-
-    for name in _EXTENSIONS:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name and name.startswith(e.name):
-                continue
-            raise
-        mod.register(main)
-
-
-_register_extensions()
 
 if __name__ == "__main__":
     main()
