@@ -48,12 +48,19 @@ class Curve:
     def __call__(self, q):
         return np.interp(np.log(np.asarray(q, dtype=float)), self.x, self.y)
 
+    def at_log(self, lq):
+        """``self(q)`` given ``lq = log(q)``."""
+        return np.interp(lq, self.x, self.y)
+
     def contains(self, q):
         q = np.asarray(q, dtype=float)
         return (q >= self.lo * (1 - 1e-9)) & (q <= self.hi * (1 + 1e-9))
 
     def on_grid(self, q):
-        lq = np.log(np.asarray(q, dtype=float))
+        return self.on_grid_log(np.log(np.asarray(q, dtype=float)))
+
+    def on_grid_log(self, lq):
+        """``self.on_grid(q)`` given ``lq = log(q)``."""
         idx = np.minimum(np.searchsorted(self.x, lq), len(self.x) - 1)  # (searchsorted is >= 0)
         near = np.minimum(np.abs(self.x[idx] - lq), np.abs(self.x[np.maximum(idx - 1, 0)] - lq))
         return near < 1e-9
@@ -91,22 +98,41 @@ class RowGrid:
         self.rows = [rows[k] for k in sorted(rows)]
 
     def __call__(self, q1, q2):
+        return self.lookup(q1, q2, inside=False)[0]
+
+    def lookup(self, q1, q2, values: bool = True, inside: bool = True):
+        """``(self(q1, q2), self.contains(q1, q2))``, sharing the work (None for the one not asked)."""
         q1 = np.asarray(q1, dtype=float)
         q2 = np.asarray(q2, dtype=float)
         shape = np.broadcast(q1, q2).shape
-        if len(self.rows) == 1:
-            return np.broadcast_to(self.rows[0](q2), shape)
-        lq1 = _full(np.log(q1), shape).ravel()
-        lq2 = np.log(q2)
-        vals = np.empty((len(self.rows), lq1.size))  # every row at every point
-        for i, r in enumerate(self.rows):
-            vals[i] = _full(np.interp(lq2, r.x, r.y), shape).ravel()
-        pos = self._row_below(lq1)
-        x0, x1 = self.keys[pos], self.keys[pos + 1]
-        w = np.clip((lq1 - x0) / (x1 - x0), 0.0, 1.0)
-        at = np.arange(lq1.size)
-        v0, v1 = vals[pos, at], vals[pos + 1, at]
-        return (v0 * (1 - w) + v1 * w).reshape(shape)
+        single = len(self.rows) == 1
+        lq1 = _full(np.log(q1), shape)
+        pos = None if single else self._row_below(lq1)
+        val = ok = None
+        if values and single:
+            val = np.broadcast_to(self.rows[0](q2), shape)
+        elif values:
+            flat = lq1.ravel()
+            lq2 = np.log(q2)
+            vals = np.empty((len(self.rows), flat.size))  # every row at every point
+            for i, r in enumerate(self.rows):
+                vals[i] = _full(np.interp(lq2, r.x, r.y), shape).ravel()
+            p = pos.ravel()
+            x0, x1 = self.keys[p], self.keys[p + 1]
+            w = np.clip((flat - x0) / (x1 - x0), 0.0, 1.0)
+            at = np.arange(flat.size)
+            val = (vals[p, at] * (1 - w) + vals[p + 1, at] * w).reshape(shape)
+        if inside:
+            in1 = (lq1 >= self.keys[0] - 1e-9) & (lq1 <= self.keys[-1] + 1e-9)
+            q2b = np.broadcast_to(q2, shape)
+            if single:
+                ok = in1 & np.broadcast_to(self.rows[0].contains(q2b), shape)
+            else:
+                lo = np.array([r.lo for r in self.rows])
+                hi = np.array([r.hi for r in self.rows])
+                ok = in1 & ((q2b >= lo[pos] * (1 - 1e-9)) & (q2b <= hi[pos] * (1 + 1e-9))
+                            & (q2b >= lo[pos + 1] * (1 - 1e-9)) & (q2b <= hi[pos + 1] * (1 + 1e-9)))
+        return val, ok
 
     def _row_below(self, lq1):
         """Index of the row at or below each log x1 (clamped to the first and the last pair of rows)."""
@@ -126,17 +152,4 @@ class RowGrid:
 
     def contains(self, q1, q2):
         """Inside the rows' span and inside the x2 range of both rows that bracket q1."""
-        q1 = np.asarray(q1, dtype=float)
-        q2 = np.asarray(q2, dtype=float)
-        shape = np.broadcast(q1, q2).shape
-        lq1 = np.broadcast_to(np.log(q1), shape)
-        in1 = (lq1 >= self.keys[0] - 1e-9) & (lq1 <= self.keys[-1] + 1e-9)
-        q2b = np.broadcast_to(q2, shape)
-        if len(self.rows) == 1:
-            return in1 & np.broadcast_to(self.rows[0].contains(q2b), shape)
-        pos = self._row_below(lq1)
-        lo = np.array([r.lo for r in self.rows])
-        hi = np.array([r.hi for r in self.rows])
-        ok = ((q2b >= lo[pos] * (1 - 1e-9)) & (q2b <= hi[pos] * (1 + 1e-9))
-              & (q2b >= lo[pos + 1] * (1 - 1e-9)) & (q2b <= hi[pos + 1] * (1 + 1e-9)))
-        return in1 & ok
+        return self.lookup(q1, q2, values=False)[1]

@@ -103,15 +103,16 @@ class Tables:
         for dt in dts:
             if (dt, n, k) in self.gemm_time:
                 curve = self.gemm_time[(dt, n, k)]
+                lm = np.log(m_arr)  # every curve below is interpolated in log m
                 inside = curve.contains(m_arr)
-                src = np.where(curve.on_grid(m_arr), MEASURED, np.where(inside, INTERPOLATED, ANALYTICAL))
+                src = np.where(curve.on_grid_log(lm), MEASURED, np.where(inside, INTERPOLATED, ANALYTICAL))
                 if own:
                     # log-log interpolation of the measured times inside the range; physics ratio outside
-                    t_in = np.exp(curve(m_arr))
-                    t_out = base.seconds * np.exp(self.gemm_curves[(dt, n, k)](m_arr))
+                    t_in = np.exp(curve.at_log(lm))
+                    t_out = base.seconds * np.exp(self.gemm_curves[(dt, n, k)].at_log(lm))
                     t = np.where(inside, t_in, t_out)
                 else:
-                    t = base.seconds * np.exp(self.gemm_curves[(dt, n, k)](m_arr))
+                    t = base.seconds * np.exp(self.gemm_curves[(dt, n, k)].at_log(lm))
                 return OpCost.of(t, base.bound, self._src(prof, src), base.flops, base.bytes)
         lr, inside = self._gemm_blend(dts[0], m_arr, n, k)
         src = np.where(inside, INTERPOLATED, ANALYTICAL)
@@ -169,6 +170,12 @@ class Tables:
         exact = (dt, phase, heads, kv_heads, hd)
         if exact in self.attn:
             return exact, True
+        memo = self.__dict__.setdefault("_attn_key_memo", {})  # (built lazily: not part of the disk cache)
+        if exact not in memo:
+            memo[exact] = self._nearest_attn_key(dt, phase, heads, kv_heads, hd)
+        return memo[exact]
+
+    def _nearest_attn_key(self, dt, phase, heads, kv_heads, hd):
         cands = [k for k in self.attn if k[1] == phase and k[0] in (dt, "bf16")]
         if not cands:
             return None, False
@@ -203,12 +210,10 @@ class Tables:
             if key is None or v_head_dim is not None:
                 fallback |= sel
                 continue
-            val = self.attn[key](b * heads, kv_eff)
-            inside = self.attn[key].contains(b * heads, kv_eff)
+            val, inside = self.attn[key].lookup(b * heads, kv_eff)
             if prof.gpu is self.gpu and exact:
-                tgrid = self.attn_time[key]
-                t_in = tgrid.contains(b, kv_eff)
-                val = np.where(t_in, tgrid(b, kv_eff) - lbase, val)
+                t_val, t_in = self.attn_time[key].lookup(b, kv_eff)
+                val = np.where(t_in, t_val - lbase, val)
                 inside = inside | t_in
             lr = np.where(sel, val, lr)
             src = np.where(sel, np.where(inside, INTERPOLATED, ANALYTICAL), src)
