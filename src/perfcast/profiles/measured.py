@@ -108,9 +108,11 @@ class Tables:
                 src = np.where(curve.on_grid_log(lm), MEASURED, np.where(inside, INTERPOLATED, ANALYTICAL))
                 if own:
                     # log-log interpolation of the measured times inside the range; physics ratio outside
-                    t_in = np.exp(curve.at_log(lm))
-                    t_out = base.seconds * np.exp(self.gemm_curves[(dt, n, k)].at_log(lm))
-                    t = np.where(inside, t_in, t_out)
+                    # (each side computed only where some point needs it: decode inside, prefill mostly out)
+                    n_in = np.count_nonzero(inside)
+                    t_in = np.exp(curve.at_log(lm)) if n_in else None
+                    t_out = base.seconds * np.exp(self.gemm_curves[(dt, n, k)].at_log(lm)) if n_in < inside.size else None
+                    t = t_in if t_out is None else t_out if t_in is None else np.where(inside, t_in, t_out)
                 else:
                     t = base.seconds * np.exp(self.gemm_curves[(dt, n, k)].at_log(lm))
                 return OpCost.of(t, base.bound, self._src(prof, src), base.flops, base.bytes)

@@ -71,14 +71,13 @@ _WEIGHTS: dict = {}
 
 def weights_bytes_per_gpu(spec: ModelSpec, tp: int, pp: int, wdtype: str = "bf16") -> float:
     """Bytes of weights on the most loaded GPU (a sum over every layer, so kept per deployment)."""
-    try:
-        key = (spec, tuple(sorted(spec.extra.items())), tp, pp, wdtype)
-        w = _WEIGHTS.get(key)
-    except TypeError:  # unhashable extras: no caching
-        return _weights_bytes_per_gpu(spec, tp, pp, wdtype)
-    if w is None:
-        w = _WEIGHTS[key] = _weights_bytes_per_gpu(spec, tp, pp, wdtype)
-    return w
+    key = (id(spec), tp, pp, wdtype)  # specs are immutable; the entry keeps its spec alive (ids stay unique)
+    hit = _WEIGHTS.get(key)
+    if hit is None or hit[0] is not spec:
+        if len(_WEIGHTS) > 4096:
+            _WEIGHTS.clear()
+        hit = _WEIGHTS[key] = (spec, _weights_bytes_per_gpu(spec, tp, pp, wdtype))
+    return hit[1]
 
 
 def _weights_bytes_per_gpu(spec: ModelSpec, tp: int, pp: int, wdtype: str) -> float:

@@ -216,15 +216,19 @@ def _dominant_arrays(rt, costs, ops):
     total = np.asarray(rt.seconds, dtype=float)
     shape = total.shape
     n, k = total.size, len(ops)
-    t = np.empty((k,) + shape)  # per op and point: time, bound code, provenance code
-    bnd = np.empty((k,) + shape, dtype=np.intp)
-    src = np.empty((k,) + shape, dtype=np.int8)
-    for i, (o, c, s, b) in enumerate(zip(ops, costs, rt.op_seconds, rt.op_bound)):
-        t[i] = np.asarray(s, dtype=float) * o.count
-        bnd[i] = b
+    src = np.empty((k,) + shape, dtype=np.int8)  # per op and point: provenance, bound code, time
+    for i, c in enumerate(costs):
         src[i] = c.source
+    if rt.stacked is not None and shape == (n,):
+        _, bnd, t = rt.stacked
+    else:
+        t = np.empty((k,) + shape)
+        bnd = np.empty((k,) + shape, dtype=np.intp)
+        for i, (o, s, b) in enumerate(zip(ops, rt.op_seconds, rt.op_bound)):
+            t[i] = np.asarray(s, dtype=float) * o.count
+            bnd[i] = b
     # time per (bound, point), each sum taken op by op in op order (bincount adds in input order)
-    by_bound = np.bincount((bnd.reshape(k, n) * n + np.arange(n)).ravel(), weights=t.ravel(),
+    by_bound = np.bincount((bnd.reshape(k, n).astype(np.intp) * n + np.arange(n)).ravel(), weights=t.ravel(),
                            minlength=len(BOUNDS) * n).reshape(len(BOUNDS), n)
     weakest = np.where(t >= 0.05 * total, src, 0).max(axis=0, initial=0).astype(np.int8)
     bound = np.argmax(by_bound, axis=0).reshape(shape)
