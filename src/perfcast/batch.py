@@ -223,22 +223,24 @@ class _Plan:
         else:
             self.group(key).append((i, b, p, c))
 
-    def predict(self, emit):
-        """Predict the groups (together) and the breakdown lines; ``emit(cfg, result, idx, b, p, c)``
-        turns one group's result into its output lines."""
-        from perfcast.step.predict import _predict_cfg, predict_groups
+    def predict(self, emit, workers: int = 1):
+        """Predict the groups (together) and the breakdown lines; ``emit(cfg, result, cols)`` turns one
+        group's result into its output lines. ``workers=2``: the groups are shared with a forked
+        process (for text output only; the numbers do not depend on how groups are shared)."""
+        from perfcast.step.predict import _predict_cfg
 
         outputs = self.outputs
         items = [(key, self.configs[key], tuple(zip(*rows))) for key, rows in self.groups.items() if rows]
-        arrays = [(cfg, np.array(cols[1]), np.array(cols[2]), np.array(cols[3])) for _, cfg, cols in items]
-        results = predict_groups(arrays, return_errors=True)  # a group that fails: its error, as alone
-        for (_, cfg, cols), res in zip(items, results):
-            idx = cols[0]
-            if isinstance(res, Exception):
-                for i in idx:
-                    outputs[i] = _err(res)
+        if workers > 1 and len(items) > 1:
+            done = _emit_forked(items, emit)
+        else:
+            done = _emit_groups(items, emit)
+        for (_, _, cols), out in zip(items, done):
+            if isinstance(out, dict):  # the group failed: its error on each of its lines
+                for i in cols[0]:
+                    outputs[i] = out
                 continue
-            for i, o in zip(idx, emit(cfg, res, cols)):
+            for i, o in zip(cols[0], out):
                 outputs[i] = o
         for i, cfg, b, p, c in self.singles:
             try:
@@ -246,6 +248,111 @@ class _Plan:
             except Exception as e:
                 outputs[i] = _err(e)
         return outputs
+
+
+def _emit_groups(items, emit) -> list:
+    """Per group: its output lines, or the error dict of a group that fails (as it fails alone)."""
+    from perfcast.step.predict import predict_groups
+
+    arrays = [(cfg, np.array(cols[1]), np.array(cols[2]), np.array(cols[3])) for _, cfg, cols in items]
+    results = predict_groups(arrays, return_errors=True)
+    return [_err(res) if isinstance(res, Exception) else emit(cfg, res, cols)
+            for (_, cfg, cols), res in zip(items, results)]
+
+
+# lines of work one group costs beyond its lines (its ops and runtime), for sharing groups between processes
+_GROUP_WEIGHT = 60
+
+
+def _share(items) -> tuple[list, list]:
+    """Two parts of about equal work. Groups on the same GPU and profile stay together where that keeps
+    the parts even (their ops are costed together)."""
+    def weight(part):
+        return sum(len(it[2][0]) + _GROUP_WEIGHT for it in part)
+
+    for units in (_by_profile(items), [[it] for it in items]):
+        parts, loads = ([], []), [0, 0]
+        for u in sorted(units, key=weight, reverse=True):
+            j = loads.index(min(loads))
+            parts[j].extend(u)
+            loads[j] += weight(u)
+        if max(loads) <= 0.6 * sum(loads):
+            break
+    return parts
+
+
+def _by_profile(items) -> list[list]:
+    out: dict = {}
+    for it in items:
+        out.setdefault((it[1].gpu.id, it[1].profile), []).append(it)
+    return list(out.values())
+
+
+def _emit_forked(items, emit) -> list:
+    """``_emit_groups`` with a forked child doing about half of the groups (text lines only: they come
+    back through a pipe). Anything amiss in the child and the parent does its part too."""
+    import os
+    import pickle
+
+    from perfcast.step.predict import resolve_profile
+
+    for _, cfg, _ in items:  # load the profiles once, before the fork, for both processes
+        try:
+            resolve_profile(cfg.gpu, cfg.profile)
+        except Exception:  # (that group will say so)
+            pass
+    mine, theirs = _share(items)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its groups, as one pickle of joined texts, then out without cleanup
+        code = 1
+        try:
+            os.close(r)
+            got = [o if isinstance(o, dict) else "\n".join(o) for o in _emit_groups(theirs, emit)]
+            with os.fdopen(w, "wb") as f:
+                f.write(pickle.dumps(got, protocol=pickle.HIGHEST_PROTOCOL))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        done_mine = _emit_groups(mine, emit)
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+    finally:
+        _, status = os.waitpid(pid, 0)
+    try:
+        got = pickle.loads(data) if status == 0 else None
+    except Exception:
+        got = None
+    if got is None or len(got) != len(theirs):
+        done_theirs = _emit_groups(theirs, emit)
+    else:
+        done_theirs = [o if isinstance(o, dict) else o.split("\n") for o in got]
+    where = {id(it): o for it, o in zip(mine + theirs, done_mine + done_theirs)}
+    return [where[id(it)] for it in items]
+
+
+def workers_for(n_lines: int) -> int:
+    """Processes for a batch file: 2 for a large file where the platform forks cheaply and a second CPU
+    is free right now (another busy process would only make the two take turns);
+    ``PERFCAST_WORKERS=1`` keeps everything in one process."""
+    import os
+    import sys
+
+    if (os.environ.get("PERFCAST_WORKERS", "").strip() == "1" or n_lines < _FORK_MIN_LINES
+            or not sys.platform.startswith("linux") or not hasattr(os, "fork")):
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+        with open("/proc/stat") as f:  # tasks on a CPU or waiting for one, this one included
+            running = next(int(ln.split()[1]) for ln in f if ln.startswith("procs_running"))
+    except (AttributeError, OSError, StopIteration, ValueError):
+        return 1
+    return 2 if cpus >= 2 and running < cpus else 1
+
+
+_FORK_MIN_LINES = 4000
 
 
 def _group_dicts(cfg, res: dict, grp) -> list[dict]:
@@ -313,11 +420,12 @@ def predict_lines(lines: Iterable[str]) -> tuple[list[dict], bool]:
     return outputs, ok
 
 
-def predict_lines_json(lines: Iterable[str]) -> tuple[list[str], bool]:
-    """``predict_lines`` written out: one JSON text per line, exactly ``dumps`` of each output object."""
+def predict_lines_json(lines: Iterable[str], workers: int | None = 1) -> tuple[list[str], bool]:
+    """``predict_lines`` written out: one JSON text per line, exactly ``dumps`` of each output object.
+    ``workers=None``: as many processes as :func:`workers_for` says (the CLI's choice)."""
     plan = _Plan()
     plan.add(lines)
-    outputs = plan.predict(_group_texts)
+    outputs = plan.predict(_group_texts, workers_for(len(plan.outputs)) if workers is None else workers)
     ok = True
     for i, o in enumerate(outputs):
         if type(o) is not str:

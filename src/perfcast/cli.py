@@ -151,7 +151,7 @@ def predict(cases, model, gpu, batch, prompt, context, tp, pp, ep, moe_imbalance
         from perfcast.batch import predict_lines, predict_lines_json
 
         if as_json:  # the JSON text of each line straight from the batch reader (no dict round trip)
-            texts, ok = _run_cases(cases, predict_lines_json, False)
+            texts, ok = _run_cases(cases, lambda lines: predict_lines_json(lines, workers=None), False)
             _emit_texts(texts, ok)
         outputs, ok = _run_cases(cases, predict_lines, as_json)
         _print_predictions(outputs)
