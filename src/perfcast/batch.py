@@ -411,11 +411,29 @@ def _group_texts(cfg, res: dict, grp) -> list[str]:
                                                                           db, src)]
 
 
+class _NoGC:
+    """The cyclic garbage collector paused (the batch makes no cycles; its collections only walk the
+    many short-lived line objects), and restored as it was."""
+
+    def __enter__(self):
+        import gc
+
+        self.was = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc):
+        import gc
+
+        if self.was:
+            gc.enable()
+
+
 def predict_lines(lines: Iterable[str]) -> tuple[list[dict], bool]:
     """Predict each line; returns (output objects in order, all_ok)."""
-    plan = _Plan()
-    plan.add(lines)
-    outputs = plan.predict(_group_dicts)
+    with _NoGC():
+        plan = _Plan()
+        plan.add(lines)
+        outputs = plan.predict(_group_dicts)
     ok = all("error" not in o for o in outputs)
     return outputs, ok
 
@@ -423,9 +441,10 @@ def predict_lines(lines: Iterable[str]) -> tuple[list[dict], bool]:
 def predict_lines_json(lines: Iterable[str], workers: int | None = 1) -> tuple[list[str], bool]:
     """``predict_lines`` written out: one JSON text per line, exactly ``dumps`` of each output object.
     ``workers=None``: as many processes as :func:`workers_for` says (the CLI's choice)."""
-    plan = _Plan()
-    plan.add(lines)
-    outputs = plan.predict(_group_texts, workers_for(len(plan.outputs)) if workers is None else workers)
+    with _NoGC():
+        plan = _Plan()
+        plan.add(lines)
+        outputs = plan.predict(_group_texts, workers_for(len(plan.outputs)) if workers is None else workers)
     ok = True
     for i, o in enumerate(outputs):
         if type(o) is not str:
@@ -438,27 +457,74 @@ OP_KEYS = ("op", "gpu", "dtype", "profile")
 
 
 def op_lines(lines: Iterable[str]) -> tuple[list[dict], bool]:
-    from perfcast.ops.predict import predict_op
+    """``perfcast op`` lines: each checked alone, then the cases of one kernel shape on one GPU and profile
+    costed together over their sizes (costs are elementwise: the numbers of costing each alone)."""
+    from perfcast.ops.predict import op_prediction, prepare_op
+    from perfcast.step.costs import op_cost
 
-    outputs = []
-    for line in lines:
-        obj, err = parse_line(line)
-        if err:
+    outputs: list = []
+    todo = []  # (line, op name, gpu, op, profile)
+    with _NoGC():
+        for line in lines:
+            obj, err = parse_line(line)
             outputs.append(err)
-            continue
-        try:
-            for k in ("op", "gpu"):
-                if obj.get(k) is None:
-                    raise ValueError(f"missing field {k!r}")
-            for k in OP_KEYS:
-                _str_or_none(k, obj.get(k))
-            fields = {k: v for k, v in obj.items() if k not in OP_KEYS}
-            r = predict_op(obj["op"], obj["gpu"], obj.get("dtype") or "bf16", obj.get("profile") or "auto",
-                           **fields)
-            outputs.append(r.to_dict())
-        except Exception as e:
-            outputs.append(_err(e if str(e) else e.__class__.__name__))
+            if err:
+                continue
+            try:
+                for k in ("op", "gpu"):
+                    if obj.get(k) is None:
+                        raise ValueError(f"missing field {k!r}")
+                for k in OP_KEYS:
+                    _str_or_none(k, obj.get(k))
+                fields = {k: v for k, v in obj.items() if k not in OP_KEYS}
+                g, o, prof = prepare_op(obj["op"], obj["gpu"], obj.get("dtype") or "bf16",
+                                        obj.get("profile") or "auto", **fields)
+                todo.append((len(outputs) - 1, obj["op"], g, o, prof))
+            except Exception as e:
+                outputs[-1] = _err(e if str(e) else e.__class__.__name__)
+        groups: dict = {}
+        for t in todo:
+            key = _op_point_key(t[3])
+            groups.setdefault(None if key is None else (id(t[2]), id(t[4]), key), []).append(t)
+        for key, cases in groups.items():
+            if key is not None and len(cases) > 1:
+                try:
+                    c = op_cost(_op_over_points([t[3] for t in cases]), cases[0][2], cases[0][4])
+                    for j, (i, name, g, _, prof) in enumerate(cases):
+                        outputs[i] = op_prediction(name, g, prof, c, j).to_dict()
+                    continue
+                except Exception:  # each case alone says what is wrong with it
+                    pass
+            for i, name, g, o, prof in cases:
+                try:
+                    outputs[i] = op_prediction(name, g, prof, op_cost(o, g, prof)).to_dict()
+                except Exception as e:
+                    outputs[i] = _err(e if str(e) else e.__class__.__name__)
     return outputs, all("error" not in o for o in outputs)
+
+
+def _op_point_key(o):
+    """What fixes a kernel's shape (all but its size fields), or None when it is costed alone (sizes that
+    are not exact in float64)."""
+    from perfcast.ops.predict import POINT_FIELDS
+
+    pts = POINT_FIELDS.get(o.kind, ())
+    if any(type(o.dims[k]) is not int or abs(o.dims[k]) > 1 << 53 for k in pts):
+        return None
+    return (o.kind, o.dtype, o.wdtype, tuple((k, type(v), v) for k, v in o.dims.items() if k not in pts))
+
+
+def _op_over_points(ops):
+    """One op whose size fields are float arrays of the given ops' sizes (the cost functions read every
+    size as float64)."""
+    from perfcast.ops.predict import POINT_FIELDS
+
+    first = ops[0]
+    dims = dict(first.dims)
+    for k in POINT_FIELDS[first.kind]:
+        dims[k] = np.array([o.dims[k] for o in ops], dtype=float)
+    return type(first)(first.name, first.kind, dims, first.count, first.dtype, first.wdtype, first.group,
+                       first.device, first.host_ops, first.meta)
 
 
 def read_lines(path: str) -> list[str]:

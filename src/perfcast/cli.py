@@ -85,12 +85,11 @@ _EXTENSIONS = {"perfcast.serving.cli": ("simulate", "search"), "perfcast.offload
 class _Main(click.Group):
     """The command group, with the extension commands registered on first use."""
 
-    _loaded: set = set()
-
     def _load(self, module: str):
-        if module in self._loaded:
+        loaded = self.__dict__.setdefault("_loaded", set())
+        if module in loaded:
             return
-        self._loaded.add(module)
+        loaded.add(module)
         import importlib
 
         try:
@@ -255,9 +254,7 @@ def op(cases, op_name, gpu, dtype, profile, as_json, nbytes, **fields):
         from perfcast.batch import op_lines
 
         outputs, ok = _run_cases(cases, op_lines, as_json)
-        for o in outputs:
-            click.echo(json.dumps(o))
-        sys.exit(0 if ok else 1)
+        _emit_texts([json.dumps(o) for o in outputs], ok)
     if not op_name or not gpu:
         raise UserError("--op and --gpu are required (or --cases FILE)")
     from perfcast.ops.predict import predict_op

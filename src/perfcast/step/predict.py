@@ -447,7 +447,8 @@ def _cost_points(op: Op, gpu, prof, arrays) -> OpCost:
                 seen = np.zeros(hi + 1, dtype=bool)
                 seen[v] = True
                 u = np.flatnonzero(seen)
-                if 2 * u.size <= v.size:
+                # worth it when the repeats save more than the gather costs (a GEMM point costs most)
+                if (v.size - u.size >= 16) if op.kind == "gemm" else (2 * u.size <= v.size):
                     inv = (np.cumsum(seen) - 1)[v]
                     c = op_cost(_with_dims(op, {**op.dims, arrays[0]: u.astype(v.dtype)}), gpu, prof)
                     return OpCost(*(x[inv] if x.ndim else x for x in (c.seconds, c.bound, c.source, c.flops,
