@@ -170,3 +170,17 @@ def test_no_numpy_ma_at_predict(tmp_path):
             "print('numpy.ma' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "False", r.stderr[-500:]
+
+
+def test_read_csv_equals_dictreader(tmp_path):
+    import csv
+
+    from perfcast.profiles.measured import _read_csv
+
+    rng = random.Random(4)
+    for trial in range(300):
+        rows = [",".join(str(rng.randint(0, 9)) for _ in range(rng.randint(0, 5))) for _ in range(rng.randint(0, 6))]
+        p = tmp_path / f"t{trial}.csv"
+        p.write_text("\n".join(rows) + rng.choice(["", "\n", "\n\n", "\r\n"]))
+        with open(p, newline="") as f:
+            assert _read_csv(p) == list(csv.DictReader(f)), p.read_text()

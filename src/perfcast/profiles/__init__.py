@@ -80,7 +80,7 @@ class Profile:
 
     def elementwise(self, op, tokens, width, dtype="bf16") -> OpCost:
         tokens = np.asarray(tokens)
-        dedup = _on_unique(tokens, lambda u: self.elementwise(op, u, width, dtype))
+        dedup = _on_unique(tokens, lambda u: self.elementwise(op, u, width, dtype)) if np.ndim(width) == 0 else None
         if dedup is not None:
             return dedup
         if self.tables is not None:

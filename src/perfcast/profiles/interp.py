@@ -61,6 +61,18 @@ class Curve:
 
     def on_grid_log(self, lq):
         """``self.on_grid(q)`` given ``lq = log(q)``."""
+        lq = np.asarray(lq)
+        if lq.size > 64:  # points farther than 1e-8 outside the grid's span are on no grid point
+            span = (lq >= self.x[0] - 1e-8) & (lq <= self.x[-1] + 1e-8)
+            k = np.count_nonzero(span)
+            if 2 * k < lq.size:
+                out = np.zeros(lq.shape, dtype=bool)
+                if k:
+                    out[span] = self._on_grid_log(lq[span])
+                return out
+        return self._on_grid_log(lq)
+
+    def _on_grid_log(self, lq):
         idx = np.minimum(np.searchsorted(self.x, lq), len(self.x) - 1)  # (searchsorted is >= 0)
         near = np.minimum(np.abs(self.x[idx] - lq), np.abs(self.x[np.maximum(idx - 1, 0)] - lq))
         return near < 1e-9

@@ -376,7 +376,14 @@ def _op_signature(op: Op):
     arrays = []
     sig = [op.kind, op.dtype, op.wdtype, op.device]
     for k, v in op.dims.items():
-        if type(v) is np.ndarray:
+        if k == "width" and op.kind == "elementwise" and type(v) is int:
+            # an elementwise kernel's width only scales its bytes and flops, point by point: kernels of
+            # other models' widths are costed together too (as exact float64 products)
+            if abs(v) > 1 << 53:
+                return None, ()
+            sig.append(k)
+            arrays.append(k)
+        elif type(v) is np.ndarray:
             if v.ndim > 1:
                 return None, ()
             sig += (k, v.dtype.str)
