@@ -424,7 +424,7 @@ def _merged_costs(jobs) -> tuple[list[list], set]:
             first = jobs[members[0][0]][2][members[0][1]]
             dims = dict(first.dims)
             for k in arrays:
-                dims[k] = np.concatenate([_full(jobs[j][2][i].dims[k], (jobs[j][3],)) for j, i in members])
+                dims[k] = np.concatenate([_points_of(jobs[j][2][i].dims[k], jobs[j][3]) for j, i in members])
             c = _cost_points(_with_dims(first, dims), gpu, prof, arrays)
         except Exception:
             failed.update(j for j, _ in members)
@@ -440,6 +440,14 @@ def _merged_costs(jobs) -> tuple[list[list], set]:
             costs[j][i] = OpCost(sec[start:end], bnd[start:end], src[start:end], fl[start:end], by[start:end])
             start = end
     return costs, failed
+
+
+def _points_of(v, n: int) -> np.ndarray:
+    """A field's value at each of ``n`` points (one value repeated, or the array as it is)."""
+    if type(v) is np.ndarray and v.shape == (n,):
+        return v
+    a = np.asarray(v)
+    return np.full(n, a, dtype=a.dtype) if a.ndim == 0 else np.broadcast_to(a, (n,))
 
 
 def _cost_points(op: Op, gpu, prof, arrays) -> OpCost:
