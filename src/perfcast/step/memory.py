@@ -84,8 +84,16 @@ def _weights_bytes_per_gpu(spec: ModelSpec, tp: int, pp: int, wdtype: str) -> fl
     wb = DTYPE_BYTES[wdtype]
     stages = stage_layers(spec.n_layers, pp)
     worst = 0.0
+    per_kind: dict[bool, float] = {}  # a layer's parameters depend only on whether it holds experts
+
+    def layer(i: int) -> float:
+        kind = spec.is_moe_layer(i)
+        if kind not in per_kind:
+            per_kind[kind] = layer_weight_params_per_gpu(spec, i, tp)
+        return per_kind[kind]
+
     for s, layers in enumerate(stages):
-        p = sum(layer_weight_params_per_gpu(spec, i, tp) for i in layers)
+        p = sum(layer(i) for i in layers)
         if s == 0:
             p += spec.embedding_params() / tp
         if s == pp - 1:
