@@ -293,6 +293,8 @@ def _emit_forked(items, emit) -> list:
     back through a pipe). Anything amiss in the child and the parent does its part too."""
     import os
     import pickle
+    import signal
+    import time
 
     from perfcast.step.predict import resolve_profile
 
@@ -315,14 +317,19 @@ def _emit_forked(items, emit) -> list:
         finally:
             os._exit(code)
     os.close(w)
+    t0 = time.perf_counter()
+    data = None
     try:
         done_mine = _emit_groups(mine, emit)
-        with os.fdopen(r, "rb") as f:
-            data = f.read()
-    finally:
+        # the child's part takes about as long as ours: one that is far later is given up on
+        data = _read_all(r, deadline=time.perf_counter() + 5.0 + 10 * (time.perf_counter() - t0))
+    finally:  # (on an error here the child's write fails at once: it never waits on a full pipe)
+        os.close(r)
+        if data is None:
+            os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
     try:
-        got = pickle.loads(data) if status == 0 else None
+        got = pickle.loads(data) if status == 0 and data else None
     except Exception:
         got = None
     if got is None or len(got) != len(theirs):
@@ -331,6 +338,23 @@ def _emit_forked(items, emit) -> list:
         done_theirs = [o if isinstance(o, dict) else o.split("\n") for o in got]
     where = {id(it): o for it, o in zip(mine + theirs, done_mine + done_theirs)}
     return [where[id(it)] for it in items]
+
+
+def _read_all(fd: int, deadline: float) -> bytes | None:
+    """Everything from ``fd`` until end of file, or None past ``deadline`` (perf_counter seconds)."""
+    import os
+    import select
+    import time
+
+    chunks = []
+    while True:
+        left = deadline - time.perf_counter()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def workers_for(n_lines: int) -> int:
