@@ -184,3 +184,21 @@ def test_read_csv_equals_dictreader(tmp_path):
         p.write_text("\n".join(rows) + rng.choice(["", "\n", "\n\n", "\r\n"]))
         with open(p, newline="") as f:
             assert _read_csv(p) == list(csv.DictReader(f)), p.read_text()
+
+
+def test_forked_child_failing_is_redone_by_the_parent(lines):
+    import os
+
+    from perfcast import batch
+
+    plan = batch._Plan()
+    plan.add(lines)
+    items = [(k, plan.configs[k], tuple(zip(*rows))) for k, rows in plan.groups.items() if rows]
+    parent = os.getpid()
+
+    def emit(cfg, res, cols):
+        if os.getpid() != parent:
+            os._exit(3)  # the child dies mid-way
+        return batch._group_texts(cfg, res, cols)
+
+    assert batch._emit_forked(items, emit) == batch._emit_groups(items, batch._group_texts)
