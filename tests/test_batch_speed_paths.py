@@ -202,3 +202,20 @@ def test_forked_child_failing_is_redone_by_the_parent(lines):
         return batch._group_texts(cfg, res, cols)
 
     assert batch._emit_forked(items, emit) == batch._emit_groups(items, batch._group_texts)
+
+
+def test_gemm_blends_kept_on_disk_give_the_same_numbers(tmp_path):
+    """Unmeasured GEMM shapes are blended once and the blends kept next to the table cache: a second
+    process loads them and predicts the very same bytes."""
+    import os
+    import subprocess
+
+    code = ("import json, sys; from perfcast.batch import predict_lines_json; "
+            "lines = [json.dumps({'model': m, 'gpu': g, 'batch': 3, 'prompt': 700, 'context': 900}) "
+            "for m in ('google/gemma-2-9b', 'Qwen/Qwen2.5-14B') for g in ('h100-sxm', 'l40s')]; "
+            "print('\\n'.join(predict_lines_json(lines)[0]))")
+    env = {**os.environ, "PERFCAST_CACHE_DIR": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert list(tmp_path.glob("*-blends.pkl")), first.stderr[-500:]
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert first.stdout and first.stdout == second.stdout

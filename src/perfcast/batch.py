@@ -247,7 +247,14 @@ class _Plan:
                 outputs[i] = _predict_cfg(cfg, b, p, c, True).to_dict(breakdown=True)
             except Exception as e:
                 outputs[i] = _err(e)
+        _save_blends()
         return outputs
+
+
+def _save_blends():
+    from perfcast.profiles.measured import save_blends
+
+    save_blends()
 
 
 def _emit_groups(items, emit) -> list:
@@ -311,6 +318,7 @@ def _emit_forked(items, emit) -> list:
         try:
             os.close(r)
             got = [o if isinstance(o, dict) else "\n".join(o) for o in _emit_groups(theirs, emit)]
+            _save_blends()
             with os.fdopen(w, "wb") as f:
                 f.write(pickle.dumps(got, protocol=pickle.HIGHEST_PROTOCOL))
             code = 0

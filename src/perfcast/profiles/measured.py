@@ -404,25 +404,58 @@ def _tables_cached(path: str, gpu_id: str) -> Tables:
 
     gpu = get_gpu(gpu_id)
     cache = _disk_cache_path(path, gpu_id)
+    t = None
     if cache is not None and cache.is_file():
         try:
             with open(cache, "rb") as f:
                 t = pickle.load(f)
             t.gpu = gpu  # the catalog's own object: predictions compare GPUs by identity
-            return t
         except Exception:  # a stale or broken cache is rebuilt, never fatal
-            pass
-    t = Tables(path, gpu)
-    if cache is not None:
+            t = None
+    if t is None:
+        t = Tables(path, gpu)
+        if cache is not None:
+            _write_atomic(cache, t)
+    if cache is not None:  # GEMM shapes blended by earlier runs, kept next to the tables
+        blends = cache.with_name(cache.stem + "-blends.pkl")
         try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                pickle.dump(t, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, cache)
-        except OSError:
+            with open(blends, "rb") as f:
+                t._blend_cache.update(pickle.load(f))
+        except Exception:  # none yet, or unreadable: blended again
             pass
+        _WITH_BLENDS.append((t, blends, len(t._blend_cache)))
     return t
+
+
+# tables loaded with a disk cache: (tables, its blends file, how many blends that file held)
+_WITH_BLENDS: list = []
+
+
+def save_blends():
+    """Write the GEMM blends built since the tables were loaded next to their disk cache (merged with what
+    another process may have written there meanwhile), so that later runs load them instead."""
+    for j, (t, path, saved) in enumerate(_WITH_BLENDS):
+        if len(t._blend_cache) == saved:
+            continue
+        try:
+            with open(path, "rb") as f:
+                merged = pickle.load(f)
+        except Exception:
+            merged = {}
+        merged.update(t._blend_cache)
+        _write_atomic(path, merged)
+        _WITH_BLENDS[j] = (t, path, len(t._blend_cache))
+
+
+def _write_atomic(path: Path, obj):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _disk_cache_path(path: str, gpu_id: str) -> Path | None:
