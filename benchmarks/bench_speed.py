@@ -4,6 +4,7 @@
 """
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -29,18 +30,31 @@ def cli_lines(n=20000, seed=0):
     return lines
 
 
+def run_cli(path, n, env=None):
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "perfcast.cli", "predict", "--cases", path, "--json"],
+                       capture_output=True, text=True, env=None if env is None else {**os.environ, **env})
+    dt = time.perf_counter() - t
+    n_out = len(r.stdout.splitlines())
+    assert n_out == n, (n_out, r.stderr[-500:])
+    return dt, r.returncode
+
+
 def main():
     lines = cli_lines()
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         f.write("\n".join(lines) + "\n")
-    t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "perfcast.cli", "predict", "--cases", f.name, "--json"],
-                       capture_output=True, text=True)
-    dt = time.perf_counter() - t
-    n_out = len(r.stdout.splitlines())
-    assert n_out == len(lines), (n_out, r.stderr[-500:])
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as one:
+        one.write(lines[0] + "\n")
+    run_cli(one.name, 1)  # the disk cache of profile tables in place (a changed perfcast rebuilds it once)
+    dt, rc = run_cli(f.name, len(lines))
     print(f"batch CLI: {len(lines)} mixed predict lines in {dt:.2f} s = {len(lines) / dt:,.0f} lines/s "
-          f"(start-up included, exit {r.returncode})")
+          f"(start-up included, exit {rc})")
+    dt, rc = run_cli(f.name, len(lines), {"PERFCAST_WORKERS": "1"})
+    print(f"batch CLI, one process (PERFCAST_WORKERS=1): {dt:.2f} s = {len(lines) / dt:,.0f} lines/s")
+    with tempfile.TemporaryDirectory() as cold:
+        dt, rc = run_cli(f.name, len(lines), {"PERFCAST_CACHE_DIR": cold})
+    print(f"batch CLI, cold cache (profile tables built from CSV): {dt:.2f} s = {len(lines) / dt:,.0f} lines/s")
     import perfcast
 
     b = np.arange(1, 1001)[:, None]

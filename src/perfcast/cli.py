@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -65,13 +66,58 @@ def _run_cases(path: str, predict_lines, as_json: bool):
 def _emit_lines(outputs, ok: bool):
     from perfcast.batch import dumps
 
+    _emit_texts([dumps(o) for o in outputs], ok)
+
+
+def _emit_texts(texts: list[str], ok: bool):
     out = sys.stdout
-    out.write("\n".join(dumps(o) for o in outputs) + ("\n" if outputs else ""))
+    out.write("\n".join(texts) + ("\n" if texts else ""))
     out.flush()
-    sys.exit(0 if ok else 1)
+    sys.stderr.flush()
+    # everything is written: leave without tearing down every line's objects and the loaded profiles
+    # one by one (tens of ms after a large file); nothing of perfcast's runs at exit
+    os._exit(0 if ok else 1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Each feature package adds its commands through a light ``cli`` module with ``register(main)``;
+# those modules import their heavy parts inside the command functions. They are imported only when
+# one of their commands runs or the command list is shown (``perfcast predict`` never needs them).
+_EXTENSIONS = {"perfcast.serving.cli": ("simulate", "search"), "perfcast.offload.cli": ("offload", "calibrate-cpu"),
+               "perfcast.report.cli": ("explain", "report", "ui")}
+
+
+class _Main(click.Group):
+    """The command group, with the extension commands registered on first use."""
+
+    def _load(self, module: str):
+        loaded = self.__dict__.setdefault("_loaded", set())
+        if module in loaded:
+            return
+        loaded.add(module)
+        import importlib
+
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and module.startswith(e.name):
+                return
+            raise
+        mod.register(self)
+
+    def list_commands(self, ctx):
+        for module in _EXTENSIONS:
+            self._load(module)
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        if name not in self.commands:
+            owners = [m for m, names in _EXTENSIONS.items() if name in names]
+            for module in owners or _EXTENSIONS:  # an unknown name loads them all (for "did you mean")
+                self._load(module)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="perfcast")
 def main():
     """perfcast: predict LLM inference speed, memory and the binding resource on GPUs you may not have."""
@@ -110,8 +156,11 @@ def predict(cases, model, gpu, batch, prompt, context, tp, pp, microbatches, ep,
     if microbatches is not None and (cases is not None or offload is not None):
         raise UserError("--microbatches is single-shot only and does not combine with --cases or --offload")
     if cases is not None:
-        from perfcast.batch import predict_lines
+        from perfcast.batch import predict_lines, predict_lines_json
 
+        if as_json:  # the JSON text of each line straight from the batch reader (no dict round trip)
+            texts, ok = _run_cases(cases, lambda lines: predict_lines_json(lines, workers=None), False)
+            _emit_texts(texts, ok)
         outputs, ok = _run_cases(cases, predict_lines, as_json)
         _print_predictions(outputs)
         sys.exit(0 if ok else 1)
@@ -240,9 +289,7 @@ def op(cases, op_name, gpu, dtype, profile, as_json, nbytes, **fields):
         from perfcast.batch import op_lines
 
         outputs, ok = _run_cases(cases, op_lines, as_json)
-        for o in outputs:
-            click.echo(json.dumps(o))
-        sys.exit(0 if ok else 1)
+        _emit_texts([json.dumps(o) for o in outputs], ok)
     if not op_name or not gpu:
         raise UserError("--op and --gpu are required (or --cases FILE)")
     from perfcast.ops.predict import predict_op
@@ -375,27 +422,6 @@ def measure(ctx):
         _fail(RuntimeError(f"measuring needs torch with CUDA: pip install 'perfcast[gpu]' ({e})"))
     sys.exit(model_step.main(list(ctx.args)) or 0)
 
-
-# ----------------------------------------------------------------------------- extensions
-# Each feature package adds its commands through a light ``cli`` module with ``register(main)``;
-# those modules import their heavy parts inside the command functions.
-_EXTENSIONS = ("perfcast.serving.cli", "perfcast.offload.cli", "perfcast.report.cli")
-
-
-def _register_extensions():
-    import importlib
-
-    for name in _EXTENSIONS:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name and name.startswith(e.name):
-                continue
-            raise
-        mod.register(main)
-
-
-_register_extensions()
 
 if __name__ == "__main__":
     main()

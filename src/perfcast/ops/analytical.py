@@ -7,6 +7,7 @@ generation. Every time is >= the ideal roofline of the datasheet (efficiencies a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -48,21 +49,58 @@ _TILES = ((128, 256, 1.00), (128, 128, 0.93), (64, 128, 0.82), (64, 64, 0.65))
 _SPLITS = (1, 2, 4, 8, 16)
 
 
+@functools.lru_cache(maxsize=1024)
 def _candidates(k: int):
-    """(tile rows, tile cols, tile efficiency, split-K) of the kernels cuBLAS may pick, as arrays."""
+    """(tile rows, tile cols, tile efficiency, split-K) of the kernels cuBLAS may pick, as (read-only) arrays."""
     rows = [(tm, tn, te, sp) for tm, tn, te in _TILES for sp in _SPLITS if sp == 1 or k / sp >= 256]
-    return tuple(np.array(c, dtype=float) for c in zip(*rows))
+    out = tuple(np.array(c, dtype=float) for c in zip(*rows))
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 def gemm_compute_time(gpu: GPUSpec, m, n: int, k: int, dtype: str, eff: Efficiency):
     """Tensor-core time with wave quantization: the best of a few tile shapes and split-K factors."""
     m = np.asarray(m, dtype=float)
     per_sm = gpu.flops(dtype) * eff.gemm_compute / gpu.sm_count
-    tm, tn, te, sp = _candidates(int(k))
-    tiles = np.ceil(m[..., None] / tm) * np.ceil(n / tn)
-    waves = np.ceil(tiles * sp / gpu.sm_count)
+    cand = _candidates(int(k))
+    one = _unsplit(int(k))
+    if m.size < 256 or one.size == cand[0].size:
+        return _best_tiling(m, n, k, gpu.sm_count, per_sm, cand)
+    # Split-K only pays when a tile shape leaves the GPU's last wave short. With q = tiles / SMs, split
+    # sp of a tile takes 1.05 ceil(q sp) / (sp ceil(q)) > 1.05 q / (q + 1) of its unsplit time: more once
+    # q >= 21 (by 0.2%, far above rounding). Where every tile shape has q >= 21 the best unsplit time is
+    # the best time (the very same number: the minimum of a subset that holds the minimum); elsewhere
+    # every candidate is tried.
+    unsplit = tuple(c[one] for c in cand)
+    tiles = np.ceil(m / unsplit[0].reshape((-1,) + (1,) * m.ndim)) * np.ceil(n / unsplit[1]).reshape(
+        (-1,) + (1,) * m.ndim)
+    short = (tiles < 21 * gpu.sm_count).any(axis=0)
+    if not short.any():
+        return _best_tiling(m, n, k, gpu.sm_count, per_sm, unsplit)
+    if short.all():
+        return _best_tiling(m, n, k, gpu.sm_count, per_sm, cand)
+    best = np.empty(m.shape)
+    best[short] = _best_tiling(m[short], n, k, gpu.sm_count, per_sm, cand)
+    long = ~short
+    best[long] = _best_tiling(m[long], n, k, gpu.sm_count, per_sm, unsplit)
+    return best
+
+
+def _best_tiling(m, n, k, sm_count, per_sm, cand):
+    """The fastest of the candidate kernels at each point (candidates along a leading axis, so that the
+    minimum is taken elementwise, candidate after candidate)."""
+    tm, tn, te, sp = (c.reshape((-1,) + (1,) * m.ndim) for c in cand)
+    tiles = np.ceil(m / tm) * np.ceil(n / tn)
+    waves = np.ceil(tiles * sp / sm_count)
     t = waves * (2.0 * tm * tn * (k / sp)) / (per_sm * te) * np.where(sp > 1, 1.05, 1.0)  # split-K reduction
-    return t.min(axis=-1)
+    return t.min(axis=0)
+
+
+@functools.lru_cache(maxsize=1024)
+def _unsplit(k: int) -> np.ndarray:
+    """Indices of the unsplit (split-K 1) kernels among ``_candidates(k)``."""
+    return np.flatnonzero(_candidates(k)[3] == 1)
 
 
 def gemm_cost(gpu: GPUSpec, m, n: int, k: int, dtype: str = "bf16", wdtype: str | None = None,

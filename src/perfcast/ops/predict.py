@@ -97,9 +97,24 @@ def predict_op(op: str, gpu: str, dtype: str = "bf16", profile: str = "auto", **
     """Predict one kernel (fields as in CONTRACT.md's ``perfcast op`` table)."""
     from perfcast.step.costs import op_cost
 
+    g, o, prof = prepare_op(op, gpu, dtype, profile, **fields)
+    return op_prediction(op, g, prof, op_cost(o, g, prof))
+
+
+def prepare_op(op: str, gpu: str, dtype: str = "bf16", profile: str = "auto", **fields):
+    """The checked (GPU, op, profile) of one ``perfcast op`` case (raises with the fix)."""
     g = get_gpu(gpu)
     o = make_op(op, dtype, **fields)
-    prof = resolve_profile(g, profile)
-    c = op_cost(o, g, prof)
-    return OpPrediction(op, g.id, float(c.seconds) * 1e3, BOUNDS[int(c.bound)], SOURCES[int(c.source)],
-                        float(c.flops), float(c.bytes), prof.name)
+    return g, o, resolve_profile(g, profile)
+
+
+def op_prediction(op: str, g, prof, c, i=None) -> OpPrediction:
+    """The prediction from a cost (point ``i`` of a cost costed over many points)."""
+    at = (lambda x: x) if i is None else (lambda x: x[i])
+    return OpPrediction(op, g.id, float(at(c.seconds)) * 1e3, BOUNDS[int(at(c.bound))], SOURCES[int(at(c.source))],
+                        float(at(c.flops)), float(at(c.bytes)), prof.name)
+
+
+# the fields of each op kind that vary from case to case (the rest fix the kernel's shape)
+POINT_FIELDS = {"gemm": ("m",), "attention": ("batch", "q_len", "kv_len"), "elementwise": ("tokens",),
+                "collective": ("bytes",)}

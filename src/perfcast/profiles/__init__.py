@@ -83,7 +83,7 @@ class Profile:
 
     def elementwise(self, op, tokens, width, dtype="bf16") -> OpCost:
         tokens = np.asarray(tokens)
-        dedup = _on_unique(tokens, lambda u: self.elementwise(op, u, width, dtype))
+        dedup = _on_unique(tokens, lambda u: self.elementwise(op, u, width, dtype)) if np.ndim(width) == 0 else None
         if dedup is not None:
             return dedup
         if self.tables is not None:
@@ -100,7 +100,9 @@ def _on_unique(values: np.ndarray, cost) -> OpCost | None:
     """Large sweeps repeat few token counts: cost the unique ones and scatter back (None: not worth it)."""
     if values.size <= 4096:
         return None
-    u, inv = np.unique(values, return_inverse=True)
+    from perfcast.profiles.interp import unique
+
+    u, inv = unique(values, return_inverse=True)
     if u.size == values.size:
         return None
     c = cost(u)

@@ -23,7 +23,7 @@ from perfcast.hardware.spec import GPUSpec
 from perfcast.ops import analytical as an
 from perfcast.ops import roofline as rl
 from perfcast.ops.base import ANALYTICAL, INTERPOLATED, MEASURED, OpCost
-from perfcast.profiles.interp import Curve, RowGrid, monotone_log_ratio
+from perfcast.profiles.interp import Curve, RowGrid, monotone_log_ratio, unique
 
 # the reference roofline: full datasheet peaks, fixed floors (the same for every GPU)
 IDEAL = an.Efficiency(gemm_compute=1.0, gemm_memory=1.0, gemm_floor_s=2.0e-6, attn_compute=1.0,
@@ -32,10 +32,29 @@ IDEAL = an.Efficiency(gemm_compute=1.0, gemm_memory=1.0, gemm_floor_s=2.0e-6, at
 
 
 def _read_csv(path: Path) -> list[dict]:
+    """The rows of ``csv.DictReader`` (header from the first line, blank lines skipped, short rows padded
+    with None, extra cells under the key None), built a few times faster."""
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        reader = csv.reader(f)
+        names = next(reader, None)
+        if names is None:
+            return []
+        n = len(names)
+        out = []
+        for row in reader:
+            if len(row) == n and row:
+                out.append(dict(zip(names, row)))
+            elif row:
+                d = dict(zip(names, row))
+                if len(row) > n:
+                    d[None] = row[n:]
+                else:
+                    for key in names[len(row):]:
+                        d[key] = None
+                out.append(d)
+        return out
 
 
 def _num(rows, key, typ=float):
@@ -64,6 +83,8 @@ class Tables:
         self._build_collectives()
         self.hosts = _load_hosts(root)
         self.efficiency = self._fit_efficiency()
+        # the raw CSV rows are not needed once built: dropping them halves the disk cache (and its load)
+        del self._gemm_rows, self._attn_rows, self._elem_rows, self._coll_rows
 
     # ------------------------------------------------------------------ GEMM
     def _build_gemm(self):
@@ -107,15 +128,18 @@ class Tables:
         for dt in dts:
             if (dt, n, k) in self.gemm_time:
                 curve = self.gemm_time[(dt, n, k)]
+                lm = np.log(m_arr)  # every curve below is interpolated in log m
                 inside = curve.contains(m_arr)
-                src = np.where(curve.on_grid(m_arr), MEASURED, np.where(inside, INTERPOLATED, ANALYTICAL))
+                src = np.where(curve.on_grid_log(lm), MEASURED, np.where(inside, INTERPOLATED, ANALYTICAL))
                 if own:
                     # log-log interpolation of the measured times inside the range; physics ratio outside
-                    t_in = np.exp(curve(m_arr))
-                    t_out = base.seconds * np.exp(self.gemm_curves[(dt, n, k)](m_arr))
-                    t = np.where(inside, t_in, t_out)
+                    # (each side computed only where some point needs it: decode inside, prefill mostly out)
+                    n_in = np.count_nonzero(inside)
+                    t_in = np.exp(curve.at_log(lm)) if n_in else None
+                    t_out = base.seconds * np.exp(self.gemm_curves[(dt, n, k)].at_log(lm)) if n_in < inside.size else None
+                    t = t_in if t_out is None else t_out if t_in is None else np.where(inside, t_in, t_out)
                 else:
-                    t = base.seconds * np.exp(self.gemm_curves[(dt, n, k)](m_arr))
+                    t = base.seconds * np.exp(self.gemm_curves[(dt, n, k)].at_log(lm))
                 return OpCost.of(t, base.bound, self._src(prof, src), base.flops, base.bytes)
         lr, inside = self._gemm_blend(dts[0], m_arr, n, k)
         src = np.where(inside, INTERPOLATED, ANALYTICAL)
@@ -133,7 +157,7 @@ class Tables:
             near = sorted(shapes, key=lambda s: (np.log(s[0] / n)) ** 2 + (np.log(s[1] / k)) ** 2)[:24]
             pts = np.vstack([s[2] for s in near])
             lr = np.concatenate([s[3] for s in near])
-            grid = np.unique(np.exp(pts[:, 0]))
+            grid = unique(np.exp(pts[:, 0]))
             q = np.stack([np.log(grid), np.full(grid.size, np.log(n)), np.full(grid.size, np.log(k))], axis=1)
             d2 = ((q[:, None, :] - pts[None, :, :]) ** 2).sum(-1)
             kk = min(8, len(lr))
@@ -162,7 +186,7 @@ class Tables:
             base = an.attention_cost(self.gpu, b, h, kvh, hd, q, kv, phase == "prefill", None, dt, None, None,
                                      IDEAL).seconds
             lr = np.log(t / base)
-            for bb in np.unique(b):  # within a row, a longer sequence is never faster (padding)
+            for bb in unique(b):  # within a row, a longer sequence is never faster (padding)
                 sel = b == bb
                 lr[sel] = monotone_log_ratio(kv[sel], lr[sel], base[sel])
             self.attn[key] = RowGrid(b * h, kv, lr)
@@ -173,6 +197,12 @@ class Tables:
         exact = (dt, phase, heads, kv_heads, hd)
         if exact in self.attn:
             return exact, True
+        memo = self.__dict__.setdefault("_attn_key_memo", {})  # (built lazily: not part of the disk cache)
+        if exact not in memo:
+            memo[exact] = self._nearest_attn_key(dt, phase, heads, kv_heads, hd)
+        return memo[exact]
+
+    def _nearest_attn_key(self, dt, phase, heads, kv_heads, hd):
         cands = [k for k in self.attn if k[1] == phase and k[0] in (dt, "bf16")]
         if not cands:
             return None, False
@@ -207,12 +237,10 @@ class Tables:
             if key is None or v_head_dim is not None:
                 fallback |= sel
                 continue
-            val = self.attn[key](b * heads, kv_eff)
-            inside = self.attn[key].contains(b * heads, kv_eff)
+            val, inside = self.attn[key].lookup(b * heads, kv_eff)
             if prof.gpu is self.gpu and exact:
-                tgrid = self.attn_time[key]
-                t_in = tgrid.contains(b, kv_eff)
-                val = np.where(t_in, tgrid(b, kv_eff) - lbase, val)
+                t_val, t_in = self.attn_time[key].lookup(b, kv_eff)
+                val = np.where(t_in, t_val - lbase, val)
                 inside = inside | t_in
             lr = np.where(sel, val, lr)
             src = np.where(sel, np.where(inside, INTERPOLATED, ANALYTICAL), src)
@@ -235,7 +263,10 @@ class Tables:
             base = np.broadcast_to(an.elementwise_cost(self.gpu, op, tok, wid, dt, IDEAL).seconds,
                                    tok.shape)
             el = tok * wid
-            ok = np.unique(el, return_index=True)[1]  # one point per size for the envelope
+            order = np.argsort(el, kind="stable")  # one point per size (its first) for the envelope
+            first = np.ones(el.size, dtype=bool)
+            first[1:] = el[order][1:] != el[order][:-1]
+            ok = order[first]  # (np.unique(el, return_index=True)[1], without importing numpy.ma)
             self.elem[(op, dt)] = Curve(el[ok], monotone_log_ratio(el[ok], np.log(t / base)[ok], base[ok]))
 
     def elementwise(self, prof, op, tokens, width, dtype="bf16") -> OpCost:
@@ -389,25 +420,58 @@ def _tables_cached(path: str, gpu_id: str) -> Tables:
 
     gpu = get_gpu(gpu_id)
     cache = _disk_cache_path(path, gpu_id)
+    t = None
     if cache is not None and cache.is_file():
         try:
             with open(cache, "rb") as f:
                 t = pickle.load(f)
             t.gpu = gpu  # the catalog's own object: predictions compare GPUs by identity
-            return t
         except Exception:  # a stale or broken cache is rebuilt, never fatal
-            pass
-    t = Tables(path, gpu)
-    if cache is not None:
+            t = None
+    if t is None:
+        t = Tables(path, gpu)
+        if cache is not None:
+            _write_atomic(cache, t)
+    if cache is not None:  # GEMM shapes blended by earlier runs, kept next to the tables
+        blends = cache.with_name(cache.stem + "-blends.pkl")
         try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                pickle.dump(t, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, cache)
-        except OSError:
+            with open(blends, "rb") as f:
+                t._blend_cache.update(pickle.load(f))
+        except Exception:  # none yet, or unreadable: blended again
             pass
+        _WITH_BLENDS.append((t, blends, len(t._blend_cache)))
     return t
+
+
+# tables loaded with a disk cache: (tables, its blends file, how many blends that file held)
+_WITH_BLENDS: list = []
+
+
+def save_blends():
+    """Write the GEMM blends built since the tables were loaded next to their disk cache (merged with what
+    another process may have written there meanwhile), so that later runs load them instead."""
+    for j, (t, path, saved) in enumerate(_WITH_BLENDS):
+        if len(t._blend_cache) == saved:
+            continue
+        try:
+            with open(path, "rb") as f:
+                merged = pickle.load(f)
+        except Exception:
+            merged = {}
+        merged.update(t._blend_cache)
+        _write_atomic(path, merged)
+        _WITH_BLENDS[j] = (t, path, len(t._blend_cache))
+
+
+def _write_atomic(path: Path, obj):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _disk_cache_path(path: str, gpu_id: str) -> Path | None:

@@ -16,6 +16,7 @@ from perfcast.ops import analytical as an
 from perfcast.profiles import Profile
 
 
+@functools.cache
 def shipped_profile_dir(gpu_id: str):
     root = resources.files("perfcast.profiles") / "data" / gpu_id
     return root if root.is_dir() and (root / "meta.json").is_file() else None

@@ -73,13 +73,34 @@ def layer_weight_params_per_gpu(spec: ModelSpec, layer: int, tp: int) -> float:
     return sharded / tp + norms
 
 
+_WEIGHTS: dict = {}
+
+
 def weights_bytes_per_gpu(spec: ModelSpec, tp: int, pp: int, wdtype: str = "bf16") -> float:
-    """Bytes of weights on the most loaded GPU."""
+    """Bytes of weights on the most loaded GPU (a sum over every layer, so kept per deployment)."""
+    key = (id(spec), tp, pp, wdtype)  # specs are immutable; the entry keeps its spec alive (ids stay unique)
+    hit = _WEIGHTS.get(key)
+    if hit is None or hit[0] is not spec:
+        if len(_WEIGHTS) > 4096:
+            _WEIGHTS.clear()
+        hit = _WEIGHTS[key] = (spec, _weights_bytes_per_gpu(spec, tp, pp, wdtype))
+    return hit[1]
+
+
+def _weights_bytes_per_gpu(spec: ModelSpec, tp: int, pp: int, wdtype: str) -> float:
     wb = DTYPE_BYTES[wdtype]
     stages = stage_layers(spec.n_layers, pp)
     worst = 0.0
+    per_kind: dict[bool, float] = {}  # a layer's parameters depend only on whether it holds experts
+
+    def layer(i: int) -> float:
+        kind = spec.is_moe_layer(i)
+        if kind not in per_kind:
+            per_kind[kind] = layer_weight_params_per_gpu(spec, i, tp)
+        return per_kind[kind]
+
     for s, layers in enumerate(stages):
-        p = sum(layer_weight_params_per_gpu(spec, i, tp) for i in layers)
+        p = sum(layer(i) for i in layers)
         if s == 0:
             p += spec.embedding_params() / tp
         if s == pp - 1:

@@ -13,7 +13,7 @@ from perfcast.hardware.spec import DTYPE_BYTES, GPUSpec
 from perfcast.models import get_model
 from perfcast.models.builder import GRAPH_LAYOUT, HF_LAYOUT, MEGATRON_LAYOUT, StepShape, build_ops
 from perfcast.models.spec import ModelSpec
-from perfcast.ops.base import BOUNDS, SOURCES, Op
+from perfcast.ops.base import BOUNDS, SOURCES, Op, OpCost
 from perfcast.profiles.registry import resolve_profile
 from perfcast.step import memory as mem
 from perfcast.step.costs import op_cost
@@ -223,18 +223,32 @@ def _dominant_arrays(rt, costs, ops):
     """Per sweep point: the bound holding the most time, and the weakest provenance among the ops
     that hold >= 5% of it."""
     total = np.asarray(rt.seconds, dtype=float)
-    by_bound = np.zeros((len(BOUNDS),) + total.shape)
-    weakest = np.zeros(total.shape, dtype=np.int8)
-    for o, c, s, bnd in zip(ops, costs, rt.op_seconds, rt.op_bound):
-        t = np.broadcast_to(np.asarray(s, dtype=float) * o.count, total.shape)
-        bnd = np.broadcast_to(bnd, total.shape)
-        for code in np.unique(bnd):
-            by_bound[int(code)] += np.where(bnd == code, t, 0.0)
-        big = t >= 0.05 * total
-        weakest = np.maximum(weakest, np.where(big, np.broadcast_to(c.source, total.shape), 0))
-    bound = np.argmax(by_bound, axis=0)
-    bound = np.where(np.broadcast_to(rt.host_bound, total.shape), BOUNDS.index("host"), bound)
+    shape = total.shape
+    n, k = total.size, len(ops)
+    src = np.empty((k,) + shape, dtype=np.int8)  # per op and point: provenance, bound code, time
+    for i, c in enumerate(costs):
+        src[i] = c.source
+    if rt.stacked is not None and shape == (n,):
+        _, bnd, t = rt.stacked
+    else:
+        t = np.empty((k,) + shape)
+        bnd = np.empty((k,) + shape, dtype=np.intp)
+        for i, (o, s, b) in enumerate(zip(ops, rt.op_seconds, rt.op_bound)):
+            t[i] = np.asarray(s, dtype=float) * o.count
+            bnd[i] = b
+    # time per (bound, point), each sum taken op by op in op order (bincount adds in input order)
+    by_bound = np.bincount((bnd.reshape(k, n).astype(np.intp) * n + np.arange(n)).ravel(), weights=t.ravel(),
+                           minlength=len(BOUNDS) * n).reshape(len(BOUNDS), n)
+    weakest = np.where(t >= 0.05 * total, src, 0).max(axis=0, initial=0).astype(np.int8)
+    bound = np.argmax(by_bound, axis=0).reshape(shape)
+    bound = np.where(_full(rt.host_bound, shape), BOUNDS.index("host"), bound)
     return bound, weakest
+
+
+def _full(x, shape):
+    """``x`` as an array of ``shape`` (a read-only broadcast view unless it has that shape already)."""
+    a = np.asarray(x)
+    return a if a.shape == shape else np.broadcast_to(a, shape)
 
 
 def predict(model, gpu, batch: int = 1, prompt: int = 512, context: int = 512, tp: int = 1, pp: int = 1,
@@ -254,32 +268,224 @@ def predict_many(cfg: StepConfig, b, p, c) -> list[Prediction]:
     """Predictions for arrays of (batch, prompt, context) under one config, vectorized."""
     b, p, c = (np.atleast_1d(np.asarray(x, dtype=np.int64)) for x in (b, p, c))
     b, p, c = np.broadcast_arrays(b, p, c)
-    res = {}
-    for phase in ("prefill", "decode"):
-        ops, costs, rt, prof = _phase(cfg, phase, b, p, c)
-        bound, src = _dominant_arrays(rt, costs, ops)
-        res[phase] = (np.broadcast_to(rt.seconds * 1e3, b.shape), bound, src, prof.name)
-    m = mem.memory(cfg.model, cfg.gpu, b, p, c, cfg.tp, cfg.pp, _wdtype(cfg), cfg.kv_dtype or _kvd(cfg),
-                   _act_dtype(cfg))
-    w, kv, act, tot = (np.broadcast_to(x / GIB, b.shape) for x in (
-        m.weights_bytes, m.kv_cache_bytes, m.activations_bytes, m.total_bytes))
-    fits = np.broadcast_to(m.fits, b.shape)
-    pms, pb, ps, pname = res["prefill"]
-    dms, db, ds, _ = res["decode"]
-    src = np.maximum(ps, ds)
-    cap = cfg.gpu.mem_capacity_bytes / GIB
-    pre_err, dec_err, basis = accuracy_of(cfg, pname)
+    shape = b.shape
+    g = predict_groups([(cfg, b.ravel(), p.ravel(), c.ravel())])[0]
+    cols = {k: np.reshape(g[k], shape).ravel() for k in GROUP_COLUMNS}
     out = []
     for i in range(b.size):
         out.append(Prediction(
-            model=cfg.model.name, gpu=cfg.gpu.id, batch=int(b[i]), prompt=int(p[i]), context=int(c[i]),
-            tp=cfg.tp, pp=cfg.pp, dtype=cfg.dtype, runtime=cfg.runtime, prefill_ms=float(pms[i]),
-            decode_ms=float(dms[i]), weights_gib=float(w[i]), kv_cache_gib=float(kv[i]),
-            activations_gib=float(act[i]), total_gib=float(tot[i]), fits=bool(fits[i]), capacity_gib=cap,
-            profile=pname, prefill_bound=BOUNDS[int(pb[i])], decode_bound=BOUNDS[int(db[i])],
-            source=SOURCES[int(src[i])], prefill_err_p90_pct=pre_err, decode_err_p90_pct=dec_err,
-            accuracy_basis=basis))
+            model=cfg.model.name, gpu=cfg.gpu.id, batch=int(b.flat[i]), prompt=int(p.flat[i]),
+            context=int(c.flat[i]), tp=cfg.tp, pp=cfg.pp, dtype=cfg.dtype, runtime=cfg.runtime,
+            prefill_ms=float(cols["prefill_ms"][i]), decode_ms=float(cols["decode_ms"][i]),
+            weights_gib=float(cols["weights_gib"][i]), kv_cache_gib=float(cols["kv_cache_gib"][i]),
+            activations_gib=float(cols["activations_gib"][i]), total_gib=float(cols["total_gib"][i]),
+            fits=bool(cols["fits"][i]), capacity_gib=g["capacity_gib"], profile=g["profile"],
+            prefill_bound=BOUNDS[int(cols["prefill_bound"][i])], decode_bound=BOUNDS[int(cols["decode_bound"][i])],
+            source=SOURCES[int(cols["source"][i])], prefill_err_p90_pct=g["prefill_err_p90_pct"],
+            decode_err_p90_pct=g["decode_err_p90_pct"], accuracy_basis=g["accuracy_basis"]))
     return out
+
+
+# per-point columns of predict_groups (bounds and source as codes into BOUNDS / SOURCES)
+GROUP_COLUMNS = ("prefill_ms", "decode_ms", "weights_gib", "kv_cache_gib", "activations_gib", "total_gib", "fits",
+                 "prefill_bound", "decode_bound", "source")
+
+
+def predict_groups(groups, merge: bool = True, return_errors: bool = False) -> list:
+    """Predictions for many deployments at once: ``groups`` is a list of ``(cfg, batch, prompt, context)``
+    with 1-D integer arrays of equal length. Returns, per group, the :data:`GROUP_COLUMNS` as arrays and
+    the per-group constants (``capacity_gib``, ``profile``, accuracy figures).
+
+    Every op is costed elementwise over the points of its group, so ops of equal shape in different
+    groups (same GPU, profile, kernel, widths, dtypes) are costed once over the concatenation of their
+    points (``merge``): a file of many deployments costs far less than one call per deployment, with
+    identical numbers. ``merge=False`` costs each group on its own, op by op. A group that fails is
+    redone on its own, so that it raises what it raises alone; ``return_errors``: that exception takes
+    the group's place in the list instead of propagating."""
+    out: list = [None] * len(groups)
+    redo = set(range(len(groups))) if not merge else set()
+    if merge:
+        jobs, owner = [], []
+        for g, (cfg, b, p, c) in enumerate(groups):
+            try:
+                prof = resolve_profile(cfg.gpu, cfg.profile)
+                ops = [step_ops(cfg, phase, b, p, c) for phase in ("prefill", "decode")]
+            except Exception:
+                redo.add(g)
+                continue
+            for phase_ops in ops:
+                jobs.append((prof, cfg.gpu, phase_ops, int(np.shape(b)[0])))
+                owner.append(g)
+        costs, failed = _merged_costs(jobs)
+        redo.update(owner[j] for j in failed)
+        first = {}
+        for j, g in enumerate(owner):
+            first.setdefault(g, j)
+        for g, j in first.items():
+            if g in redo:
+                continue
+            cfg, b, p, c = groups[g]
+            try:
+                out[g] = _finish_group(cfg, b, p, c, {"prefill": (jobs[j][2], costs[j]),
+                                                      "decode": (jobs[j + 1][2], costs[j + 1])})
+            except Exception:
+                redo.add(g)
+    for g in sorted(redo):
+        cfg, b, p, c = groups[g]
+        try:
+            out[g] = _finish_group(cfg, b, p, c, None)
+        except Exception as e:
+            if not return_errors:
+                raise
+            out[g] = e
+    return out
+
+
+def _finish_group(cfg: StepConfig, b, p, c, costed) -> dict:
+    """Step times, bounds, memory and accuracy of one group; ``costed``: phase -> (ops, costs) already
+    costed, or None to cost them here."""
+    res = {}
+    prof = resolve_profile(cfg.gpu, cfg.profile)
+    rt_fn = get_runtime(cfg.runtime)
+    host = prof.host(host_key(cfg))
+    for phase in ("prefill", "decode"):
+        if costed is None:
+            ops = step_ops(cfg, phase, b, p, c)
+            costs = [op_cost(o, cfg.gpu, prof) for o in ops]
+        else:
+            ops, costs = costed[phase]
+        rt = rt_fn(ops, costs, host, prof.eff)
+        bound, src = _dominant_arrays(rt, costs, ops)
+        res[phase] = (np.broadcast_to(rt.seconds * 1e3, b.shape), bound, src)
+    m = mem.memory(cfg.model, cfg.gpu, b, p, c, cfg.tp, cfg.pp, _wdtype(cfg), cfg.kv_dtype or _kvd(cfg),
+                   _act_dtype(cfg))
+    tot_bytes = m.total_bytes
+    w, kv, act, tot = (np.broadcast_to(x / GIB, b.shape) for x in (
+        m.weights_bytes, m.kv_cache_bytes, m.activations_bytes, tot_bytes))
+    fits = np.broadcast_to(tot_bytes <= m.capacity_bytes, b.shape)
+    pms, pb, ps = res["prefill"]
+    dms, db, ds = res["decode"]
+    pre_err, dec_err, basis = accuracy_of(cfg, prof.name)
+    return {"prefill_ms": pms, "decode_ms": dms, "weights_gib": w, "kv_cache_gib": kv, "activations_gib": act,
+            "total_gib": tot, "fits": fits, "prefill_bound": np.broadcast_to(pb, b.shape),
+            "decode_bound": np.broadcast_to(db, b.shape), "source": np.broadcast_to(np.maximum(ps, ds), b.shape),
+            "capacity_gib": cfg.gpu.mem_capacity_bytes / GIB, "profile": prof.name,
+            "prefill_err_p90_pct": pre_err, "decode_err_p90_pct": dec_err, "accuracy_basis": basis}
+
+
+# op kinds whose cost is elementwise over the points of the op's array fields (safe to cost together)
+_MERGEABLE = frozenset(("gemm", "attention", "elementwise", "collective", "p2p"))
+
+
+def _op_signature(op: Op):
+    """(what the cost depends on besides the per-point arrays, names of the array fields); None when
+    the op must be costed alone."""
+    if op.kind not in _MERGEABLE:
+        return None, ()
+    arrays = []
+    sig = [op.kind, op.dtype, op.wdtype, op.device]
+    for k, v in op.dims.items():
+        if k == "width" and op.kind == "elementwise" and type(v) is int:
+            # an elementwise kernel's width only scales its bytes and flops, point by point: kernels of
+            # other models' widths are costed together too (as exact float64 products)
+            if abs(v) > 1 << 53:
+                return None, ()
+            sig.append(k)
+            arrays.append(k)
+        elif type(v) is np.ndarray:
+            if v.ndim > 1:
+                return None, ()
+            sig += (k, v.dtype.str)
+            arrays.append(k)
+        else:  # the type too: 1, 1.0 and True are equal keys but not the same input
+            sig += (k, type(v), v)
+    if op.meta:
+        sig.append(tuple(sorted(op.meta.items())))
+    return tuple(sig), arrays
+
+
+def _merged_costs(jobs) -> tuple[list[list], set]:
+    """Costs of every op of every job ``(profile, gpu, ops, points)``; ops of equal signature on the same
+    profile are costed once over the concatenation of their jobs' points, then split back. Also returns
+    the jobs whose costing raised (their costs are incomplete)."""
+    costs = [[None] * len(ops) for _, _, ops, _ in jobs]
+    failed: set = set()
+    buckets: dict = {}
+    for j, (prof, gpu, ops, _) in enumerate(jobs):
+        for i, o in enumerate(ops):
+            sig, arrays = _op_signature(o)
+            if sig is None or not arrays:
+                try:
+                    costs[j][i] = op_cost(o, gpu, prof)
+                except Exception:
+                    failed.add(j)
+                continue
+            try:
+                buckets.setdefault((id(prof), id(gpu), sig), (prof, gpu, arrays, []))[3].append((j, i))
+            except TypeError:  # an unhashable field: cost it alone
+                buckets[("alone", j, i)] = (prof, gpu, arrays, [(j, i)])
+    for prof, gpu, arrays, members in buckets.values():
+        try:
+            if len(members) == 1:
+                j, i = members[0]
+                costs[j][i] = op_cost(jobs[j][2][i], gpu, prof)
+                continue
+            first = jobs[members[0][0]][2][members[0][1]]
+            dims = dict(first.dims)
+            for k in arrays:
+                dims[k] = np.concatenate([_points_of(jobs[j][2][i].dims[k], jobs[j][3]) for j, i in members])
+            c = _cost_points(_with_dims(first, dims), gpu, prof, arrays)
+        except Exception:
+            failed.update(j for j, _ in members)
+            continue
+        sec, bnd, src, fl, by = c.seconds, c.bound, c.source, c.flops, c.bytes
+        if sec.ndim == 0:  # no field depends on the points
+            for j, i in members:
+                costs[j][i] = c
+            continue
+        start = 0
+        for j, i in members:  # every field has the shape of seconds (OpCost.of)
+            end = start + jobs[j][3]
+            costs[j][i] = OpCost(sec[start:end], bnd[start:end], src[start:end], fl[start:end], by[start:end])
+            start = end
+    return costs, failed
+
+
+def _points_of(v, n: int) -> np.ndarray:
+    """A field's value at each of ``n`` points (one value repeated, or the array as it is)."""
+    if type(v) is np.ndarray and v.shape == (n,):
+        return v
+    a = np.asarray(v)
+    return np.full(n, a, dtype=a.dtype) if a.ndim == 0 else np.broadcast_to(a, (n,))
+
+
+def _cost_points(op: Op, gpu, prof, arrays) -> OpCost:
+    """``op_cost`` of an op whose array fields are 1-D, costing each distinct point once when the points
+    repeat (decode GEMMs of many lines share few batch sizes); costs are elementwise, so the numbers
+    are those of costing every point."""
+    if len(arrays) == 1:
+        v = op.dims[arrays[0]]
+        if v.size >= 64 and v.dtype.kind in "iu":
+            lo, hi = int(v.min()), int(v.max())
+            if lo >= 0 and hi < 4 * v.size:  # small counts: distinct values by a table, not a sort
+                seen = np.zeros(hi + 1, dtype=bool)
+                seen[v] = True
+                u = np.flatnonzero(seen)
+                # worth it when the repeats save more than the gather costs (a GEMM point costs most)
+                if (v.size - u.size >= 16) if op.kind == "gemm" else (2 * u.size <= v.size):
+                    inv = (np.cumsum(seen) - 1)[v]
+                    c = op_cost(_with_dims(op, {**op.dims, arrays[0]: u.astype(v.dtype)}), gpu, prof)
+                    return OpCost(*(x[inv] if x.ndim else x for x in (c.seconds, c.bound, c.source, c.flops,
+                                                                        c.bytes)))
+    return op_cost(op, gpu, prof)
+
+
+def _with_dims(op: Op, dims: dict) -> Op:
+    """A copy of ``op`` with other ``dims`` (``dataclasses.replace`` without its per-call introspection)."""
+    new = object.__new__(type(op))
+    new.__dict__.update(op.__dict__)
+    new.__dict__["dims"] = dims
+    return new
 
 
 @functools.cache

@@ -27,6 +27,8 @@ class StepTime:
     op_seconds: list[np.ndarray]  # per op, per launch, as the runtime charges it
     op_bound: list[np.ndarray]
     host_bound: np.ndarray  # bool: the step is host-limited (eager)
+    # when every op's cost is a 1-D array of the points: op_seconds and op_bound as (ops, points) arrays
+    stacked: tuple | None = None
 
 
 RuntimeFn = Callable[[list[Op], list[OpCost], HostModel, object], StepTime]
@@ -52,9 +54,32 @@ def get_runtime(name: str) -> RuntimeFn:
         raise ValueError(f"unknown runtime {name!r}; choose one of {', '.join(_RUNTIMES)}") from None
 
 
+def _points(costs: list[OpCost]) -> int | None:
+    """The number of points when every cost is a 1-D array of them (batch files), else None (sweeps
+    keep their broadcast shapes, and are costed op by op)."""
+    n = None
+    for c in costs:
+        sh = c.seconds.shape
+        if len(sh) != 1 or (n is not None and sh[0] != n):
+            return None
+        n = sh[0]
+    return n
+
+
+def _stack(arrays, n: int, dtype) -> np.ndarray:
+    out = np.empty((len(arrays), n), dtype=dtype)
+    for i, a in enumerate(arrays):
+        out[i] = a
+    return out
+
+
 @runtime("cuda-graph")
 def cuda_graph(ops: list[Op], costs: list[OpCost], host: HostModel, eff) -> StepTime:
     disc, kmin = host.graph_kernel_discount_s, host.graph_kernel_min_s
+    n = _points(costs)
+    if n is not None and all(o.kind != "host" and (o.dims.get("groups") is None or o.meta.get("batched"))
+                             for o in ops):
+        return _cuda_graph_stacked(ops, costs, host, n)
     total = 0.0
     per, bounds = [], []
     for op, c in zip(ops, costs):
@@ -78,6 +103,25 @@ def cuda_graph(ops: list[Op], costs: list[OpCost], host: HostModel, eff) -> Step
                     np.zeros(gpu.shape, dtype=bool))
 
 
+def _cuda_graph_stacked(ops: list[Op], costs: list[OpCost], host: HostModel, n: int) -> StepTime:
+    """``cuda_graph`` on (ops, points) arrays: the same arithmetic, op by op, in one pass per step."""
+    t = _stack([c.seconds for c in costs], n, float)
+    strided = [i for i, o in enumerate(ops) if o.meta.get("strided")]
+    if strided:  # reads views of a fused projection (fitted: benchmarks/fit_host.py)
+        t[strided] = t[strided] * host.strided_elem_factor
+    k = np.array([[o.meta.get("kernels", 1)] for o in ops], dtype=float)
+    per = np.maximum(t - k * host.graph_kernel_discount_s, k * host.graph_kernel_min_s)
+    charged = per * np.array([[o.count] for o in ops], dtype=float)
+    total = 0.0
+    for row in charged:  # summed in op order, as the op-by-op form does
+        total = total + row
+    gpu = np.asarray(total, dtype=float).reshape(n)
+    launch = host.graph_launch_s
+    bounds = _stack([c.bound for c in costs], n, np.int8)
+    return StepTime(gpu + launch, gpu, np.full(gpu.shape, launch), list(per), list(bounds),
+                    np.zeros(gpu.shape, dtype=bool), (per, bounds, charged))
+
+
 @runtime("eager")
 def eager(ops: list[Op], costs: list[OpCost], host: HostModel, eff) -> StepTime:
     """Host/GPU pipeline over pre ops, ``L`` identical (averaged) layers and post ops."""
@@ -93,6 +137,9 @@ def eager(ops: list[Op], costs: list[OpCost], host: HostModel, eff) -> StepTime:
     def g_of(i: int, frac: float = 1.0):
         return np.asarray(costs[i].seconds, dtype=float) * (ops[i].count * frac)
 
+    n = _points(costs)
+    if n is not None:
+        return _eager_stacked(ops, costs, host, idx, L, n)
     shape = np.broadcast(*[np.asarray(c.seconds) for c in costs]).shape
     # one average layer: each op weighted by the share of layers it runs in
     lay_h = [h_of(ops[i]) * ops[i].count / L for i in idx["layer"]] if L else []
@@ -129,3 +176,55 @@ def eager(ops: list[Op], costs: list[OpCost], host: HostModel, eff) -> StepTime:
     bounds = [np.where(h_of(o) > c.seconds, HOST, c.bound) for o, c in zip(ops, costs)]
     host_bound = np.broadcast_to(host_total >= gpu_total, shape).copy()
     return StepTime(end, gpu_total, np.full(shape, host_total), per, bounds, host_bound)
+
+
+def _eager_stacked(ops: list[Op], costs: list[OpCost], host: HostModel, idx: dict, L: int, n: int) -> StepTime:
+    """``eager`` on (ops, points) arrays: the same arithmetic in the same order (sums op after op), the
+    layer loop as running sums (``cumsum`` adds row after row) and one maximum over its candidates."""
+    shape = (n,)
+    t = _stack([c.seconds for c in costs], n, float)
+    h = [o.host_ops * host.per_op_s for o in ops]
+    lay, pre, post = idx["layer"], idx["pre"], idx["post"]
+    lay_h = [h[i] * ops[i].count / L for i in lay] if L else []
+    if lay_h:
+        lay_h[0] += host.per_layer_s
+    lay_g = t[lay] * np.array([[ops[i].count * (1.0 / L)] for i in lay]) if L else np.zeros((0, n))
+    H = float(sum(lay_h))
+    G = np.zeros(shape)
+    if L:
+        G = 0 + lay_g[0]
+        for row in lay_g[1:]:
+            G = G + row
+    pre_g = [t[i] * (ops[i].count * 1.0) for i in pre]
+    post_g = [t[i] * (ops[i].count * 1.0) for i in post]
+    gpu_total = np.zeros(shape) + sum(pre_g, np.zeros(shape)) + L * G + sum(post_g, np.zeros(shape))
+    host_total = host.per_step_s + sum(h[i] for i in pre + post) + L * H
+
+    end = np.array(gpu_total, copy=True)
+    issue, done = host.per_step_s, np.zeros(shape)
+    for i, g in zip(pre, pre_g):
+        issue += h[i]
+        end = np.maximum(end, issue + gpu_total - done)
+        done = done + g
+    if L:
+        issued = []
+        for x in lay_h:
+            issue += x
+            issued.append(issue)
+        # done before each layer op: running sums from the done so far, one op at a time
+        dones = np.cumsum(np.concatenate([done[None, :], lay_g]), axis=0)
+        first = (np.array(issued)[:, None] + gpu_total) - dones[:-1]
+        last = first + (L - 1) * (H - G)
+        end = np.maximum(end, np.maximum(first, last).max(axis=0))
+        done = dones[-1]
+        issue += (L - 1) * H
+        done = done + (L - 1) * G
+    for i, g in zip(post, post_g):
+        issue += h[i]
+        end = np.maximum(end, issue + gpu_total - done)
+        done = done + g
+    bounds = np.where(np.array(h)[:, None] > t, HOST, _stack([c.bound for c in costs], n, np.int8))
+    host_bound = np.broadcast_to(host_total >= gpu_total, shape).copy()
+    charged = t * np.array([[o.count] for o in ops], dtype=float)
+    return StepTime(end, gpu_total, np.full(shape, host_total), list(t), list(bounds), host_bound,
+                    (t, bounds, charged))
