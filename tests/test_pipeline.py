@@ -316,3 +316,18 @@ def test_latency_from_whole_model_ops_matches_the_stage_build(runtime):
             want = [getattr(predict(L8, GPU, b, c, c, tp=2, pp=pp, runtime=runtime), f"{phase}_ms")
                     for b, c in ((1, 512), (16, 2048))]
             assert np.allclose(got * 1e3, want, rtol=1e-9)
+
+
+def test_batch_lines_with_pp_equal_predict():
+    """The batch path costs groups in one pass; a pp > 1 line must still take the pipeline's latency."""
+    import json as _json
+
+    from perfcast.batch import predict_lines
+
+    cases = [{"model": L8, "gpu": GPU, "batch": b, "prompt": p, "context": p, "pp": pp, "runtime": rt}
+             for b, p, pp, rt in ((16, 2048, 2, "cuda-graph"), (4, 512, 4, "cuda-graph"), (8, 1024, 2, "eager"),
+                                  (1, 128, 4, "eager"))]
+    out, _ = predict_lines([_json.dumps(c) for c in cases])
+    for c, o in zip(cases, out):
+        p = predict(**c)
+        assert o["prefill_ms"] == p.prefill_ms and o["decode_ms"] == p.decode_ms, c

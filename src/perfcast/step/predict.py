@@ -147,15 +147,19 @@ def _phase(cfg: StepConfig, phase: str, batch, prompt, context):
     ops = step_ops(cfg, phase, batch, prompt, context)
     costs = [op_cost(o, cfg.gpu, prof) for o in ops]
     rt = get_runtime(cfg.runtime)(ops, costs, prof.host(host_key(cfg)), prof.eff)
-    if cfg.pp > 1:
-        # the step's time is one micro-batch through the pipeline: every stage its own graph launch or
-        # host process (perfcast.step.pipeline); the ops above still give the breakdown and the bounds
-        from perfcast.step.pipeline import pipeline_seconds
+    return ops, costs, _through_pipeline(cfg, phase, batch, prompt, context, prof, rt), prof
 
-        lat, _, st = pipeline_seconds(cfg, phase, batch, prompt, context, 1, prof)
-        hb = np.logical_or.reduce(np.broadcast_arrays(*st.host_bound)) if cfg.runtime == "eager" else rt.host_bound
-        rt = replace(rt, seconds=np.asarray(lat, dtype=float), host_bound=np.asarray(hb))
-    return ops, costs, rt, prof
+
+def _through_pipeline(cfg: StepConfig, phase: str, batch, prompt, context, prof, rt):
+    """pp > 1: the step's time is one micro-batch through the pipeline, every stage its own graph launch
+    or host process (perfcast.step.pipeline); the whole-model ops still give the breakdown and bounds."""
+    if cfg.pp == 1:
+        return rt
+    from perfcast.step.pipeline import pipeline_seconds
+
+    lat, _, st = pipeline_seconds(cfg, phase, batch, prompt, context, 1, prof)
+    hb = np.logical_or.reduce(np.broadcast_arrays(*st.host_bound)) if cfg.runtime == "eager" else rt.host_bound
+    return replace(rt, seconds=np.asarray(lat, dtype=float), host_bound=np.asarray(hb))
 
 
 def host_key(cfg: StepConfig) -> str:
@@ -354,7 +358,7 @@ def _finish_group(cfg: StepConfig, b, p, c, costed) -> dict:
             costs = [op_cost(o, cfg.gpu, prof) for o in ops]
         else:
             ops, costs = costed[phase]
-        rt = rt_fn(ops, costs, host, prof.eff)
+        rt = _through_pipeline(cfg, phase, b, p, c, prof, rt_fn(ops, costs, host, prof.eff))
         bound, src = _dominant_arrays(rt, costs, ops)
         res[phase] = (np.broadcast_to(rt.seconds * 1e3, b.shape), bound, src)
     m = mem.memory(cfg.model, cfg.gpu, b, p, c, cfg.tp, cfg.pp, _wdtype(cfg), cfg.kv_dtype or _kvd(cfg),
