@@ -3,6 +3,7 @@ predictions were: src/perfcast/profiles/data/accuracy.json from benchmarks/resul
 
     python benchmarks/bench_e2e.py --json benchmarks/results/e2e.json
     python benchmarks/bench_e2e.py --profile none --json benchmarks/results/e2e_profile_none.json
+    python benchmarks/bench_pp.py --json benchmarks/results/pp.json
     python benchmarks/accuracy_table.py
 """
 
@@ -34,9 +35,28 @@ def table(path: Path) -> dict:
     return {k: {"n": v["n"], "mape_pct": round(v["mape"], 2), "p90_pct": round(v["p90"], 2)} for k, v in out.items()}
 
 
+def pp_table(path: Path) -> dict:
+    """Pipeline-parallel kinds from bench_pp.py: '<gpu>:decode:pp2 cuda-graph' -> 'decode:cuda-graph:pp>1'."""
+    out: dict[str, dict] = {}
+    if not path.is_file():
+        return out
+    for name, s in json.loads(path.read_text())["summary"].items():
+        m = re.match(r"[\w-]+:(prefill|decode):pp\d+ ([\w-]+)$", name)
+        if not m:
+            continue
+        k = f"{m.group(1)}:{m.group(2)}:pp>1"
+        cur = out.setdefault(k, {"n": 0, "mape": 0.0, "p90": 0.0})
+        cur["mape"] = (cur["mape"] * cur["n"] + s["mape"] * s["n"]) / (cur["n"] + s["n"])
+        cur["p90"] = max(cur["p90"], s["p90"])
+        cur["n"] += s["n"]
+    return {k: {"n": v["n"], "mape_pct": round(v["mape"], 2), "p90_pct": round(v["p90"], 2)} for k, v in out.items()}
+
+
 def main():
-    data = {"source": "benchmarks/bench_e2e.py over benchmarks/data (H100 and H200 runs)",
-            "own": table(ROOT / "results" / "e2e.json"),
+    own = table(ROOT / "results" / "e2e.json")
+    own.update(pp_table(ROOT / "results" / "pp.json"))
+    data = {"source": "benchmarks/bench_e2e.py and bench_pp.py over benchmarks/data (H100 and H200 runs)",
+            "own": own,
             "transfer": table(ROOT / "results" / "e2e_profile_none.json")}
     OUT.write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {OUT}")

@@ -331,3 +331,18 @@ def test_batch_lines_with_pp_equal_predict():
     for c, o in zip(cases, out):
         p = predict(**c)
         assert o["prefill_ms"] == p.prefill_ms and o["decode_ms"] == p.decode_ms, c
+
+
+def test_pipeline_predictions_carry_the_measured_pp_error():
+    import json as _json
+    from importlib import resources
+
+    table = _json.loads((resources.files("perfcast.profiles") / "data" / "accuracy.json").read_text())["own"]
+    p = predict(L8, "h200", 8, 1024, 1024, pp=2)  # cuda-graph: decode measured, prefill (ran eager) not
+    assert p.decode_err_p90_pct == table["decode:cuda-graph:pp>1"]["p90_pct"] and p.prefill_err_p90_pct is None
+    assert "pipeline" in p.accuracy_basis
+    e = predict(L8, "h200", 8, 1024, 1024, pp=2, runtime="eager")
+    assert e.prefill_err_p90_pct == table["prefill:eager:pp>1"]["p90_pct"]
+    # TP and PP together, or a GPU nobody measured: no figure
+    assert predict(L8, "h200", 8, 1024, 1024, pp=2, tp=2).decode_err_p90_pct is None
+    assert predict(L8, "a100-80gb", 8, 1024, 1024, pp=2).decode_err_p90_pct is None

@@ -507,9 +507,17 @@ def accuracy_of(cfg: StepConfig, profile_name: str) -> tuple[float | None, float
     ratios on Hopper uses the transfer errors measured between H100 and H200; other architectures were
     never measured, so they get no figure."""
     table = _accuracy_table()
-    if cfg.pp > 1 or cfg.model.is_moe or cfg.model.is_mla or cfg.dtype not in ("bf16", "fp16"):
-        return None, None, "not validated (pipeline, MoE, MLA or quantized steps were not measured end to end)"
+    if cfg.model.is_moe or cfg.model.is_mla or cfg.dtype not in ("bf16", "fp16"):
+        return None, None, "not validated (MoE, MLA or quantized steps were not measured end to end)"
     own = profile_name.startswith("measured:")
+    if cfg.pp > 1:  # measured at tp 1 with the GPU's own profile only (benchmarks/bench_pp.py)
+        pre = table.get("own", {}).get(f"prefill:{cfg.runtime}:pp>1") if own and cfg.tp == 1 else None
+        dec = table.get("own", {}).get(f"decode:{cfg.runtime}:pp>1") if own and cfg.tp == 1 else None
+        if pre is None and dec is None:
+            return None, None, "not validated (pipeline parallelism was measured at tp 1 on a measured GPU only)"
+        basis = (f"own profile, measured pipeline-parallel steps ({(pre or {}).get('n', 0)} prefill, "
+                 f"{(dec or {}).get('n', 0)} decode cases)")
+        return (pre or {}).get("p90_pct"), (dec or {}).get("p90_pct"), basis
     if not own and cfg.gpu.architecture != "hopper":
         return None, None, f"not validated: no {cfg.gpu.architecture} GPU was measured (datasheet x Hopper ratios)"
     kind = "own" if own else "transfer"
