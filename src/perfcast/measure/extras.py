@@ -53,30 +53,10 @@ INT4_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 CSV_HEAD = "dtype,m,n,k,median_ms,min_ms,p90_ms,reps\n"
 
 
-def fp8_cases(heldout: bool, seed: int = 1):
-    if not heldout:
-        return [(m, n, k) for n, k in FP8_PAIRS for m in FP8_M if 2 * m * n * k <= 3e13]
+def _fp8_offgrid(grid, n_cases: int, seed: int):
+    """A seeded draw of FP8 shapes whose M (a multiple of 16 up to 16,384) is off ``grid``: 60% on the
+    calibration's (n, k) pairs, the rest random weights."""
     rng = random.Random(seed)
-    out, grid = set(), set(FP8_M)
-    while len(out) < 100:
-        m = 16 * max(1, round(math.exp(rng.uniform(0, math.log(1024)))))
-        if m in grid:
-            continue
-        n, k = rng.choice(FP8_PAIRS) if rng.random() < 0.6 else (rng.randrange(1024, 32768, 64),
-                                                                  rng.randrange(1024, 16384, 64))
-        if 2 * m * n * k <= 3e13:
-            out.add((m, n, k))
-    return sorted(out)
-
-
-def fp8_dense_cases():
-    return [(m, n, k) for n, k in FP8_PAIRS for m in FP8_M_DENSE if 2 * m * n * k <= 3e13]
-
-
-def fp8_heldout11(n_cases: int = 150, seed: int = 11):
-    """Off both FP8 M grids (the first and the dense one): any multiple of 16 between them."""
-    rng = random.Random(seed)
-    grid = set(FP8_M) | set(FP8_M_DENSE)
     out = set()
     while len(out) < n_cases:
         m = 16 * max(1, round(math.exp(rng.uniform(0, math.log(1024)))))
@@ -87,6 +67,21 @@ def fp8_heldout11(n_cases: int = 150, seed: int = 11):
         if 2 * m * n * k <= 3e13:
             out.add((m, n, k))
     return sorted(out)
+
+
+def fp8_cases(heldout: bool, seed: int = 1):
+    if not heldout:
+        return [(m, n, k) for n, k in FP8_PAIRS for m in FP8_M if 2 * m * n * k <= 3e13]
+    return _fp8_offgrid(set(FP8_M), 100, seed)
+
+
+def fp8_dense_cases():
+    return [(m, n, k) for n, k in FP8_PAIRS for m in FP8_M_DENSE if 2 * m * n * k <= 3e13]
+
+
+def fp8_heldout11(n_cases: int = 150, seed: int = 11):
+    """Off both FP8 M grids (the first and the dense one): any multiple of 16 between them."""
+    return _fp8_offgrid(set(FP8_M) | set(FP8_M_DENSE), n_cases, seed)
 
 
 def run_fp8(torch, timer, path: Path, heldout, cases=None) -> int:
@@ -220,8 +215,9 @@ def run_index(torch, timer, path: Path) -> int:
                 src = torch.randn(big, w, device="cuda", dtype=torch.bfloat16)
                 part = torch.randn(n, w, device="cuda", dtype=torch.bfloat16)
                 idx = torch.randperm(big, device="cuda", generator=gen)[:n].sort().values
-                for op, fn, traffic in (("index_select", lambda: src.index_select(0, idx), 2),
-                                        ("index_add", lambda: src.index_add_(0, idx, part), 3)):
+                for op, fn, traffic in (("index_select", lambda src=src, idx=idx: src.index_select(0, idx), 2),
+                                        ("index_add", lambda src=src, idx=idx, part=part: src.index_add_(0, idx, part),
+                                         3)):
                     try:
                         st = timer.bench(fn)
                     except RuntimeError as e:
@@ -258,6 +254,32 @@ def moe_layer(torch, F, h, inter, experts, top_k, tokens, gen):
     return run, len(hits)
 
 
+def capture_and_time(torch, step, reps: int = 20):
+    """``step`` warmed up twice on a side stream, captured in one CUDA graph, replayed 5 times, then
+    ``reps`` replays timed one by one with CUDA events; returns the graph and the sorted times (ms)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        step()
+    for _ in range(5):
+        g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return g, sorted(times)
+
+
 def run_moe(torch, path: Path, quick: bool) -> int:
     import torch.nn.functional as F
 
@@ -276,27 +298,7 @@ def run_moe(torch, path: Path, quick: bool) -> int:
                     for fn, _ in layer_fns:
                         fn(x, out)
 
-                s = torch.cuda.Stream()
-                s.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(s):
-                    for _ in range(2):
-                        step()
-                torch.cuda.current_stream().wait_stream(s)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    step()
-                times = []
-                for _ in range(5):
-                    g.replay()
-                torch.cuda.synchronize()
-                for _ in range(20):
-                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    a.record()
-                    g.replay()
-                    b.record()
-                    b.synchronize()
-                    times.append(a.elapsed_time(b))
-                times.sort()
+                g, times = capture_and_time(torch, step)
                 rec = {"gpu_id": gid, "gpu": props.name, "torch": torch.__version__, "model": label, "hidden": h, "moe_intermediate": inter, "experts": experts, "top_k": top_k,
                        "layers": layers, "tokens": tokens, "runtime": "cuda-graph",
                        "active_experts": [a for _, a in layer_fns], "ms": times[len(times) // 2],

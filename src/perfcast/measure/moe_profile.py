@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from perfcast.measure.env import collect, command_line
-from perfcast.measure.extras import MOE_CASES, moe_layer
+from perfcast.measure.extras import MOE_CASES, capture_and_time, moe_layer
 from perfcast.measure.timing import import_torch
 
 
@@ -31,27 +31,7 @@ def profile_case(torch, F, label, h, inter, experts, top_k, layers, tokens, reps
         for fn, _ in fns:
             fn(x, out)
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        step()
-        step()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        step()
-    for _ in range(5):
-        g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(20):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
+    g, times = capture_and_time(torch, step)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
