@@ -42,3 +42,28 @@ def test_only_the_exact_batch_command_is_taken():
     assert _batch_json_path(["predict", "--cases", "f"]) is None  # table output: click
     assert _batch_json_path(["op", "--cases", "f", "--json"]) is None
     assert _batch_json_path(["predict", "--cases", "f", "--json", "--breakdown"]) is None
+
+
+def test_op_cases_with_overflowing_sizes_print_an_error_line(tmp_path):
+    f = tmp_path / "ops.jsonl"
+    f.write_text('{"op": "gemm", "gpu": "h100", "m": 1e305, "n": 4096000, "k": 4096}\n'
+                 '{"op": "gemm", "gpu": "h100", "m": 16, "n": 4096, "k": 4096}\n')
+    r = run("perfcast.cli", "op", "--cases", str(f), "--json")
+    out = r.stdout.splitlines()
+    assert r.returncode == 1 and len(out) == 2
+    assert "too large" in out[0] and '"ms"' in out[1]
+
+
+def test_table_cache_key_follows_the_interpolation_code(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import perfcast.profiles.interp as interp
+    from perfcast.profiles import measured
+
+    monkeypatch.setenv("PERFCAST_CACHE_DIR", str(tmp_path))
+    prof = Path(measured.__file__).parent / "data" / "h100-sxm"
+    k1 = measured._disk_cache_path(str(prof), "h100-sxm")
+    fake = tmp_path / "interp.py"
+    fake.write_text(Path(interp.__file__).read_text() + "\n# changed\n")
+    monkeypatch.setattr(interp, "__file__", str(fake))
+    assert measured._disk_cache_path(str(prof), "h100-sxm") != k1

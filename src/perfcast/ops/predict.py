@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,8 +113,10 @@ def prepare_op(op: str, gpu: str, dtype: str = "bf16", profile: str = "auto", **
 def op_prediction(op: str, g, prof, c, i=None) -> OpPrediction:
     """The prediction from a cost (point ``i`` of a cost costed over many points)."""
     at = (lambda x: x) if i is None else (lambda x: x[i])
-    return OpPrediction(op, g.id, float(at(c.seconds)) * 1e3, BOUNDS[int(at(c.bound))], SOURCES[int(at(c.source))],
-                        float(at(c.flops)), float(at(c.bytes)), prof.name)
+    ms, flops, nbytes = float(at(c.seconds)) * 1e3, float(at(c.flops)), float(at(c.bytes))
+    if not (math.isfinite(ms) and math.isfinite(flops) and math.isfinite(nbytes)):
+        raise ValueError("the sizes are too large: a result overflows float64 (keep each size below about 1e15)")
+    return OpPrediction(op, g.id, ms, BOUNDS[int(at(c.bound))], SOURCES[int(at(c.source))], flops, nbytes, prof.name)
 
 
 # the fields of each op kind that vary from case to case (the rest fix the kernel's shape)

@@ -488,7 +488,13 @@ def _disk_cache_path(path: str, gpu_id: str) -> Path | None:
     for f in sorted(Path(path).glob("*")):
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(Path(__file__).read_bytes())  # a change to this module invalidates the cache
+    # a change to the code that shapes the tables invalidates the cache: this module, the interpolants and
+    # the reference roofline the ratios are taken over
+    from perfcast.ops import analytical, roofline
+    from perfcast.profiles import interp
+
+    for mod_file in (__file__, interp.__file__, analytical.__file__, roofline.__file__):
+        h.update(Path(mod_file).read_bytes())
     return Path(root) / f"tables-{gpu_id}-{h.hexdigest()[:20]}.pkl"
 
 
