@@ -83,6 +83,12 @@ def expert_token_quantiles(picks, n_experts: int, imbalance: float = 1.0):
     return np.ceil(q * imbalance)
 
 
+def _per_point(x):
+    """A per-point count as the eager runtime takes it: a float for one point, else an array."""
+    a = np.asarray(x, dtype=float)
+    return float(a) if a.ndim == 0 else a
+
+
 def expected_active_experts(n_experts: int, picks):
     """Expected number of distinct experts hit by ``picks`` uniform top-k choices (>= 1)."""
     picks = np.asarray(picks, dtype=float)
@@ -154,7 +160,7 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
                 gemm(f"{prefix}up_proj", width, h, count, m=m, groups=groups, m_quantiles=m_q)
         else:
             gemm(f"{prefix}up_proj", width, h, count, m=m, groups=groups, m_quantiles=m_q)
-        launches = 1 if groups is None else float(np.mean(groups))
+        launches = 1 if groups is None else _per_point(groups)
         elem(f"{prefix}act", act_op, width, count, tokens=T if m is None else m, host_ops=2.0 * launches,
              kernels=2, groups=groups, strided=layout.fused_gate_up)  # act(gate) * up, once per expert hit
         gemm(f"{prefix}down_proj", h, width, count, m=m, groups=groups, m_quantiles=m_q)
@@ -213,7 +219,7 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
             a2a = picks / ep * h * 2.0 * moe_imbalance
             ops.append(Op("moe_dispatch", "collective", {"coll": "all_to_all", "bytes": a2a, "gpus": ep},
                           n_moe, dtype, None, "layer"))
-        n_launch = float(np.mean(active_local))
+        n_launch = _per_point(active_local)  # host dispatch per point: a sweep's points differ in experts hit
         # per expert hit: gather its tokens, then scale and scatter-add its output (index_add_)
         elem("expert_gather", "copy", h, n_moe, tokens=m_exp, host_ops=n_launch, kernels=1, groups=active_local)
         m_q = expert_token_quantiles(picks, spec.n_experts, moe_imbalance)

@@ -146,7 +146,7 @@ def eager(ops: list[Op], costs: list[OpCost], host: HostModel, eff) -> StepTime:
     if lay_h:
         lay_h[0] += host.per_layer_s
     lay_g = [g_of(i, 1.0 / L) for i in idx["layer"]] if L else []
-    H = float(sum(lay_h))
+    H = sum(lay_h)  # a float, or per point when an op's host dispatch varies by point (MoE experts hit)
     G = sum(lay_g) if lay_g else np.zeros(shape)
     pre_g = [g_of(i) for i in idx["pre"]]
     post_g = [g_of(i) for i in idx["post"]]
@@ -156,26 +156,27 @@ def eager(ops: list[Op], costs: list[OpCost], host: HostModel, eff) -> StepTime:
     end = np.array(gpu_total, copy=True)
     issue, done = host.per_step_s, np.zeros(shape)
     for i, g in zip(idx["pre"], pre_g):
-        issue += h_of(ops[i])
+        issue = issue + h_of(ops[i])
         end = np.maximum(end, issue + gpu_total - done)
         done = done + g
     if L:
         for h, g in zip(lay_h, lay_g):
-            issue += h
+            issue = issue + h
             first = issue + gpu_total - done
             last = first + (L - 1) * (H - G)
             end = np.maximum(end, np.maximum(first, last))
             done = done + g
-        issue += (L - 1) * H
+        issue = issue + (L - 1) * H
         done = done + (L - 1) * G
     for i, g in zip(idx["post"], post_g):
-        issue += h_of(ops[i])
+        issue = issue + h_of(ops[i])
         end = np.maximum(end, issue + gpu_total - done)
         done = done + g
     per = [np.asarray(c.seconds, dtype=float) for c in costs]
     bounds = [np.where(h_of(o) > c.seconds, HOST, c.bound) for o, c in zip(ops, costs)]
     host_bound = np.broadcast_to(host_total >= gpu_total, shape).copy()
-    return StepTime(end, gpu_total, np.full(shape, host_total), per, bounds, host_bound)
+    return StepTime(end, gpu_total, np.broadcast_to(np.asarray(host_total, dtype=float), shape).copy(), per,
+                    bounds, host_bound)
 
 
 def _eager_stacked(ops: list[Op], costs: list[OpCost], host: HostModel, idx: dict, L: int, n: int) -> StepTime:
@@ -189,7 +190,7 @@ def _eager_stacked(ops: list[Op], costs: list[OpCost], host: HostModel, idx: dic
     if lay_h:
         lay_h[0] += host.per_layer_s
     lay_g = t[lay] * np.array([[ops[i].count * (1.0 / L)] for i in lay]) if L else np.zeros((0, n))
-    H = float(sum(lay_h))
+    H = sum(lay_h)  # a float, or per point (MoE experts hit)
     G = np.zeros(shape)
     if L:
         G = 0 + lay_g[0]
@@ -203,28 +204,29 @@ def _eager_stacked(ops: list[Op], costs: list[OpCost], host: HostModel, idx: dic
     end = np.array(gpu_total, copy=True)
     issue, done = host.per_step_s, np.zeros(shape)
     for i, g in zip(pre, pre_g):
-        issue += h[i]
+        issue = issue + h[i]
         end = np.maximum(end, issue + gpu_total - done)
         done = done + g
     if L:
         issued = []
         for x in lay_h:
-            issue += x
-            issued.append(issue)
+            issue = issue + x
+            issued.append(np.broadcast_to(issue, shape))
         # done before each layer op: running sums from the done so far, one op at a time
         dones = np.cumsum(np.concatenate([done[None, :], lay_g]), axis=0)
-        first = (np.array(issued)[:, None] + gpu_total) - dones[:-1]
+        first = (np.array(issued) + gpu_total) - dones[:-1]
         last = first + (L - 1) * (H - G)
         end = np.maximum(end, np.maximum(first, last).max(axis=0))
         done = dones[-1]
-        issue += (L - 1) * H
+        issue = issue + (L - 1) * H
         done = done + (L - 1) * G
     for i, g in zip(post, post_g):
-        issue += h[i]
+        issue = issue + h[i]
         end = np.maximum(end, issue + gpu_total - done)
         done = done + g
-    bounds = np.where(np.array(h)[:, None] > t, HOST, _stack([c.bound for c in costs], n, np.int8))
+    hmat = np.array([np.broadcast_to(np.asarray(x, dtype=float), shape) for x in h])
+    bounds = np.where(hmat > t, HOST, _stack([c.bound for c in costs], n, np.int8))
     host_bound = np.broadcast_to(host_total >= gpu_total, shape).copy()
     charged = t * np.array([[o.count] for o in ops], dtype=float)
-    return StepTime(end, gpu_total, np.full(shape, host_total), list(t), list(bounds), host_bound,
-                    (t, bounds, charged))
+    return StepTime(end, gpu_total, np.broadcast_to(np.asarray(host_total, dtype=float), shape).copy(), list(t),
+                    list(bounds), host_bound, (t, bounds, charged))
