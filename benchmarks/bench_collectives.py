@@ -9,6 +9,8 @@ import csv
 import sys
 from pathlib import Path
 
+import itertools
+
 import numpy as np
 
 from perfcast.hardware import get_gpu
@@ -50,8 +52,8 @@ def main():
                 allerr += errs
                 print(f"{path.parent.parent.name:14s} {op:15s} {g:4d} {len(errs):3d} {np.mean(errs):9.2f} "
                       f"{np.percentile(errs, 90):6.2f}")
-    if len(runs) >= 2:
-        a, b2 = load(runs[0]), load(runs[1])
+    for r0, r1 in itertools.combinations(runs, 2):  # every pair of hosts that measured the same points
+        a, b2 = load(r0), load(r1)
         diffs = []
         for key in set(a) & set(b2):
             da, db = dict(a[key]), dict(b2[key])
@@ -59,7 +61,7 @@ def main():
                 if s >= 1 << 20:
                     diffs.append(abs(da[s] - db[s]) / db[s] * 100)
         if diffs:
-            print(f"run-to-run ({runs[0].parent.parent.name} vs {runs[1].parent.parent.name}, same sizes >= 1 MiB): "
+            print(f"run-to-run ({r0.parent.parent.name} vs {r1.parent.parent.name}, same sizes >= 1 MiB): "
                   f"mean |diff| {np.mean(diffs):.2f}% over {len(diffs)} points")
     if allerr:
         print(f"all collectives >= 1 MiB, leave-one-out: MAPE {np.mean(allerr):.2f}% (p90 {np.percentile(allerr, 90):.2f}%)")
