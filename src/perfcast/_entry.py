@@ -22,7 +22,7 @@ def _batch_json_path(argv: list[str]) -> str | None:
 
 def main() -> None:
     path = _batch_json_path(sys.argv[1:])
-    if path is not None and not path.startswith("-") or path == "-":
+    if path is not None and (path == "-" or not path.startswith("-")):
         import os
 
         from perfcast.batch import predict_lines_json, read_lines
