@@ -94,8 +94,9 @@ def _random_step(rng, n):
     for group, count in [("pre", 1)] + [("layer", int(rng.integers(1, 80)))] * int(rng.integers(1, 12)) + [
             ("post", 1)] * int(rng.integers(0, 3)):
         meta = {"kernels": int(rng.integers(1, 4)), "strided": bool(rng.random() < 0.3)}
-        ops.append(Op("op", "elementwise", {}, count, "bf16", None, group, host_ops=float(rng.integers(1, 15)),
-                      meta=meta))
+        # host dispatch per op: a constant, or (MoE expert ops) one count per point
+        host_ops = float(rng.integers(1, 15)) if rng.random() < 0.8 else rng.uniform(1, 40, n)
+        ops.append(Op("op", "elementwise", {}, count, "bf16", None, group, host_ops=host_ops, meta=meta))
         sec = np.exp(rng.normal(-11, 2.5, n)) * rng.choice([1.0, 1e-3], n)
         costs.append(OpCost.of(sec, rng.integers(0, 5, n), rng.integers(0, 3, n), 1.0, 1.0))
     return ops, costs
@@ -103,6 +104,7 @@ def _random_step(rng, n):
 
 @pytest.mark.parametrize("name", ["cuda-graph", "eager"])
 def test_stacked_runtimes_equal_op_by_op(name, monkeypatch):
+    from perfcast.ops.base import Op, OpCost
     from perfcast.profiles import HostModel
     from perfcast.step import runtime
 
@@ -123,6 +125,14 @@ def test_stacked_runtimes_equal_op_by_op(name, monkeypatch):
         assert slow.stacked is None
         for f in ("seconds", "gpu_seconds", "host_seconds", "host_bound"):
             assert np.array_equal(getattr(fast, f), getattr(slow, f)), (trial, f)
+        if name == "eager":  # each point alone gives what the stacked run gives it
+            for j in (0, n - 1):
+                one = [OpCost.of(c.seconds[j:j + 1], c.bound[j:j + 1], c.source[j:j + 1], 1.0, 1.0) for c in costs]
+                ops1 = [o if np.ndim(o.host_ops) == 0 else
+                        Op(o.name, o.kind, o.dims, o.count, o.dtype, o.wdtype, o.group,
+                           host_ops=float(o.host_ops[j]), meta=o.meta) for o in ops]
+                alone = runtime.get_runtime(name)(ops1, one, host, None)
+                assert np.allclose(alone.seconds, fast.seconds[j:j + 1], rtol=1e-12), (trial, j)
         for a, b in zip(fast.op_seconds, slow.op_seconds):
             assert np.array_equal(a, b)
         for a, b in zip(fast.op_bound, slow.op_bound):
