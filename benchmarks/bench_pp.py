@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from perfcast.models import get_model
+from perfcast.measure.compare import pipeline_rows
 from perfcast.step.pipeline import pipeline_cfg, schedule
 from perfcast.step.predict import make_config
 
@@ -65,29 +66,23 @@ def config_of(d: dict, profile: str = "auto"):
 
 
 def compare(lines, profile: str = "auto") -> list[dict]:
+    """perfcast.measure.compare's pipeline rows, plus the schedule check: the measured stage times put
+    through the pipeline formula against the measured total."""
     rows = []
     for run, d in lines:
         cfg = config_of(d, profile)
-        m = int(d.get("microbatches", 1) or 1)
-        for phase in ("prefill", "decode"):
-            meas = d.get(f"{phase}_ms")
-            if meas is None:
-                continue
-            pr = pipeline_cfg(cfg, phase, int(d["batch"]), int(d["prompt"]), int(d["context"]), m)
-            pred_stage = [max(s["gpu_ms"], s["host_ms"]) for s in pr.stages]
-            meas_stage = d.get(f"{phase}_stage_ms") or []
-            sends = [s["send_ms"] * 1e-3 for s in pr.stages[:-1]]
+        for r in pipeline_rows(cfg, d):
+            meas, meas_stage, pred_stage = r["measured_ms"], r["measured_stage_ms"] or [], r["predicted_stage_ms"]
             sched = None
             if len(meas_stage) == cfg.pp:
-                st = [x * 1e-3 for x in meas_stage]
-                _, tot = schedule(st, sends, m)
+                _, tot = schedule([x * 1e-3 for x in meas_stage], [x * 1e-3 for x in r["send_ms"]], r["microbatches"])
                 sched = float(tot) * 1e3
             rows.append({
-                "run": run, "gpu": cfg.gpu.id, "model": d["model"], "layers": cfg.model.n_layers, "pp": cfg.pp,
-                "microbatches": m, "runtime": cfg.runtime, "phase": phase, "batch": d["batch"],
-                "prompt": d["prompt"], "context": d["context"], "measured_ms": float(meas),
-                "predicted_ms": pr.total_ms, "err_pct": (pr.total_ms - meas) / meas * 100,
-                "latency_pred_ms": pr.latency_ms, "bubble_pred": pr.bubble_fraction,
+                "run": run, "gpu": r["gpu"], "model": r["model"], "layers": cfg.model.n_layers, "pp": cfg.pp,
+                "microbatches": r["microbatches"], "runtime": r["runtime"], "phase": r["phase"],
+                "batch": r["batch"], "prompt": r["prompt"], "context": r["context"], "measured_ms": float(meas),
+                "predicted_ms": r["predicted_ms"], "err_pct": r["error_pct"],
+                "latency_pred_ms": r["latency_pred_ms"], "bubble_pred": r["bubble_pred"],
                 "measured_stage_ms": meas_stage, "predicted_stage_ms": pred_stage,
                 "stage_err_pct": [(p - q) / q * 100 for p, q in zip(pred_stage, meas_stage) if q > 0],
                 "schedule_ms": sched,

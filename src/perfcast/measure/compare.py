@@ -42,7 +42,7 @@ def compare_lines(lines: list[dict], profile: str = "auto") -> list[dict]:
             cfg = make_config(spec, d.get("gpu_id") or d.get("gpu"), int(d.get("tp", 1)), pp, "bf16",
                               d.get("runtime", "cuda-graph"), profile)
         if pp > 1:
-            rows += _pipeline_rows(cfg, d)
+            rows += pipeline_rows(cfg, d)
             continue
         pred = predict_many(cfg, d["batch"], d["prompt"], d["context"])[0]
         for phase in ("prefill", "decode"):
@@ -57,7 +57,7 @@ def compare_lines(lines: list[dict], profile: str = "auto") -> list[dict]:
     return rows
 
 
-def _pipeline_rows(cfg, d: dict) -> list[dict]:
+def pipeline_rows(cfg, d: dict) -> list[dict]:
     """Measured pipeline phases against :func:`perfcast.step.pipeline.pipeline_cfg` (all micro-batches)."""
     from perfcast.step.pipeline import pipeline_cfg
 
@@ -73,7 +73,10 @@ def _pipeline_rows(cfg, d: dict) -> list[dict]:
                      "context": d["context"], "phase": phase, "measured_ms": meas, "predicted_ms": pr.total_ms,
                      "error_pct": (pr.total_ms - meas) / meas * 100, "profile": pr.profile,
                      "measured_stage_ms": d.get(f"{phase}_stage_ms"),
-                     "predicted_stage_ms": [s["gpu_ms"] for s in pr.stages]})
+                     # a stage takes its GPU time or, under eager, its host's issue time if longer
+                     "predicted_stage_ms": [max(s["gpu_ms"], s["host_ms"]) for s in pr.stages],
+                     "latency_pred_ms": pr.latency_ms, "bubble_pred": pr.bubble_fraction,
+                     "send_ms": [s["send_ms"] for s in pr.stages[:-1]]})
     return rows
 
 
