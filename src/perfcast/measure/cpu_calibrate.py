@@ -55,6 +55,11 @@ GEMM_NK = 4096  # weight matrix n = k of the GEMM sweep
 SWEEP_BYTES = (16 << 20, 64 << 20, 256 << 20, 1 << 30)  # weights streamed before a cold chain
 SWEEP_QUICK = (64 << 20, 256 << 20)
 SWEEP_NK = 2048  # fp32 matrices of 16 MiB streamed by the sweep
+# weight shapes (n, k) of one-token GEMVs: LLM projections from 0.5B to 8B-class models, so the CPU model
+# can take a GEMV's rate by its weight size (small weights pay the per-call cost more)
+GEMV_SHAPES = ((896, 4864), (4864, 896), (2048, 2048), (2048, 8192), (8192, 2048), (3072, 8192), (8192, 3072),
+               (4096, 4096), (4096, 14336), (14336, 4096), (3584, 18944), (18944, 3584))
+GEMV_SHAPES_QUICK = ((2048, 8192), (8192, 2048), (3584, 18944))
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve")
 
 
@@ -217,6 +222,28 @@ def _torch_stream(torch, threads: int, n_el: int, target: float) -> list[dict]:
                  nbytes=12.0 * n_el)]
 
 
+def _gemv_shape_rows(torch, F, threads: int, dtypes, tdt: dict, facts: dict, quick: bool, target: float):
+    """One-token GEMVs (``gemv_shape`` rows) over LLM weight shapes, each streaming weight copies that
+    together exceed 4x the L3 cache, as a decode step streams its weights from memory."""
+    rows = []
+    for dt in dtypes:
+        esz = torch.finfo(tdt[dt]).bits // 8
+        for n, k in GEMV_SHAPES_QUICK if quick else GEMV_SHAPES:
+            n_w = max(2, math.ceil(4 * facts["l3_bytes"] / (n * k * esz)))
+            ws = [(torch.rand(n, k) - 0.5).to(tdt[dt]) for _ in range(min(n_w, 64))]
+            x = (torch.rand(1, k) - 0.5).to(tdt[dt])
+
+            def run(ws=ws, x=x):
+                for w in ws:
+                    F.linear(x, w)
+
+            times = _time(run, target_s=target, lo=2)
+            rows.append(_row("gemv_shape", dt, threads, times, 1, n, k, k * esz + n * k * esz + n * esz,
+                             2.0 * n * k, per_call=len(ws)))
+            del ws
+    return rows
+
+
 def _torch_rows(torch, threads: int, dtypes, facts: dict, quick: bool, max_call_s: float) -> list[dict]:
     import torch.nn.functional as F
 
@@ -243,6 +270,7 @@ def _torch_rows(torch, threads: int, dtypes, facts: dict, quick: bool, max_call_
             if rows[-1]["median_ms"] * 1e-3 > max_call_s:
                 break
         del ws
+    rows += _gemv_shape_rows(torch, F, threads, dtypes, tdt, facts, quick, target)
     rows += _attn_rows(torch, threads, dtypes, quick, target)
     x, y, w = torch.rand(1, 1024), torch.rand(1, 4096), torch.ones(1024)
 
