@@ -122,6 +122,7 @@ def test_calibrate_cpu_tiny_writes_a_profile_the_model_reads(tmp_path, monkeypat
     monkeypatch.setattr(cc, "guarded", lambda measure, **kw: (measure(), 0.0))  # no re-timing on busy hosts
     monkeypatch.setattr(cc, "SWEEP_QUICK", (1 << 20, 4 << 20))
     monkeypatch.setattr(cc, "SWEEP_NK", 256)
+    monkeypatch.setattr(cc, "GEMV_SHAPES_QUICK", ((128, 512), (512, 128)))
     facts = cc.cpu_facts
     monkeypatch.setattr(cc, "cpu_facts", lambda: {**facts(), "l3_bytes": 1 << 20})
     meta = cc.calibrate_cpu(tmp_path, threads=[1], dtypes=("fp32", "bf16"), quick=True, progress=False)
@@ -133,6 +134,10 @@ def test_calibrate_cpu_tiny_writes_a_profile_the_model_reads(tmp_path, monkeypat
     chain = [r for r in rows if r["kind"] == "chain_cpu"]
     assert {int(r["m"]) for r in chain} == {0, 1 << 20, 4 << 20} and {r["n"] for r in chain} == {"34"}
     assert {r["dtype"] for r in chain} == {"fp32"}  # the chain runs in the first dtype
+    gv = [r for r in rows if r["kind"] == "gemv_shape"]  # one-token GEMVs by weight shape, both dtypes
+    assert {(r["dtype"], r["n"], r["k"]) for r in gv} == {(d, n, k) for d in ("fp32", "bf16")
+                                                           for n, k in (("128", "512"), ("512", "128"))}
+    assert all(float(r["m"]) == 1 and float(r["flops"]) == 2 * float(r["n"]) * float(r["k"]) for r in gv)
     c = load_cpu_profile(tmp_path, threads=1)
     assert c.stream_bw > 0 and c.gemm_flops["bf16"] > 0 and np.isfinite(c.op_overhead_s)
     assert c.handoff_pts[0] == "cpu" and np.all(np.asarray(c.handoff(4 << 20)) >= 0)
