@@ -253,3 +253,25 @@ def test_compare_predicts_pipeline_lines_with_their_microbatches():
                     runtime="eager").total_ms
     assert rows[1]["predicted_ms"] == pytest.approx(want) and rows[1]["pp"] == 2
     assert "pp2xM2" in format_rows(rows)
+
+
+def test_gemm_table_writes_rows_and_skips_failing_shapes(tmp_path, capsys):
+    """The one loop behind the extras' FP8, bf16 and INT4 tables: a shape whose inputs cannot be built
+    is skipped with a line on stderr; the others are timed and written in the CSV's columns."""
+    torch = pytest.importorskip("torch")
+    from perfcast.measure.extras import CSV_HEAD, gemm_table
+    from perfcast.measure.timing import CpuTimer
+
+    def build(m, n, k):
+        if n == 3:
+            raise RuntimeError("no kernel for this shape\nsecond line")
+        x, w = torch.ones(m, k), torch.ones(n, k)
+        return lambda: x @ w.t()
+
+    path = tmp_path / "g.csv"
+    rows = gemm_table(torch, CpuTimer(), path, [(2, 4, 8), (1, 3, 8), (4, 2, 2)], "w4a16", build, label="int4")
+    lines = path.read_text().splitlines()
+    assert rows == 2 and lines[0] + "\n" == CSV_HEAD and len(lines) == 3
+    assert [ln.split(",")[:4] for ln in lines[1:]] == [["w4a16", "2", "4", "8"], ["w4a16", "4", "2", "2"]]
+    assert all(float(ln.split(",")[4]) > 0 for ln in lines[1:])
+    assert "int4 skip 1x3x8: no kernel for this shape" in capsys.readouterr().err

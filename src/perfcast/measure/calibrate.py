@@ -18,7 +18,17 @@ import time
 from pathlib import Path
 
 from perfcast.measure import env, shapes
-from perfcast.measure.timing import GPU_HINT, CpuTimer, CudaTimer, Progress, Stats, host_loop_us, import_torch
+from perfcast.measure.timing import (
+    GPU_HINT,
+    CpuTimer,
+    CudaTimer,
+    Progress,
+    Stats,
+    capture_graph,
+    host_loop_us,
+    import_torch,
+    replay_times_ms,
+)
 
 FAMILIES = ("gemm", "attention", "elementwise", "launch")
 TIMES = ["median_ms", "min_ms", "p90_ms", "reps"]
@@ -263,38 +273,14 @@ def run_launch(r: _Run, cases: list[dict], out: _Csv, bar: Progress) -> None:
     put("sync", "idle", host_loop_us(torch.cuda.synchronize, lambda: None, inner=1000, reps=7))
     put("sync", "after_kernel", host_loop_us(lambda: (a.add_(1.0), torch.cuda.synchronize()), lambda: None,
                                              inner=1000, reps=7))
-    g = _capture(torch, lambda: a.add_(1.0), 1)
+    g = capture_graph(torch, lambda: a.add_(1.0), 1)
     put("graph_launch", "replay_1", host_loop_us(lambda: (g.replay(), torch.cuda.synchronize()), lambda: None,
                                                   inner=1000, reps=7))
 
 
-def _capture(torch, fn, n: int):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(n):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    return g
-
-
 def _graph_per_kernel_us(torch, fn, n: int, reps: int = 20) -> Stats:
-    g = _capture(torch, fn, n)
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        g.replay()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) * 1e3 / n)
-    return Stats.of(times)
+    g = capture_graph(torch, fn, n)
+    return Stats.of([t * 1e3 / n for t in replay_times_ms(torch, g, reps)])
 
 
 RUNNERS = {"gemm": run_gemm, "attention": run_attention, "elementwise": run_elementwise, "launch": run_launch}

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from perfcast.measure.env import collect, command_line, gpu_id_guess
-from perfcast.measure.timing import CudaTimer, import_torch
+from perfcast.measure.timing import CudaTimer, capture_graph, import_torch, replay_times_ms
 
 FP8_PAIRS = ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (3072, 4096), (14336, 4096),
              (4096, 7168), (10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672), (7168, 5120),
@@ -84,26 +84,33 @@ def fp8_heldout11(n_cases: int = 150, seed: int = 11):
     return _fp8_offgrid(set(FP8_M) | set(FP8_M_DENSE), n_cases, seed)
 
 
-def run_fp8(torch, timer, path: Path, heldout, cases=None) -> int:
+def gemm_table(torch, timer, path: Path, cases, dtype: str, build, label: str | None = None,
+               errors: tuple = (RuntimeError,)) -> int:
+    """One CSV of GEMM times (``CSV_HEAD`` columns, ``dtype`` in its first): ``build(m, n, k)`` makes the
+    inputs and returns the callable to time. A shape that fails (``errors``, or out of memory) is skipped
+    with a line on stderr, and the run goes on. Returns the rows written."""
     rows = 0
     with open(path, "w") as f:
         f.write(CSV_HEAD)
-        for m, n, k in (cases if cases is not None else fp8_cases(heldout)):
+        for m, n, k in cases:
             try:
-                x = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
-                w = torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn)
-                one = torch.ones((), device="cuda")
-
-                def fn(x=x, w=w, one=one):
-                    return torch._scaled_mm(x, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
-
-                st = timer.bench(fn)
-            except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-                print(f"fp8 skip {m}x{n}x{k}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+                st = timer.bench(build(m, n, k))
+            except (*errors, torch.cuda.OutOfMemoryError) as e:
+                print(f"{label or dtype} skip {m}x{n}x{k}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
                 continue
-            f.write(f"fp8,{m},{n},{k},{st.median_ms:.6g},{st.min_ms:.6g},{st.p90_ms:.6g},{st.reps}\n")
+            f.write(f"{dtype},{m},{n},{k},{st.median_ms:.6g},{st.min_ms:.6g},{st.p90_ms:.6g},{st.reps}\n")
             rows += 1
     return rows
+
+
+def run_fp8(torch, timer, path: Path, heldout, cases=None) -> int:
+    def build(m, n, k):
+        x = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
+        w = torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn)
+        one = torch.ones((), device="cuda")
+        return lambda: torch._scaled_mm(x, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+
+    return gemm_table(torch, timer, path, cases if cases is not None else fp8_cases(heldout), "fp8", build)
 
 
 def moe_pairs() -> list[tuple[int, int]]:
@@ -143,20 +150,12 @@ def moe_gemm_cases(heldout: bool, seed: int = 5):
 def run_bf16(torch, timer, path: Path, cases) -> int:
     import torch.nn.functional as F
 
-    rows = 0
-    with open(path, "w") as f:
-        f.write(CSV_HEAD)
-        for m, n, k in cases:
-            try:
-                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-                w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-                st = timer.bench(lambda x=x, w=w: F.linear(x, w))
-            except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-                print(f"bf16 skip {m}x{n}x{k}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
-                continue
-            f.write(f"bf16,{m},{n},{k},{st.median_ms:.6g},{st.min_ms:.6g},{st.p90_ms:.6g},{st.reps}\n")
-            rows += 1
-    return rows
+    def build(m, n, k):
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        return lambda: F.linear(x, w)
+
+    return gemm_table(torch, timer, path, cases, "bf16", build)
 
 
 def int4_cases(heldout: bool, seed: int = 3):
@@ -173,30 +172,26 @@ def int4_cases(heldout: bool, seed: int = 3):
 
 def run_int4(torch, timer, path: Path, cases, group: int = 128) -> tuple[int, dict]:
     """tinygemm int4 (uint8-packed nibbles, bf16 scales and zeros per group of 128 along k)."""
-    rows, info = 0, {"kernel": "torch._weight_int4pack_mm", "group_size": group, "inner_k_tiles": {}}
-    with open(path, "w") as f:
-        f.write(CSV_HEAD)
-        for m, n, k in cases:
+    info = {"kernel": "torch._weight_int4pack_mm", "group_size": group, "inner_k_tiles": {}}
+
+    def build(m, n, k):
+        wq = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda")
+        packed, tiles = None, None
+        for tiles in (8, 4, 2):
             try:
-                wq = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda")
-                packed, tiles = None, None
-                for tiles in (8, 4, 2):
-                    try:
-                        packed = torch._convert_weight_to_int4pack(wq, tiles)
-                        break
-                    except RuntimeError:
-                        continue
-                if packed is None:
-                    raise RuntimeError("no innerKTiles value accepted")
-                sz = (torch.rand(k // group, n, 2, device="cuda") * 0.01).to(torch.bfloat16)
-                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-                st = timer.bench(lambda x=x, p=packed, sz=sz: torch._weight_int4pack_mm(x, p, group, sz))
-            except (RuntimeError, torch.cuda.OutOfMemoryError, AttributeError) as e:
-                print(f"int4 skip {m}x{n}x{k}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+                packed = torch._convert_weight_to_int4pack(wq, tiles)
+                break
+            except RuntimeError:
                 continue
-            info["inner_k_tiles"][f"{n}x{k}"] = tiles
-            f.write(f"w4a16,{m},{n},{k},{st.median_ms:.6g},{st.min_ms:.6g},{st.p90_ms:.6g},{st.reps}\n")
-            rows += 1
+        if packed is None:
+            raise RuntimeError("no innerKTiles value accepted")
+        sz = (torch.rand(k // group, n, 2, device="cuda") * 0.01).to(torch.bfloat16)
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        info["inner_k_tiles"][f"{n}x{k}"] = tiles
+        return lambda: torch._weight_int4pack_mm(x, packed, group, sz)
+
+    rows = gemm_table(torch, timer, path, cases, "w4a16", build, label="int4",
+                      errors=(RuntimeError, AttributeError))
     return rows, info
 
 
@@ -257,27 +252,11 @@ def moe_layer(torch, F, h, inter, experts, top_k, tokens, gen):
 def capture_and_time(torch, step, reps: int = 20):
     """``step`` warmed up twice on a side stream, captured in one CUDA graph, replayed 5 times, then
     ``reps`` replays timed one by one with CUDA events; returns the graph and the sorted times (ms)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        step()
-    for _ in range(5):
+    g = capture_graph(torch, step, warmup=2)  # replays once
+    for _ in range(4):
         g.replay()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return g, sorted(times)
+    return g, sorted(replay_times_ms(torch, g, reps))
 
 
 def run_moe(torch, path: Path, quick: bool) -> int:

@@ -150,19 +150,9 @@ def time_graph(fn, device, lo: int = 10, hi: int = 200) -> list[float]:
     """Capture ``fn`` in a CUDA graph after a warm-up on a side stream; time replays with events."""
     import torch
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    mode = "thread_local" if _dist_on() else "global"
-    with torch.cuda.graph(g, capture_error_mode=mode):
-        fn()
-    g.replay()
-    torch.cuda.synchronize()
+    from perfcast.measure.timing import capture_graph
+
+    g = capture_graph(torch, fn, warmup=2, error_mode="thread_local" if _dist_on() else "global")
     t0 = time.perf_counter()
     g.replay()
     torch.cuda.synchronize()

@@ -162,6 +162,38 @@ class CpuTimer:
         return Stats.of(times)
 
 
+def capture_graph(torch, fn: Callable[[], object], n: int = 1, warmup: int = 3, error_mode: str = "global"):
+    """``fn`` run ``warmup`` times on a side stream, then ``n`` calls of it captured in one CUDA graph,
+    replayed once; returns the graph (``error_mode``: ``thread_local`` under torch.distributed)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, capture_error_mode=error_mode):
+        for _ in range(n):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    return g
+
+
+def replay_times_ms(torch, g, reps: int) -> list[float]:
+    """``reps`` replays of graph ``g``, each timed alone with CUDA events and waited on (ms)."""
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return times
+
+
 def host_loop_us(fn: Callable[[], object], sync: Callable[[], object], inner: int = 1000,
                  reps: int = 7) -> Stats:
     """Host wall time per call (microseconds, in the Stats fields) of ``inner`` calls then ``sync``."""
