@@ -23,21 +23,14 @@ def _batch_json_path(argv: list[str]) -> str | None:
 def main() -> None:
     path = _batch_json_path(sys.argv[1:])
     if path is not None and (path == "-" or not path.startswith("-")):
-        import os
-
-        from perfcast.batch import predict_lines_json, read_lines
+        from perfcast.batch import emit_texts, predict_lines_json, read_lines
 
         try:
             lines = read_lines(path)
         except OSError:
             lines = None  # the click path below prints the contract's error message
         if lines is not None:
-            texts, ok = predict_lines_json(lines, workers=None)
-            out = sys.stdout
-            out.write("\n".join(texts) + ("\n" if texts else ""))
-            out.flush()
-            sys.stderr.flush()
-            os._exit(0 if ok else 1)  # as perfcast.cli does after a batch: skip the teardown
+            emit_texts(*predict_lines_json(lines, workers=None))
     from perfcast.cli import main as cli_main
 
     cli_main()

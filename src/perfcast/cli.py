@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
@@ -70,13 +69,9 @@ def _emit_lines(outputs, ok: bool):
 
 
 def _emit_texts(texts: list[str], ok: bool):
-    out = sys.stdout
-    out.write("\n".join(texts) + ("\n" if texts else ""))
-    out.flush()
-    sys.stderr.flush()
-    # everything is written: leave without tearing down every line's objects and the loaded profiles
-    # one by one (tens of ms after a large file); nothing of perfcast's runs at exit
-    os._exit(0 if ok else 1)
+    from perfcast.batch import emit_texts
+
+    emit_texts(texts, ok)
 
 
 # Each feature package adds its commands through a light ``cli`` module with ``register(main)``;
