@@ -22,34 +22,31 @@ def key_of(group: str) -> str:
     return f"{phase}:{runtime}:{'tp>1' if tp else 'tp1'}"
 
 
-def table(path: Path) -> dict:
+def _pool(items) -> dict:
+    """(kind, summary) pairs -> per kind: the case-weighted MAPE and the worse p90 over the GPUs/families."""
     out: dict[str, dict] = {}
-    for name, s in json.loads(path.read_text())["summary"].items():
-        _, group = name.split(":", 1)
-        k = key_of(group)
+    for k, s in items:
         cur = out.setdefault(k, {"n": 0, "mape": 0.0, "p90": 0.0})
-        # pool GPUs: case-weighted MAPE, the worse p90
         cur["mape"] = (cur["mape"] * cur["n"] + s["mape"] * s["n"]) / (cur["n"] + s["n"])
         cur["p90"] = max(cur["p90"], s["p90"])
         cur["n"] += s["n"]
     return {k: {"n": v["n"], "mape_pct": round(v["mape"], 2), "p90_pct": round(v["p90"], 2)} for k, v in out.items()}
+
+
+def table(path: Path) -> dict:
+    return _pool((key_of(name.split(":", 1)[1]), s) for name, s in json.loads(path.read_text())["summary"].items())
 
 
 def pp_table(path: Path) -> dict:
     """Pipeline-parallel kinds from bench_pp.py: '<gpu>:decode:pp2 cuda-graph' -> 'decode:cuda-graph:pp>1'."""
-    out: dict[str, dict] = {}
     if not path.is_file():
-        return out
+        return {}
+    pairs = []
     for name, s in json.loads(path.read_text())["summary"].items():
         m = re.match(r"[\w-]+:(prefill|decode):pp\d+ ([\w-]+)$", name)
-        if not m:
-            continue
-        k = f"{m.group(1)}:{m.group(2)}:pp>1"
-        cur = out.setdefault(k, {"n": 0, "mape": 0.0, "p90": 0.0})
-        cur["mape"] = (cur["mape"] * cur["n"] + s["mape"] * s["n"]) / (cur["n"] + s["n"])
-        cur["p90"] = max(cur["p90"], s["p90"])
-        cur["n"] += s["n"]
-    return {k: {"n": v["n"], "mape_pct": round(v["mape"], 2), "p90_pct": round(v["p90"], 2)} for k, v in out.items()}
+        if m:
+            pairs.append((f"{m.group(1)}:{m.group(2)}:pp>1", s))
+    return _pool(pairs)
 
 
 def main():
