@@ -222,6 +222,24 @@ def _torch_stream(torch, threads: int, n_el: int, target: float) -> list[dict]:
                  nbytes=12.0 * n_el)]
 
 
+def _weights(torch, n: int, k: int, tdtype, l3_bytes: float) -> list:
+    """Copies of an [n, k] weight that together exceed 4x the L3 cache (at least 2, at most 64): a GEMV
+    over them streams its weights from memory, as a decode step does."""
+    esz = torch.finfo(tdtype).bits // 8
+    n_w = max(2, math.ceil(4 * l3_bytes / (n * k * esz)))
+    return [(torch.rand(n, k) - 0.5).to(tdtype) for _ in range(min(n_w, 64))]
+
+
+def _time_linear(F, ws: list, x, target: float):
+    """``_time`` of ``F.linear(x, w)`` over every weight of ``ws`` in turn (per call: divide by len(ws))."""
+
+    def run():
+        for w in ws:
+            F.linear(x, w)
+
+    return _time(run, target_s=target, lo=2)
+
+
 def _gemv_shape_rows(torch, F, threads: int, dtypes, tdt: dict, facts: dict, quick: bool, target: float):
     """One-token GEMVs (``gemv_shape`` rows) over LLM weight shapes, each streaming weight copies that
     together exceed 4x the L3 cache, as a decode step streams its weights from memory."""
@@ -229,15 +247,8 @@ def _gemv_shape_rows(torch, F, threads: int, dtypes, tdt: dict, facts: dict, qui
     for dt in dtypes:
         esz = torch.finfo(tdt[dt]).bits // 8
         for n, k in GEMV_SHAPES_QUICK if quick else GEMV_SHAPES:
-            n_w = max(2, math.ceil(4 * facts["l3_bytes"] / (n * k * esz)))
-            ws = [(torch.rand(n, k) - 0.5).to(tdt[dt]) for _ in range(min(n_w, 64))]
-            x = (torch.rand(1, k) - 0.5).to(tdt[dt])
-
-            def run(ws=ws, x=x):
-                for w in ws:
-                    F.linear(x, w)
-
-            times = _time(run, target_s=target, lo=2)
+            ws = _weights(torch, n, k, tdt[dt], facts["l3_bytes"])
+            times = _time_linear(F, ws, (torch.rand(1, k) - 0.5).to(tdt[dt]), target)
             rows.append(_row("gemv_shape", dt, threads, times, 1, n, k, k * esz + n * k * esz + n * esz,
                              2.0 * n * k, per_call=len(ws)))
             del ws
@@ -254,17 +265,10 @@ def _torch_rows(torch, threads: int, dtypes, facts: dict, quick: bool, max_call_
     n = k = GEMM_NK
     for dt in dtypes:
         esz = torch.finfo(tdt[dt]).bits // 8
-        n_w = max(2, math.ceil(4 * facts["l3_bytes"] / (n * k * esz)))
-        ws = [(torch.rand(n, k) - 0.5).to(tdt[dt]) for _ in range(min(n_w, 64))]
+        ws = _weights(torch, n, k, tdt[dt], facts["l3_bytes"])
         for m in M_QUICK if quick else M_FULL:
-            x = (torch.rand(m, k) - 0.5).to(tdt[dt])
             use = ws if m <= 16 else ws[:1]
-
-            def run(use=use, x=x):
-                for w in use:
-                    F.linear(x, w)
-
-            times = _time(run, target_s=target, lo=2)
+            times = _time_linear(F, use, (torch.rand(m, k) - 0.5).to(tdt[dt]), target)
             nbytes = m * k * esz + n * k * esz + m * n * esz
             rows.append(_row("gemm", dt, threads, times, m, n, k, nbytes, 2.0 * m * n * k, per_call=len(use)))
             if rows[-1]["median_ms"] * 1e-3 > max_call_s:
