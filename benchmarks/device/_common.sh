@@ -1,4 +1,5 @@
-# Sourced by run_single.sh and run_multi.sh: environment, GPU detection, packing of $OUT.
+# Sourced by every run_*.sh after it cd's to the repository root: environment, GPU detection, packing of
+# $OUT; sets D (this GPU's output folder, created) and RC (the worst exit status so far, 0).
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 # NVLink multicast must stay off: it can put a shared host's GPUs out of service.
@@ -36,3 +37,8 @@ pack_out() {  # the device tool returns at most 8 files, no deeper than $OUT/a/b
   done
   echo "files under \$OUT: $(find "$OUT" -type f | wc -l)"
 }
+
+set -o pipefail
+D=$(gpu_dir)
+mkdir -p "$D"
+RC=0

@@ -4,12 +4,8 @@
 #   bash benchmarks/device/run_extras.sh ["extras calib_gemm heldout7"]   # ~5 min on one H100/H200
 #   bash benchmarks/device/run_extras.sh extras2   # dense FP8 M grid, MoE expert GEMMs, INT4 tinygemm (~3 min)
 # Writes under $OUT/<gpu_id>/: extras/ calib_gemm/ heldout7/ (packed to .tgz), run_extras.log.
-set -o pipefail
 cd "$(dirname "$0")/../.." || exit 2
 source benchmarks/device/_common.sh
-D=$(gpu_dir)
-mkdir -p "$D"
-RC=0
 PARTS="${1:-extras calib_gemm heldout7}"
 main() {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.limit,temperature.gpu --format=csv

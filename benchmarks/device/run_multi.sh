@@ -10,14 +10,10 @@
 # each starts with two 4-layer plumbing cases; `python benchmarks/bench_pp.py --estimate` gives the
 # duration). Writes under $OUT/<gpu_id>/: step_smoke_tp2.jsonl, coll/collectives.csv, coll/meta.json,
 # step_tp2.jsonl, step_tp4.jsonl, step_pp2.jsonl, step_pp4.jsonl, run_multi.log.
-set -o pipefail
 cd "$(dirname "$0")/../.." || exit 2
 source benchmarks/device/_common.sh
 PARTS="${1:-smoke coll tp2 tp4}"
 SMOKE_OK=1
-D=$(gpu_dir)
-mkdir -p "$D"
-RC=0
 NGPU=$(nvidia-smi -L | grep -c '^GPU')
 
 tp_part() {  # tp_part NAME N CASES OUTFILE

@@ -8,12 +8,8 @@
 # cpu.csv), run_offload.log. Ship them as NEW files beside the earlier runs, never over them, e.g.
 # benchmarks/data/offload_<gpu_id>_r2.jsonl and benchmarks/data/offload_<gpu_id>_r2_cpu/
 # (bench_offload.py finds the profile as <file stem>_cpu/ beside the file).
-set -o pipefail
 cd "$(dirname "$0")/../.." || exit 2
 source benchmarks/device/_common.sh
-D=$(gpu_dir)
-mkdir -p "$D"
-RC=0
 
 main() {
   nvidia-smi --query-gpu=name,pcie.link.gen.current,pcie.link.width.current,memory.total --format=csv

@@ -22,12 +22,8 @@
 # and SERVE_EXTRA (more serve_run flags, e.g. "--device cpu --dtype fp32 --requests 10" for a dry run
 # without a GPU) change what runs; e.g. Llama-3.2-1B (perfcast: hf-cb ~50 req/s, static ~40 req/s):
 #   SERVE_MODEL=meta-llama/Llama-3.2-1B SERVE_RATES_HF=5,20,35 SERVE_RATES_STATIC=8,20,32 bash ...
-set -o pipefail
 cd "$(dirname "$0")/../.." || exit 2
 source benchmarks/device/_common.sh
-D=$(gpu_dir)
-mkdir -p "$D"
-RC=0
 WALL="${SERVE_WALL_S:-270}"
 MODEL="${SERVE_MODEL:-meta-llama/Llama-3.1-8B}"
 RATES_HF="${SERVE_RATES_HF:-3,10,18}"

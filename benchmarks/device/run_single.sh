@@ -6,13 +6,9 @@
 # Parts: calib, heldout, step, smoke (space separated, run in that order of the argument).
 # Writes under $OUT/<gpu_id>/: calib/ heldout/ (packed to .tgz when more than 8 files would come back),
 # step_single.jsonl, step_smoke.jsonl, run_single.log. Exit status: the largest of the parts'.
-set -o pipefail
 cd "$(dirname "$0")/../.." || exit 2
 source benchmarks/device/_common.sh
 PARTS="${1:-step}"
-D=$(gpu_dir)
-mkdir -p "$D"
-RC=0
 
 main() {
   nvidia-smi
