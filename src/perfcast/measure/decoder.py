@@ -209,6 +209,16 @@ class Decoder:
             torch.distributed.all_reduce(x, group=self.group)
         return x
 
+    def _residual(self, x, y, w, bias, post_norm):
+        """``x`` plus the row-parallel output projection of ``y`` (all-reduced under TP), its bias and
+        post-norm where the model has them (attention's O projection, the MLP's down projection)."""
+        y = self._reduce(F.linear(y, w))
+        if bias is not None:
+            y = y + bias
+        if post_norm is not None:
+            y = self._norm(y, post_norm)
+        return x + y
+
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
         return self.forward_stage(ids, pos, kv_len)
 
@@ -250,13 +260,7 @@ class Decoder:
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
             else:
                 o = F.scaled_dot_product_attention(q, kc[:, :, :kv_len], vc[:, :, :kv_len], enable_gqa=gqa)
-            o = o.transpose(1, 2).reshape(b, q_len, hq * hd)
-            o = self._reduce(F.linear(o, L.wo))
-            if L.bo is not None:
-                o = o + L.bo
-            if L.pn1 is not None:
-                o = self._norm(o, L.pn1)
-            x = x + o
+            x = self._residual(x, o.transpose(1, 2).reshape(b, q_len, hq * hd), L.wo, L.bo, L.pn1)
             h = self._norm(x, L.ln2, L.ln2_b)
             gu = F.linear(h, L.wgu, L.bgu)
             if self.gated:
@@ -265,12 +269,7 @@ class Decoder:
                 m = a * u
             else:
                 m = F.gelu(gu, approximate="tanh")
-            m = self._reduce(F.linear(m, L.wdown))
-            if L.bdown is not None:
-                m = m + L.bdown
-            if L.pn2 is not None:
-                m = self._norm(m, L.pn2)
-            x = x + m
+            x = self._residual(x, m, L.wdown, L.bdown, L.pn2)
         return x
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
