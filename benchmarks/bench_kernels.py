@@ -60,36 +60,34 @@ def summarize(preds):
                 "p90": float(np.percentile(e, 90)), "max": float(np.max(e))} for f, e in fams.items()}
 
 
+def heldout_sets():
+    """(run dir, GPU id, [(family label, or None for the kernel's own; kernel kind; CSV)]) of every held-out
+    set: the calibration harness's held-out runs (plus run 2's FP8 held-out beside its set 7) and the
+    second extras session's (FP8 set 3 off the dense grid, MoE expert GEMMs, INT4 tinygemm)."""
+    for run in sorted(ROOT.glob("*/heldout*/meta.json")):
+        d = run.parent
+        srcs = [(None, fam, d / f"{fam}.csv") for fam in ("gemm", "attention", "elementwise")]
+        if d.name == "heldout7":
+            srcs.append(("gemm_fp8", "gemm", d.parent / "extras" / "gemm_fp8_heldout.csv"))
+        yield d, json.loads(run.read_text())["gpu_id"], srcs
+    for run in sorted(ROOT.glob("*/extras2/extras_meta.json")):
+        d = run.parent
+        yield d, json.loads(run.read_text())["gpu_id"], [
+            ("gemm_fp8", "gemm", d / "gemm_fp8_heldout11.csv"), ("gemm_moe", "gemm", d / "gemm_moe_heldout.csv"),
+            ("gemm_int4", "gemm", d / "gemm_int4_heldout.csv")]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     report = {}
-    for run in sorted(ROOT.glob("*/heldout*/meta.json")):
-        d = run.parent
-        meta = json.loads(run.read_text())
-        gpu = get_gpu(meta["gpu_id"])
+    for d, gpu_id, srcs in heldout_sets():
+        gpu = get_gpu(gpu_id)
         for mode in ("auto", "none"):
             prof = resolve_profile(gpu, mode)
-            preds = []
-            for fam in ("gemm", "attention", "elementwise"):
-                preds += predict_rows(gpu, prof, fam, rows(d / f"{fam}.csv"))
-            fp8 = d.parent / "extras" / "gemm_fp8_heldout.csv"
-            if fp8.is_file() and d.name == "heldout7":
-                for _fam, p, m, src in predict_rows(gpu, prof, "gemm", rows(fp8)):
-                    preds.append(("gemm_fp8", p, m, src))
-            key = f"{d.parent.name}/{d.name}:{gpu.id}:{mode}"
-            report[key] = {"profile": prof.name, "families": summarize(preds)}
-    # second extras session: FP8 held-out 11 (off the dense FP8 grid), MoE expert GEMMs, INT4 tinygemm
-    for run in sorted(ROOT.glob("*/extras2/extras_meta.json")):
-        d = run.parent
-        gpu = get_gpu(json.loads(run.read_text())["gpu_id"])
-        for mode in ("auto", "none"):
-            prof = resolve_profile(gpu, mode)
-            preds = []
-            for fam, f in (("gemm_fp8", "gemm_fp8_heldout11.csv"), ("gemm_moe", "gemm_moe_heldout.csv"),
-                           ("gemm_int4", "gemm_int4_heldout.csv")):
-                preds += [(fam, p, m, src) for _f, p, m, src in predict_rows(gpu, prof, "gemm", rows(d / f))]
+            preds = [(label or fam, p, m, src) for label, kind, path in srcs
+                     for fam, p, m, src in predict_rows(gpu, prof, kind, rows(path))]
             report[f"{d.parent.name}/{d.name}:{gpu.id}:{mode}"] = {"profile": prof.name, "families": summarize(preds)}
     print(f"{'run:gpu:profile':42s} {'family':18s} {'n':>4s} {'MAPE%':>7s} {'med%':>6s} {'p90%':>6s} {'max%':>7s}")
     for key, r in report.items():
