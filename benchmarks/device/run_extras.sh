@@ -3,6 +3,11 @@
 # with the dense M grid and misaligned shapes (calibrate --only gemm), and a fresh held-out set (seed 7).
 #   bash benchmarks/device/run_extras.sh ["extras calib_gemm heldout7"]   # ~5 min on one H100/H200
 #   bash benchmarks/device/run_extras.sh extras2   # dense FP8 M grid, MoE expert GEMMs, INT4 tinygemm (~3 min)
+#   bash benchmarks/device/run_extras.sh "power int8"   # ~2 min: the power-state check and weight-only INT8
+#     power: held-out set 7 (GEMM + attention) and a 10% sample of the calibration grid, each kernel run
+#            back to back for 100 ms before it is timed (calibrate --sustain-ms 100), with SM clock and
+#            power sampled every 50 ms by nvidia-smi (clocks_power.csv);
+#     int8:  weight-only INT8 GEMMs (torch._weight_int8pack_mm, and dequantize-then-F.linear).
 # Writes under $OUT/<gpu_id>/: extras/ calib_gemm/ heldout7/ (packed to .tgz), run_extras.log.
 cd "$(dirname "$0")/../.." || exit 2
 source benchmarks/device/_common.sh
@@ -15,7 +20,16 @@ main() {
       extras) run_part extras python3 -m perfcast.measure.extras --out "$D/extras" ;;
       calib_gemm) run_part calib_gemm python3 -m perfcast.measure.calibrate --out "$D/calib_gemm" --only gemm ;;
       heldout7) run_part heldout7 python3 -m perfcast.measure.calibrate --out "$D/heldout7" --heldout --seed 7 ;;
-      *) echo "unknown part '$part' (extras, extras2, calib_gemm, heldout7)"; RC=2 ;;
+      power)
+        nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu --format=csv -lms 50 \
+          > "$D/clocks_power.csv" 2>/dev/null & local smi=$!
+        run_part heldout7s python3 -m perfcast.measure.calibrate --out "$D/heldout7s" --heldout --seed 7 \
+          --only gemm,attention --sustain-ms 100 --quiet
+        run_part gridsub python3 -m perfcast.measure.calibrate --out "$D/gridsub" --only gemm,attention \
+          --subset 0.1 --seed 0 --sustain-ms 100 --quiet
+        kill $smi 2>/dev/null ;;
+      int8) run_part int8 python3 -m perfcast.measure.extras --out "$D/extras_int8" --parts int8 ;;
+      *) echo "unknown part '$part' (extras, extras2, calib_gemm, heldout7, power, int8)"; RC=2 ;;
     esac
   done
   pack_out "$D"

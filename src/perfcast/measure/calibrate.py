@@ -310,11 +310,15 @@ def _warm_gpu(torch, seconds: float = 1.0) -> None:
 
 
 def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, device: str = "cuda",
-              progress: bool = True, seed: int = 0, tiny: bool | None = None, preheat_s: float = 1.0) -> dict:
+              progress: bool = True, seed: int = 0, tiny: bool | None = None, preheat_s: float = 1.0,
+              sustain_ms: float = 0.0, subset: float = 1.0) -> dict:
     """Measure kernels on ``device`` and write a profile directory; returns its meta.json dict.
 
     ``preheat_s``: seconds of large GEMMs before the first measurement (clocks up; a long pre-heat
     brings the GPU to the thermal/power state of a long run, to compare runs of different lengths).
+    ``sustain_ms``: run each kernel back to back this long before timing it (the sustained-load power
+    state; 0 = as the grid order leaves the GPU). ``subset``: a seeded random fraction of the grid, to
+    re-measure grid points under another protocol or on another GPU of the same kind.
     ``only``: a comma-separated string or list of families. ``tiny`` (default: on for the CPU) runs a
     few small shapes only, for tests. Times in the CSV files are milliseconds (launch.csv: microseconds).
     """
@@ -330,7 +334,11 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
     torch.manual_seed(seed)
     meta = env.collect(torch, device)
     cuda = device == "cuda"
-    timer = CudaTimer(torch) if cuda else CpuTimer()
+    if not 0.0 < subset <= 1.0:
+        raise ValueError(f"subset must be in (0, 1], not {subset}")
+    if sustain_ms < 0:
+        raise ValueError(f"sustain_ms must be >= 0, not {sustain_ms}")
+    timer = CudaTimer(torch, sustain_ms=sustain_ms) if cuda else CpuTimer()
     meta.update(
         format_version=FORMAT_VERSION, seed=seed, heldout=heldout, quick=quick, tiny=tiny, families=fams,
         timing={
@@ -339,8 +347,9 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
             "flush_ms": getattr(timer, "flush_ms", 0.0),
             "target_ms": timer.target_ms, "min_reps": timer.min_reps, "max_reps": timer.max_reps,
             "warmup_calls": timer.warmup, "statistic": "median of reps; min and p90 also given",
+            "sustain_ms": sustain_ms if cuda else 0.0,
         },
-        elapsed_s={}, cases={}, skipped={}, errors=[], complete=False,
+        subset=subset, elapsed_s={}, cases={}, skipped={}, errors=[], complete=False,
     )
     if cuda and "attention" in fams:
         import torch.nn.functional as F
@@ -348,6 +357,8 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
         meta["sdpa_backend"] = env.sdpa_backend(torch, F)
     _write_meta(out, meta)
     grids = shapes.grids(quick=quick, heldout=heldout, tiny=tiny, seed=seed, sm_count=meta["sm_count"] or 132)
+    if subset < 1.0:
+        grids = {f: (cs if f == "launch" else _sample(cs, subset, seed)) for f, cs in grids.items()}
     if cuda:
         _warm_gpu(torch, 0.3 if quick else preheat_s)
         meta["timing"]["preheat_s"] = 0.3 if quick else preheat_s
@@ -384,6 +395,15 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
     return meta
 
 
+def _sample(cases: list, frac: float, seed: int) -> list:
+    """A seeded random ``frac`` of ``cases`` (at least one), in their original order."""
+    import random
+
+    k = max(1, round(len(cases) * frac))
+    keep = set(random.Random(seed).sample(range(len(cases)), min(k, len(cases))))
+    return [c for i, c in enumerate(cases) if i in keep]
+
+
 def _write_meta(out: Path, meta: dict) -> None:
     tmp = out / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
@@ -401,11 +421,16 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-family lines")
     p.add_argument("--preheat-s", type=float, default=1.0,
                    help="seconds of large GEMMs before measuring (default 1: clocks up; 60+: a long run's thermal state)")
+    p.add_argument("--sustain-ms", type=float, default=0.0,
+                   help="run each kernel back to back this long before timing it (sustained-load clocks; default 0)")
+    p.add_argument("--subset", type=float, default=1.0,
+                   help="measure a seeded random fraction of the grid (default 1: all of it)")
     p.add_argument("--tiny", action="store_true", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     try:
         meta = calibrate(a.out, quick=a.quick, heldout=a.heldout, only=a.only, device=a.device,
-                         progress=not a.quiet, seed=a.seed, tiny=a.tiny, preheat_s=a.preheat_s)
+                         progress=not a.quiet, seed=a.seed, tiny=a.tiny, preheat_s=a.preheat_s,
+                         sustain_ms=a.sustain_ms, subset=a.subset)
     except (ValueError, RuntimeError) as e:
         print(f"perfcast calibrate: {e}", file=sys.stderr)
         return 2

@@ -195,6 +195,43 @@ def run_int4(torch, timer, path: Path, cases, group: int = 128) -> tuple[int, di
     return rows, info
 
 
+def run_int8(torch, timer, path: Path, cases) -> tuple[int, dict]:
+    """Weight-only INT8 (bf16 activations, one bf16 scale per output channel) through PyTorch's own
+    kernel, ``torch._weight_int8pack_mm``; where this build has no CUDA kernel for it, the table stays
+    empty and ``info['error']`` says why (the dequantize-then-GEMM path is timed by ``run_int8_deq``)."""
+    info = {"kernel": "torch._weight_int8pack_mm", "scales": "per output channel, bf16"}
+
+    def build(m, n, k):
+        w = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda")
+        sc = (torch.rand(n, device="cuda") * 0.01).to(torch.bfloat16)
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        torch._weight_int8pack_mm(x, w, sc)  # raises here if unsupported
+        return lambda: torch._weight_int8pack_mm(x, w, sc)
+
+    try:
+        build(*cases[0])
+    except (RuntimeError, AttributeError, NotImplementedError) as e:
+        info["error"] = str(e).splitlines()[0][:300]
+        return 0, info
+    rows = gemm_table(torch, timer, path, cases, "w8a16", build, label="int8",
+                      errors=(RuntimeError, AttributeError, NotImplementedError))
+    return rows, info
+
+
+def run_int8_deq(torch, timer, path: Path, cases) -> int:
+    """Weight-only INT8 as a plain PyTorch module runs it without a fused kernel: convert the int8 weight
+    to bf16, scale it per output channel, then ``F.linear`` (three kernels, timed together)."""
+    import torch.nn.functional as F
+
+    def build(m, n, k):
+        w = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda")
+        sc = (torch.rand(n, 1, device="cuda") * 0.01).to(torch.bfloat16)
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        return lambda: F.linear(x, w.to(torch.bfloat16) * sc)
+
+    return gemm_table(torch, timer, path, cases, "w8a16deq", build, label="int8deq")
+
+
 INDEX_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 20, 24, 32, 48, 64, 128, 256, 512, 1024, 2048, 4096)
 INDEX_WIDTHS = (1024, 2048, 4096, 7168)
 
@@ -325,6 +362,14 @@ def main(argv=None) -> int:
         meta["int4_rows"], meta["int4"] = run_int4(torch, timer, out / "gemm_int4.csv", int4_cases(False))
         meta["int4_heldout_rows"], _ = run_int4(torch, timer, out / "gemm_int4_heldout.csv", int4_cases(True))
         meta["elapsed_s"]["int4"] = round(time.time() - t0, 1)
+    if "int8" in parts:
+        t0 = time.time()
+        meta["int8_rows"], meta["int8"] = run_int8(torch, timer, out / "gemm_int8.csv", int4_cases(False))
+        meta["int8_heldout_rows"], _ = run_int8(torch, timer, out / "gemm_int8_heldout.csv", int4_cases(True, seed=8))
+        meta["int8deq_rows"] = run_int8_deq(torch, timer, out / "gemm_int8deq.csv", int4_cases(False))
+        meta["int8deq_heldout_rows"] = run_int8_deq(torch, timer, out / "gemm_int8deq_heldout.csv",
+                                                    int4_cases(True, seed=8))
+        meta["elapsed_s"]["int8"] = round(time.time() - t0, 1)
     if "index" in parts:
         t0 = time.time()
         meta["index_rows"] = run_index(torch, timer, out / "elementwise_index.csv")

@@ -56,12 +56,19 @@ def clamp_reps(est_ms: float, target_ms: float, min_reps: int, max_reps: int) ->
     return int(min(max(math.ceil(target_ms / max(est_ms, 1e-6)), min_reps), max_reps))
 
 
+SUSTAIN_MAX_CALLS = 4000  # kernels below ~25 us cannot load the GPU to its power cap anyway
+
+
 class CudaTimer:
     """Times ``fn()`` on the current CUDA stream with events, flushing L2 between reps."""
 
     def __init__(self, torch, target_ms: float = 25.0, min_reps: int = 5, max_reps: int = 200,
-                 warmup: int = 2, flush: bool = True):
+                 warmup: int = 2, flush: bool = True, sustain_ms: float = 0.0):
         self.torch = torch
+        # sustain_ms: before the timed reps, run the kernel back to back for this long, so that a heavy
+        # kernel is timed in the power/clock state it settles to under sustained load (an H100 at its
+        # 700 W cap drops from 1980 MHz towards 1350 MHz within tens of ms of large GEMMs).
+        self.sustain_ms = float(sustain_ms)
         self.target_ms, self.min_reps, self.max_reps, self.warmup = target_ms, min_reps, max_reps, warmup
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         l2 = int(getattr(props, "L2_cache_size", 0) or 50 * 2**20)
@@ -138,6 +145,9 @@ class CudaTimer:
         est, host = self._reps(fn, 3, host_s=100e-6, gpu_ms=0.0)
         g = float(np.median(est))
         reps = clamp_reps(g, self.target_ms, self.min_reps, self.max_reps)
+        if self.sustain_ms > 0:
+            for _ in range(int(min(math.ceil(self.sustain_ms / max(g, 1e-3)), SUSTAIN_MAX_CALLS))):
+                fn()
         times, _ = self._reps(fn, reps, host_s=host, gpu_ms=g)
         return Stats.of(times)
 
