@@ -28,8 +28,15 @@ main() {
         run_part gridsub python3 -m perfcast.measure.calibrate --out "$D/gridsub" --only gemm,attention \
           --subset 0.1 --seed 0 --sustain-ms 100 --quiet
         kill $smi 2>/dev/null ;;
+      gridshuf)  # a 10% sample of the grid in random order, as the held-out runs leave the GPU
+        nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu --format=csv -lms 50 \
+          > "$D/clocks_power_shuf.csv" 2>/dev/null & local smi2=$!
+        run_part gridshuf python3 -m perfcast.measure.calibrate --out "$D/gridshuf" --only gemm,attention \
+          --subset 0.1 --seed 0 --shuffle --quiet
+        kill $smi2 2>/dev/null ;;
+      int8c) PART_TIMEOUT=200 run_part int8c python3 -m perfcast.measure.extras --out "$D/extras_int8c" --parts int8c ;;
       int8) run_part int8 python3 -m perfcast.measure.extras --out "$D/extras_int8" --parts int8 ;;
-      *) echo "unknown part '$part' (extras, extras2, calib_gemm, heldout7, power, int8)"; RC=2 ;;
+      *) echo "unknown part '$part' (extras, extras2, calib_gemm, heldout7, power, gridshuf, int8, int8c)"; RC=2 ;;
     esac
   done
   pack_out "$D"

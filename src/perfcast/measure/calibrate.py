@@ -81,6 +81,18 @@ class _Run:
         self.errors: list[str] = []
         self.oom = getattr(torch.cuda, "OutOfMemoryError", MemoryError)
         self.pool: dict = {}
+        self.shuffle_seed: int | None = None
+
+    def order(self, cases: list) -> list:
+        """The cases as given, or in a seeded random order (``--shuffle``: each kernel follows unrelated
+        ones, as in a held-out run, instead of its neighbours on the grid)."""
+        if self.shuffle_seed is None:
+            return cases
+        import random
+
+        out = list(cases)
+        random.Random(self.shuffle_seed).shuffle(out)
+        return out
 
     def randn(self, *shape, dtype="bf16"):
         return self.torch.randn(*shape, dtype=self.dtypes[dtype], device=self.device)
@@ -131,7 +143,7 @@ def _max_sizes(cases: list[dict], **shapes_of) -> dict[tuple[str, str], int]:
 
 def run_gemm(r: _Run, cases: list[dict], out: _Csv, bar: Progress) -> None:
     r.set_pool(_max_sizes(cases, w=lambda c: c["n"] * c["k"], x=lambda c: c["m"] * c["k"]))
-    for c in sorted(cases, key=lambda c: (c["dtype"], c["n"], c["k"], c["m"])):
+    for c in r.order(sorted(cases, key=lambda c: (c["dtype"], c["n"], c["k"], c["m"]))):
         def build(c=c):
             x = r.rand("x", c["m"], c["k"], dtype=c["dtype"])
             w = r.rand("w", c["n"], c["k"], dtype=c["dtype"])
@@ -146,7 +158,7 @@ def run_attention(r: _Run, cases: list[dict], out: _Csv, bar: Progress) -> None:
         return c["batch"] * c["kv_heads"] * c["kv_len"] * c["head_dim"]
 
     r.set_pool(_max_sizes(cases, q=lambda c: c["batch"] * c["heads"] * c["q_len"] * c["head_dim"], k=kv, v=kv))
-    for c in cases:
+    for c in r.order(cases):
         def build(c=c):
             q = r.rand("q", c["batch"], c["heads"], c["q_len"], c["head_dim"])
             k = r.rand("k", c["batch"], c["kv_heads"], c["kv_len"], c["head_dim"])
@@ -311,14 +323,15 @@ def _warm_gpu(torch, seconds: float = 1.0) -> None:
 
 def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, device: str = "cuda",
               progress: bool = True, seed: int = 0, tiny: bool | None = None, preheat_s: float = 1.0,
-              sustain_ms: float = 0.0, subset: float = 1.0) -> dict:
+              sustain_ms: float = 0.0, subset: float = 1.0, shuffle: bool = False) -> dict:
     """Measure kernels on ``device`` and write a profile directory; returns its meta.json dict.
 
     ``preheat_s``: seconds of large GEMMs before the first measurement (clocks up; a long pre-heat
     brings the GPU to the thermal/power state of a long run, to compare runs of different lengths).
     ``sustain_ms``: run each kernel back to back this long before timing it (the sustained-load power
     state; 0 = as the grid order leaves the GPU). ``subset``: a seeded random fraction of the grid, to
-    re-measure grid points under another protocol or on another GPU of the same kind.
+    re-measure grid points under another protocol or on another GPU of the same kind. ``shuffle``: time
+    GEMM and attention cases in a seeded random order instead of the grid's.
     ``only``: a comma-separated string or list of families. ``tiny`` (default: on for the CPU) runs a
     few small shapes only, for tests. Times in the CSV files are milliseconds (launch.csv: microseconds).
     """
@@ -349,7 +362,7 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
             "warmup_calls": timer.warmup, "statistic": "median of reps; min and p90 also given",
             "sustain_ms": sustain_ms if cuda else 0.0,
         },
-        subset=subset, elapsed_s={}, cases={}, skipped={}, errors=[], complete=False,
+        subset=subset, shuffle=shuffle, elapsed_s={}, cases={}, skipped={}, errors=[], complete=False,
     )
     if cuda and "attention" in fams:
         import torch.nn.functional as F
@@ -364,6 +377,7 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
         meta["timing"]["preheat_s"] = 0.3 if quick else preheat_s
         meta["clocks_after_preheat"] = env.clocks_now(torch)
     r = _Run(torch, device, timer, progress)
+    r.shuffle_seed = seed if shuffle else None
     t_all = time.perf_counter()
     for fam in fams:
         cases = grids.get(fam, [])
@@ -425,12 +439,14 @@ def main(argv=None) -> int:
                    help="run each kernel back to back this long before timing it (sustained-load clocks; default 0)")
     p.add_argument("--subset", type=float, default=1.0,
                    help="measure a seeded random fraction of the grid (default 1: all of it)")
+    p.add_argument("--shuffle", action="store_true",
+                   help="time GEMM/attention cases in a seeded random order (not the grid's sorted sweep)")
     p.add_argument("--tiny", action="store_true", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     try:
         meta = calibrate(a.out, quick=a.quick, heldout=a.heldout, only=a.only, device=a.device,
                          progress=not a.quiet, seed=a.seed, tiny=a.tiny, preheat_s=a.preheat_s,
-                         sustain_ms=a.sustain_ms, subset=a.subset)
+                         sustain_ms=a.sustain_ms, subset=a.subset, shuffle=a.shuffle)
     except (ValueError, RuntimeError) as e:
         print(f"perfcast calibrate: {e}", file=sys.stderr)
         return 2

@@ -232,6 +232,39 @@ def run_int8_deq(torch, timer, path: Path, cases) -> int:
     return gemm_table(torch, timer, path, cases, "w8a16deq", build, label="int8deq")
 
 
+INT8C_PAIRS = ((4096, 4096), (14336, 4096), (4096, 14336), (57344, 8192), (8192, 28672), (27648, 5120))
+INT8C_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
+
+
+def run_int8_compiled(torch, timer, path: Path, cases) -> tuple[int, dict]:
+    """Weight-only INT8 as gpt-fast and torchao's int8 weight-only run it: ``F.linear(x, w.to(bf16)) *
+    scales`` under ``torch.compile``, where Inductor fuses the int8-to-bf16 conversion into the kernel
+    (at small M a memory-bound read of int8 weights). One compile per shape."""
+    import torch.nn.functional as F
+
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 100000)
+    info = {"kernel": "torch.compile(F.linear(x, w_int8.to(bf16)) * scales)", "compile_s": 0.0}
+
+    def lin(x, w, sc):
+        return F.linear(x, w.to(x.dtype)) * sc
+
+    def build(m, n, k):
+        w = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda")
+        sc = (torch.rand(n, device="cuda") * 0.01).to(torch.bfloat16)
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        f = torch.compile(lin, dynamic=False)
+        t0 = time.time()
+        f(x, w, sc)
+        torch.cuda.synchronize()
+        info["compile_s"] = round(info["compile_s"] + time.time() - t0, 1)
+        return lambda: f(x, w, sc)
+
+    rows = gemm_table(torch, timer, path, cases, "w8a16c", build, label="int8c", errors=(Exception,))
+    return rows, info
+
+
 INDEX_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 20, 24, 32, 48, 64, 128, 256, 512, 1024, 2048, 4096)
 INDEX_WIDTHS = (1024, 2048, 4096, 7168)
 
@@ -370,6 +403,11 @@ def main(argv=None) -> int:
         meta["int8deq_heldout_rows"] = run_int8_deq(torch, timer, out / "gemm_int8deq_heldout.csv",
                                                     int4_cases(True, seed=8))
         meta["elapsed_s"]["int8"] = round(time.time() - t0, 1)
+    if "int8c" in parts:
+        t0 = time.time()
+        cases = [(m, n, k) for n, k in INT8C_PAIRS for m in INT8C_M]
+        meta["int8c_rows"], meta["int8c"] = run_int8_compiled(torch, timer, out / "gemm_int8c.csv", cases)
+        meta["elapsed_s"]["int8c"] = round(time.time() - t0, 1)
     if "index" in parts:
         t0 = time.time()
         meta["index_rows"] = run_index(torch, timer, out / "elementwise_index.csv")
