@@ -34,9 +34,16 @@ main() {
         run_part gridshuf python3 -m perfcast.measure.calibrate --out "$D/gridshuf" --only gemm,attention \
           --subset 0.1 --seed 0 --shuffle --quiet
         kill $smi2 2>/dev/null ;;
+      calib_shuf)  # the whole GEMM grid in random order (history-free clocks), then 10% of it sustained
+        nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu --format=csv -lms 100 \
+          > "$D/clocks_power_calib_shuf.csv" 2>/dev/null & local smi3=$!
+        run_part calib_shuf python3 -m perfcast.measure.calibrate --out "$D/calib_shuf" --only gemm --shuffle --quiet
+        run_part gemm_sustain python3 -m perfcast.measure.calibrate --out "$D/gemm_sustain" --only gemm \
+          --subset 0.1 --seed 0 --sustain-ms 100 --quiet
+        kill $smi3 2>/dev/null ;;
       int8c) PART_TIMEOUT=200 run_part int8c python3 -m perfcast.measure.extras --out "$D/extras_int8c" --parts int8c ;;
       int8) run_part int8 python3 -m perfcast.measure.extras --out "$D/extras_int8" --parts int8 ;;
-      *) echo "unknown part '$part' (extras, extras2, calib_gemm, heldout7, power, gridshuf, int8, int8c)"; RC=2 ;;
+      *) echo "unknown part '$part' (extras, extras2, calib_gemm, heldout7, power, gridshuf, calib_shuf, int8, int8c)"; RC=2 ;;
     esac
   done
   pack_out "$D"
