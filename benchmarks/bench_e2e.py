@@ -6,7 +6,12 @@ overhead (``tag: host``, a ``layers`` override, or the plain decoder under eager
 and so are pipeline-parallel lines (``pp > 1``, ``step_pp*.jsonl``): benchmarks/bench_pp.py compares
 those with ``perfcast.pipeline`` at their micro-batches.
 
-    python benchmarks/bench_e2e.py [--profile auto|none] [--json out.json] [--cases]
+    python benchmarks/bench_e2e.py [--profile auto|none] [--json out.json] [--cases] [--own-host]
+
+``--own-host``: multi-GPU eager runs are host-bound at small batch, and hosts differ (two 4xH200 hosts
+ran the same TP4 decode 27 and 20 ms). With this flag each multi-GPU run is predicted with the
+eager-tp<N> host constants fitted (benchmarks/fit_host.py's rule) on that run's own ``tag: host`` cases
+(batch 1, 16 tokens, which are never evaluated), as a user does who calibrates their own host.
 """
 
 from __future__ import annotations
@@ -41,6 +46,32 @@ def measured_lines():
             yield f.parent.name, d
 
 
+def own_host_profiles(runs, gpu_of) -> dict:
+    """{run: profile dir}: a copy of the run's GPU profile whose host.json carries the eager-tp<N>
+    constants fitted on that run's own host cases (multi-GPU runs only)."""
+    import shutil
+    import tempfile
+
+    from fit_host import fit_tp
+
+    from perfcast.profiles.registry import resolve_profile  # noqa: F401 (profile dirs below)
+
+    out, tmp = {}, Path(tempfile.mkdtemp(prefix="perfcast-ownhost-"))
+    pkg = Path(__file__).resolve().parent.parent / "src" / "perfcast" / "profiles" / "data"
+    for run in runs:
+        fitted = fit_tp(ROOT / run)
+        if not fitted:
+            continue
+        dst = tmp / run
+        shutil.copytree(pkg / gpu_of[run], dst)
+        host = json.loads((dst / "host.json").read_text())
+        host["runtimes"].update(fitted)
+        host["source"] = f"eager-tp<N> refitted on {run}'s own host cases"
+        (dst / "host.json").write_text(json.dumps(host))
+        out[run] = str(dst)
+    return out
+
+
 def group_of(d, phase):
     tp = int(d.get("tp", 1))
     if tp > 1:
@@ -53,11 +84,20 @@ def main(argv=None):
     ap.add_argument("--profile", default="auto")
     ap.add_argument("--json", default=None)
     ap.add_argument("--cases", action="store_true", help="print every case")
+    ap.add_argument("--own-host", action="store_true",
+                    help="multi-GPU eager runs with host constants fitted on the run's own host cases")
     a = ap.parse_args(argv)
     rows = []
     warnings.simplefilter("ignore")
-    for run, d in measured_lines():
-        cfg = make_config(d["model"], d["gpu_id"], int(d.get("tp", 1)), 1, "bf16", d["runtime"], a.profile)
+    lines = list(measured_lines())
+    own = {}
+    if a.own_host:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        own = own_host_profiles(sorted({r for r, d in lines if int(d.get("tp", 1)) > 1}),
+                                {r: d["gpu_id"] for r, d in lines})
+    for run, d in lines:
+        prof = own.get(run, a.profile) if int(d.get("tp", 1)) > 1 and d["runtime"] == "eager" else a.profile
+        cfg = make_config(d["model"], d["gpu_id"], int(d.get("tp", 1)), 1, "bf16", d["runtime"], prof)
         pred = predict_many(cfg, d["batch"], d["prompt"], d["context"])[0]
         for phase in ("prefill", "decode"):
             if d.get(f"{phase}_ms") is None:
@@ -75,7 +115,7 @@ def main(argv=None):
     summary = {}
     for r in rows:
         summary.setdefault((r["gpu"], r["group"]), []).append(abs(r["err_pct"]))
-    print(f"{'gpu':9s} {'case family':24s} {'n':>4s} {'MAPE%':>7s} {'p90%':>7s} {'max%':>7s}   (profile={a.profile})")
+    print(f"{'gpu':9s} {'case family':24s} {'n':>4s} {'MAPE%':>7s} {'p90%':>7s} {'max%':>7s}   (profile={a.profile}{', own host' if a.own_host else ''})")
     out = {}
     for (g, grp), e in sorted(summary.items()):
         e = np.array(e)
