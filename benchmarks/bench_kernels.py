@@ -37,6 +37,8 @@ def predict_rows(gpu, prof, family, rs):
             n, k = int(r["n"]), int(r["k"])
             if r["dtype"] == "w4a16":  # weight-only int4 (bf16 activations)
                 c = prof.gemm(int(r["m"]), n, k, "bf16", "int4")
+            elif r["dtype"] == "w8a16c":  # weight-only int8 (bf16 activations, torch.compile'd)
+                c = prof.gemm(int(r["m"]), n, k, "bf16", "int8")
             else:
                 c = prof.gemm(int(r["m"]), n, k, r["dtype"])
             fam = "gemm" if n % 8 == 0 and k % 8 == 0 else "gemm_misaligned"
@@ -63,7 +65,8 @@ def summarize(preds):
 def heldout_sets():
     """(run dir, GPU id, [(family label, or None for the kernel's own; kernel kind; CSV)]) of every held-out
     set: the calibration harness's held-out runs (plus run 2's FP8 held-out beside its set 7) and the
-    second extras session's (FP8 set 3 off the dense grid, MoE expert GEMMs, INT4 tinygemm)."""
+    second extras session's (FP8 set 3 off the dense grid, MoE expert GEMMs, INT4 tinygemm); plus the
+    weight-only INT8 tables, which are on the shipped grid (see below)."""
     for run in sorted(ROOT.glob("*/heldout*/meta.json")):
         d = run.parent
         srcs = [(None, fam, d / f"{fam}.csv") for fam in ("gemm", "attention", "elementwise")]
@@ -75,6 +78,11 @@ def heldout_sets():
         yield d, json.loads(run.read_text())["gpu_id"], [
             ("gemm_fp8", "gemm", d / "gemm_fp8_heldout11.csv"), ("gemm_moe", "gemm", d / "gemm_moe_heldout.csv"),
             ("gemm_int4", "gemm", d / "gemm_int4_heldout.csv")]
+    # weight-only INT8 (torch.compile'd): no off-grid held-out exists, and these are the very rows shipped
+    # as gemm_int8.csv, so "auto" only checks they come back; "none" is the transfer from the other GPU
+    for run in sorted(ROOT.glob("*/extras_int8c/extras_meta.json")):
+        d = run.parent
+        yield d, json.loads(run.read_text())["gpu_id"], [("gemm_int8_ongrid", "gemm", d / "gemm_int8c.csv")]
 
 
 def main(argv=None):

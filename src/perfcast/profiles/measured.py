@@ -22,7 +22,7 @@ import numpy as np
 from perfcast.hardware.spec import GPUSpec
 from perfcast.ops import analytical as an
 from perfcast.ops import roofline as rl
-from perfcast.ops.base import ANALYTICAL, INTERPOLATED, MEASURED, OpCost
+from perfcast.ops.base import ANALYTICAL, COMPUTE, INTERPOLATED, MEASURED, MEMORY, OpCost
 from perfcast.profiles.interp import Curve, RowGrid, monotone_log_ratio, unique
 
 # the reference roofline: full datasheet peaks, fixed floors (the same for every GPU)
@@ -71,7 +71,8 @@ class Tables:
         self.gpu = gpu
         self.name = f"measured:{self.meta.get('gpu_id', gpu.id)}"
         # gemm.csv (perfcast calibrate) plus extra tables of the same columns: gemm_fp8*.csv, gemm_moe.csv,
-        # gemm_int4.csv (dtype "w4a16": bf16 activations times int4 weights) from perfcast.measure.extras
+        # gemm_int4.csv (dtype "w4a16": bf16 activations times int4 weights) and gemm_int8.csv (dtype
+        # "w8a16c": bf16 activations times int8 weights, torch.compile'd) from perfcast.measure.extras
         self._gemm_rows = [r for f in sorted(root.glob("gemm*.csv")) if "heldout" not in f.name
                            for r in _read_csv(f) if r.get("median_ms")]
         self._attn_rows = [r for r in _read_csv(root / "attention.csv") if r.get("median_ms")]
@@ -116,12 +117,17 @@ class Tables:
         base = an.gemm_cost(prof.gpu, m, n, k, dtype, wdtype, IDEAL)
         n, k = int(n), int(k)
         m_arr = np.asarray(m, dtype=float)
-        if wdtype == "int4" and dtype in ("bf16", "fp16"):
-            dtype, wdtype = W4A16, None  # weight-only int4 (tinygemm) has its own measured table
+        if wdtype in WEIGHT_ONLY and dtype in ("bf16", "fp16"):
+            # weight-only int4 (tinygemm) / int8 (compiled dequant + GEMM) have their own measured tables;
+            # times interpolate over that table's reference roofline, FLOPs and bytes stay the op's own
+            table = WEIGHT_ONLY[wdtype]
+            if (table, _aligned(n, k)) not in self._gemm_keys:
+                return an.gemm_cost(prof.gpu, m, n, k, "bf16", wdtype, prof.eff)
+            ideal = _ideal_gemm(prof.gpu, m, n, k, table)
+            base = OpCost.of(ideal.seconds, ideal.bound, ANALYTICAL, base.flops, base.bytes)
+            dtype, wdtype = table, None
         # fp16 runs on the same tensor cores as bf16: use bf16 tables where fp16 has none
         dts = [d for d in (dtype, "bf16" if dtype == "fp16" else None) if d and (d, _aligned(n, k)) in self._gemm_keys]
-        if dtype == W4A16 and not dts:
-            return an.gemm_cost(prof.gpu, m, n, k, "bf16", "int4", prof.eff)
         if not dts or wdtype:
             return an.gemm_cost(prof.gpu, m, n, k, dtype, wdtype, prof.eff)
         own = prof.gpu is self.gpu
@@ -361,12 +367,22 @@ class Tables:
 
 
 W4A16 = "w4a16"  # dtype column of weight-only int4 GEMM rows (bf16 activations)
+W8A16 = "w8a16c"  # dtype column of weight-only int8 GEMM rows (bf16 activations; torch.compile'd dequant)
+WEIGHT_ONLY = {"int4": W4A16, "int8": W8A16}  # weight dtype -> the table of its weight-only GEMM
 
 
 def _ideal_gemm(gpu, m, n, k, dt):
-    """The reference roofline of a table's dtype (w4a16: bf16 math on int4 weight bytes)."""
+    """The reference roofline of a table's dtype. w4a16: bf16 math on int4 weight bytes (tinygemm reads
+    the packed weights in the GEMM). w8a16c: what the measured kernels do, an int8 -> bf16 conversion
+    of the weights (1 byte read, 2 written per weight) streamed at HBM bandwidth, then a bf16 GEMM:
+    their ratio carries across GPUs whose bandwidth and FLOPs differ by different factors."""
     if dt == W4A16:
         return an.gemm_cost(gpu, m, n, k, "bf16", "int4", IDEAL)
+    if dt == W8A16:
+        g = an.gemm_cost(gpu, m, n, k, "bf16", None, IDEAL)
+        conv = 3.0 * float(n) * k / gpu.mem_bw_bytes_per_s + IDEAL.elem_floor_s
+        return OpCost.of(g.seconds + conv, np.where(g.bound == COMPUTE, COMPUTE, MEMORY), ANALYTICAL,
+                         g.flops, g.bytes)
     return an.gemm_cost(gpu, m, n, k, dt, None, IDEAL)
 
 
