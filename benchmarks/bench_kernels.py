@@ -38,7 +38,7 @@ def predict_rows(gpu, prof, family, rs):
             if r["dtype"] == "w4a16":  # weight-only int4 (bf16 activations)
                 c = prof.gemm(int(r["m"]), n, k, "bf16", "int4")
             elif r["dtype"] == "w8a16c":  # weight-only int8 (bf16 activations, torch.compile'd)
-                c = prof.gemm(int(r["m"]), n, k, "bf16", "int8")
+                c = prof.gemm(int(r["m"]), n, k, "w8a16c")
             else:
                 c = prof.gemm(int(r["m"]), n, k, r["dtype"])
             fam = "gemm" if n % 8 == 0 and k % 8 == 0 else "gemm_misaligned"

@@ -114,13 +114,17 @@ class Tables:
         self._blend_cache: dict[tuple, Curve] = {}
 
     def gemm(self, prof, m, n, k, dtype="bf16", wdtype=None) -> OpCost:
+        forced = None
+        if dtype in KERNEL_TABLES:  # a measured kernel asked for by name (bf16 activations)
+            forced, wdtype, dtype = dtype, KERNEL_TABLES[dtype], "bf16"
         base = an.gemm_cost(prof.gpu, m, n, k, dtype, wdtype, IDEAL)
         n, k = int(n), int(k)
         m_arr = np.asarray(m, dtype=float)
-        if wdtype in WEIGHT_ONLY and dtype in ("bf16", "fp16"):
-            # weight-only int4 (tinygemm) / int8 (compiled dequant + GEMM) have their own measured tables;
-            # times interpolate over that table's reference roofline, FLOPs and bytes stay the op's own
-            table = WEIGHT_ONLY[wdtype]
+        if (forced or wdtype in WEIGHT_ONLY) and dtype in ("bf16", "fp16"):
+            # weight-only int4 (tinygemm) and, by name, int8 (compiled dequant + GEMM) have their own
+            # measured tables; times interpolate over that table's reference roofline, FLOPs and bytes
+            # stay the op's own
+            table = forced or WEIGHT_ONLY[wdtype]
             if (table, _aligned(n, k)) not in self._gemm_keys:
                 return an.gemm_cost(prof.gpu, m, n, k, "bf16", wdtype, prof.eff)
             ideal = _ideal_gemm(prof.gpu, m, n, k, table)
@@ -368,7 +372,13 @@ class Tables:
 
 W4A16 = "w4a16"  # dtype column of weight-only int4 GEMM rows (bf16 activations)
 W8A16 = "w8a16c"  # dtype column of weight-only int8 GEMM rows (bf16 activations; torch.compile'd dequant)
-WEIGHT_ONLY = {"int4": W4A16, "int8": W8A16}  # weight dtype -> the table of its weight-only GEMM
+# weight dtype -> the measured table its weight-only GEMM uses by default. Weight-only int8 is not routed
+# to a table: the kernels PyTorch runs for it on CUDA (torch.compile, eager dequantize-then-GEMM,
+# _weight_int8pack_mm) all measured slower than bf16, while serving engines run fused W8A16 kernels
+# (Marlin-class) that read one byte a weight; perfcast keeps that analytical model for "int8" and
+# answers the measured torch.compile path when asked for dtype "w8a16c".
+WEIGHT_ONLY = {"int4": W4A16}
+KERNEL_TABLES = {W8A16: "int8"}  # table dtype asked for by name -> its weight dtype
 
 
 def _ideal_gemm(gpu, m, n, k, dt):
