@@ -78,7 +78,7 @@ class Profile:
         """``c`` (an isolated kernel's cost) as the kernel runs inside a busy step, under the power cap."""
         if self.power.cap_frac <= 0 or dtype not in POWER_DTYPES or wdtype not in (None, dtype):
             return c
-        f = self.power.factor(c.flops, c.seconds, self.gpu.peak(dtype))
+        f = self.power.factor(c.flops, c.seconds, self.gpu.flops(dtype))
         if np.ndim(f) == 0 and f == 1.0:
             return c
         return OpCost.of(c.seconds * f, c.bound, c.source, c.flops, c.bytes)

@@ -23,6 +23,7 @@ from perfcast.hardware.spec import GPUSpec
 from perfcast.ops import analytical as an
 from perfcast.ops import roofline as rl
 from perfcast.ops.base import ANALYTICAL, COMPUTE, INTERPOLATED, MEASURED, MEMORY, OpCost
+from perfcast.profiles import PowerModel
 from perfcast.profiles.interp import Curve, RowGrid, monotone_log_ratio, unique
 
 # the reference roofline: full datasheet peaks, fixed floors (the same for every GPU)
@@ -438,6 +439,30 @@ def _load_hosts(root: Path) -> dict:
               if k in v}
         out[name] = HostModel(**kw, source=d.get("source", "measured"))
     return out
+
+
+def load_power(root) -> PowerModel | None:
+    """The power model of a profile directory (power.json, written by benchmarks/fit_power.py), if any."""
+    p = Path(str(root)) / "power.json"
+    if not p.is_file():
+        return None
+    d = json.loads(p.read_text())
+    return PowerModel(cap_frac=float(d["cap_frac"]), knee=float(d["knee"]), source=d.get("source", "measured"))
+
+
+def learned_power(gpu: GPUSpec) -> PowerModel:
+    """A shipped profile's power model for a GPU without its own (same architecture first): the cap is a
+    fraction of the datasheet bf16 peak, so it scales with the GPU."""
+    from perfcast.hardware import get_gpu
+    from perfcast.profiles.registry import shipped_profile_dir, shipped_profiles
+
+    ids = [g for g in shipped_profiles() if g != gpu.id]
+    ids.sort(key=lambda g: get_gpu(g).architecture != gpu.architecture)
+    for gid in ids:
+        pm = load_power(shipped_profile_dir(gid))
+        if pm is not None:
+            return PowerModel(cap_frac=pm.cap_frac, knee=pm.knee, source=f"learned on {gid}")
+    return PowerModel()
 
 
 @functools.cache

@@ -29,10 +29,11 @@ def shipped_profiles() -> list[str]:
 
 @functools.cache
 def _measured(path: str, gpu: GPUSpec) -> Profile:
-    from perfcast.profiles.measured import load_tables
+    from perfcast.profiles.measured import learned_power, load_power, load_tables
 
     t = load_tables(path, gpu)
-    return Profile(gpu=gpu, eff=t.efficiency, hosts=t.hosts, name=t.name, tables=t)
+    return Profile(gpu=gpu, eff=t.efficiency, hosts=t.hosts, name=t.name, tables=t,
+                   power=load_power(path) or learned_power(gpu))
 
 
 @functools.cache
@@ -40,7 +41,7 @@ def _none(gpu: GPUSpec) -> Profile:
     """Datasheet of ``gpu`` times the efficiency ratios measured on another GPU (same architecture
     first), never ``gpu``'s own measurements."""
     from perfcast.hardware import get_gpu
-    from perfcast.profiles.measured import learned_hosts, load_tables
+    from perfcast.profiles.measured import learned_hosts, learned_power, load_tables
 
     donors = [g for g in shipped_profiles() if g != gpu.id]
     same = [g for g in donors if _arch(g) == gpu.architecture]
@@ -49,7 +50,8 @@ def _none(gpu: GPUSpec) -> Profile:
     if not pick:  # nothing measured anywhere: datasheet with prior efficiencies
         return Profile(gpu=gpu, eff=an.PRIOR, hosts=hosts, name="none (prior efficiencies)")
     t = load_tables(shipped_profile_dir(pick[0]), get_gpu(pick[0]))
-    return Profile(gpu=gpu, eff=t.efficiency, hosts=hosts, name=f"none (ratios learned on {pick[0]})", tables=t)
+    return Profile(gpu=gpu, eff=t.efficiency, hosts=hosts, name=f"none (ratios learned on {pick[0]})", tables=t,
+                   power=learned_power(gpu))
 
 
 def _arch(gid: str) -> str:

@@ -44,6 +44,7 @@ def _gemm(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
         sec = np.asarray(prof.gemm(mq, d["n"], d["k"], op.dtype, op.wdtype).seconds, dtype=float).mean(axis=-1)
         c = OpCost.of(sec.reshape(np.shape(c.seconds)) if np.ndim(c.seconds) else sec, c.bound, c.source,
                       c.flops, c.bytes)
+    c = prof.sustained(c, op.dtype, op.wdtype)  # back to back inside a step: under the power cap
     g = d.get("groups")
     if g is None:
         return c
@@ -54,9 +55,9 @@ def _gemm(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
 @cost_fn("attention")
 def _attention(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
     d = op.dims
-    return prof.attention(d["batch"], d["heads"], d["kv_heads"], d["head_dim"], d["q_len"], d["kv_len"],
-                          bool(d["causal"]), d.get("window"), op.dtype, op.meta.get("kv_dtype"),
-                          d.get("v_head_dim"))
+    c = prof.attention(d["batch"], d["heads"], d["kv_heads"], d["head_dim"], d["q_len"], d["kv_len"],
+                       bool(d["causal"]), d.get("window"), op.dtype, op.meta.get("kv_dtype"), d.get("v_head_dim"))
+    return prof.sustained(c, op.dtype)
 
 
 @cost_fn("elementwise")
