@@ -136,6 +136,70 @@ def attention_cost(gpu: GPUSpec, batch, heads: int, kv_heads: int, head_dim: int
     return OpCost.of(np.maximum(t, eff.attn_floor_s), bound, ANALYTICAL, flops, nbytes)
 
 
+# flash-attention forward tiling (FlashAttention-2 on sm80/sm90): one CTA per (sequence, head, 128-query tile),
+# keys streamed in blocks of 64; every CTA also pays a fixed prologue/epilogue (load Q, rescale and write O)
+# worth about two key blocks
+FLASH_BLOCK_M = 128
+FLASH_BLOCK_N = 64
+FLASH_CTA_OVERHEAD_BLOCKS = 2.0
+_FLASH_EXACT_WAVES = 8  # the greedy schedule is simulated exactly up to this many waves of CTAs
+
+
+def _flash_tile_blocks(i, q, kv, causal: bool, window):
+    """Key blocks query tile ``i`` reads: causal (bottom-right aligned) tiles read the keys up to their last
+    query, a sliding window at most window + one tile of keys."""
+    end = np.minimum((i + 1) * FLASH_BLOCK_M, q)
+    keys = np.clip(kv - q + end, 0, kv) if causal else kv + 0 * end
+    if window is not None:
+        keys = np.minimum(keys, window + FLASH_BLOCK_M)
+    return np.ceil(keys / FLASH_BLOCK_N)
+
+
+@functools.lru_cache(maxsize=65536)
+def _flash_makespan_one(seqs: int, q: int, kv: int, causal: bool, window, sms: int) -> float:
+    nq = -(-q // FLASH_BLOCK_M)
+    tiles = _flash_tile_blocks(np.arange(nq), q, kv, causal, window) + FLASH_CTA_OVERHEAD_BLOCKS
+    n = seqs * nq
+    if n <= sms:  # one partial wave: the longest CTA
+        return float(tiles.max())
+    if n <= _FLASH_EXACT_WAVES * sms:
+        # the block scheduler hands CTAs out in launch order (query tile fastest) to the SM that frees first
+        import heapq
+
+        free = [0.0] * sms
+        seq = tiles.tolist()
+        for _ in range(seqs):
+            for t in seq:
+                heapq.heapreplace(free, free[0] + t)
+        return float(max(free))
+    # many waves: the work spread evenly, plus the last partial wave (quantization) and the imbalance the
+    # longest CTA leaves behind
+    work = seqs * float(tiles.sum())
+    waves = n / sms
+    avg = work / n
+    return float(max(tiles.max(), work / sms + (tiles.max() - avg) / waves + avg * (np.ceil(waves) - waves)))
+
+
+def flash_makespan(gpu: GPUSpec, batch, heads: int, q_len, kv_len, causal: bool, window: int | None = None):
+    """Key blocks (of FLASH_BLOCK_M x FLASH_BLOCK_N) the busiest SM works through in a flash-attention
+    forward: per-tile causal work, per-CTA overhead and wave quantization over the GPU's SMs."""
+    b, q, kv = np.broadcast_arrays(np.asarray(batch, dtype=float), np.asarray(q_len, dtype=float),
+                                   np.asarray(kv_len, dtype=float))
+    out = np.empty(b.shape)
+    w = None if window is None else int(window)
+    for idx in np.ndindex(b.shape):
+        out[idx] = _flash_makespan_one(int(b[idx]) * int(heads), max(int(q[idx]), 1), int(kv[idx]), bool(causal),
+                                       w, int(gpu.sm_count))
+    return out
+
+
+def flash_block_seconds(gpu: GPUSpec, head_dim: int, dtype: str = "bf16", v_head_dim: int | None = None):
+    """One SM's time for one key block of one query tile (QK^T and PV) at the datasheet peak."""
+    vd = head_dim if v_head_dim is None else v_head_dim
+    peak = gpu.flops(dtype if dtype in ("bf16", "fp16", "fp8") else "bf16")
+    return 2.0 * FLASH_BLOCK_M * FLASH_BLOCK_N * (head_dim + vd) / (peak / gpu.sm_count)
+
+
 def elementwise_cost(gpu: GPUSpec, op: str, tokens, width: int, dtype: str = "bf16",
                      eff: Efficiency = PRIOR) -> OpCost:
     nbytes = rl.elementwise_bytes(op, tokens, width, dtype)
