@@ -136,6 +136,103 @@ def attention_cost(gpu: GPUSpec, batch, heads: int, kv_heads: int, head_dim: int
     return OpCost.of(np.maximum(t, eff.attn_floor_s), bound, ANALYTICAL, flops, nbytes)
 
 
+# flash-attention forward tiling (FlashAttention-2 on sm80/sm90): one CTA per (sequence, head, 128-query tile),
+# keys streamed in blocks of 64; every CTA also pays a fixed prologue/epilogue (load Q, rescale and write O)
+# worth about two key blocks
+FLASH_BLOCK_M = 128
+FLASH_BLOCK_N = 64
+FLASH_CTA_OVERHEAD_BLOCKS = 2.0
+_FLASH_EXACT_WAVES = 8  # the greedy schedule is simulated exactly up to this many waves of CTAs
+
+
+def _flash_tile_blocks(i, q, kv, causal: bool, window):
+    """Key blocks query tile ``i`` reads: causal (bottom-right aligned) tiles read the keys up to their last
+    query, a sliding window at most window + one tile of keys."""
+    end = np.minimum((i + 1) * FLASH_BLOCK_M, q)
+    keys = np.clip(kv - q + end, 0, kv) if causal else kv + 0 * end
+    if window is not None:
+        keys = np.minimum(keys, window + FLASH_BLOCK_M)
+    return np.ceil(keys / FLASH_BLOCK_N)
+
+
+def _flash_makespan_one(seqs: int, q: int, kv: int, causal: bool, window, sms: int) -> float:
+    nq = -(-q // FLASH_BLOCK_M)
+    tiles = _flash_tile_blocks(np.arange(nq), q, kv, causal, window) + FLASH_CTA_OVERHEAD_BLOCKS
+    return _flash_schedule(seqs, tuple(tiles.tolist()), sms)
+
+
+@functools.lru_cache(maxsize=65536)
+def _flash_schedule(seqs: int, tiles: tuple, sms: int) -> float:
+    """Busiest SM of ``seqs`` sequences of CTAs (``tiles``: each one's work, in launch order)."""
+    n = seqs * len(tiles)
+    tmax = max(tiles)
+    if n <= sms:  # one partial wave: the longest CTA
+        return float(tmax)
+    if n <= _FLASH_EXACT_WAVES * sms:
+        # the block scheduler hands CTAs out in launch order (query tile fastest) to the SM that frees first
+        import heapq
+
+        free = [0.0] * sms
+        for _ in range(seqs):
+            for t in tiles:
+                heapq.heapreplace(free, free[0] + t)
+        return float(max(free))
+    # many waves: the work spread evenly, plus the last partial wave (quantization) and the imbalance the
+    # longest CTA leaves behind
+    work = seqs * float(sum(tiles))
+    waves = n / sms
+    avg = work / n
+    return float(max(tmax, work / sms + (tmax - avg) / waves + avg * (np.ceil(waves) - waves)))
+
+
+def flash_makespan(gpu: GPUSpec, batch, heads: int, q_len, kv_len, causal: bool, window: int | None = None):
+    """Key blocks (of FLASH_BLOCK_M x FLASH_BLOCK_N) the busiest SM works through in a flash-attention
+    forward: per-tile causal work, per-CTA overhead and wave quantization over the GPU's SMs."""
+    b, q, kv = np.broadcast_arrays(np.asarray(batch, dtype=float), np.maximum(np.asarray(q_len, dtype=float), 1),
+                                   np.asarray(kv_len, dtype=float))
+    sms = int(gpu.sm_count)
+    c0 = FLASH_CTA_OVERHEAD_BLOCKS
+    seqs = b * heads
+    nq = np.ceil(q / FLASH_BLOCK_M)
+    n = seqs * nq
+    last = np.ceil(kv / FLASH_BLOCK_N) + c0  # the last query tile reads every key
+    if not causal:  # equal CTAs: whole waves of them
+        per = (_flash_tile_blocks(0, q, kv, False, window) + c0) if window is not None else last
+        return np.ceil(n / sms) * per
+    # causal, keys >= queries: tile i < nq - 1 reads (i + 1) M / N blocks past the offset, the last all keys
+    per_m = FLASH_BLOCK_M // FLASH_BLOCK_N
+    off = np.ceil(np.maximum(kv - q, 0) / FLASH_BLOCK_N)
+    tile_sum = per_m * (nq - 1) * nq / 2 + (nq - 1) * off + (nq - 1) * c0 + last
+    work = seqs * tile_sum
+    waves = n / sms
+    avg = tile_sum / nq
+    out = np.maximum(last, work / sms + (last - avg) / waves + avg * (np.ceil(waves) - waves))
+    out = np.where(n <= sms, last, out)
+    # a few waves (the greedy schedule simulated), sliding windows and more queries than keys (tile by tile)
+    slow = ((n > sms) & (n <= _FLASH_EXACT_WAVES * sms)) | (kv < q)
+    if window is not None:
+        slow = np.ones(out.shape, dtype=bool)
+    if slow.any():
+        w = None if window is None else int(window)
+        out = np.array(out, dtype=float)
+        for idx in np.argwhere(slow):
+            idx = tuple(idx)
+            if w is None and kv[idx] >= q[idx]:  # the schedule depends on q and kv through the tiles' blocks only
+                k = int(nq[idx])
+                tiles = tuple(per_m * (i + 1) + off[idx] + c0 for i in range(k - 1)) + (float(last[idx]),)
+                out[idx] = _flash_schedule(int(seqs[idx]), tiles, sms)
+            else:
+                out[idx] = _flash_makespan_one(int(seqs[idx]), int(q[idx]), int(kv[idx]), True, w, sms)
+    return out
+
+
+def flash_block_seconds(gpu: GPUSpec, head_dim: int, dtype: str = "bf16", v_head_dim: int | None = None):
+    """One SM's time for one key block of one query tile (QK^T and PV) at the datasheet peak."""
+    vd = head_dim if v_head_dim is None else v_head_dim
+    peak = gpu.flops(dtype if dtype in ("bf16", "fp16", "fp8") else "bf16")
+    return 2.0 * FLASH_BLOCK_M * FLASH_BLOCK_N * (head_dim + vd) / (peak / gpu.sm_count)
+
+
 def elementwise_cost(gpu: GPUSpec, op: str, tokens, width: int, dtype: str = "bf16",
                      eff: Efficiency = PRIOR) -> OpCost:
     nbytes = rl.elementwise_bytes(op, tokens, width, dtype)

@@ -180,11 +180,17 @@ class Tables:
     # ------------------------------------------------------------------ attention
     def _build_attention(self):
         """Per measured config (dtype, phase, heads, kv_heads, head_dim): a log-ratio grid over
-        (batch x heads, keys) that carries to other configs and GPUs, and a monotone log-time grid over
-        (batch, keys) for the measured GPU itself (padding: a larger batch or a longer sequence of the
-        same config is never faster)."""
+        (batch x heads, keys) that carries to other configs and GPUs, and for decode a monotone log-time grid
+        over (batch, keys) for the measured GPU itself (padding: a larger batch or a longer sequence of the
+        same config is never faster).
+
+        Prefill ratios are taken over the flash-attention tile schedule (:func:`_prefill_reference`: a fixed
+        floor plus the busiest SM's key blocks, per-tile causal work and wave quantization included), its
+        floor and block efficiency fitted per config; between grid points the schedule carries the shape
+        (small kernels are a few partial waves of CTAs) and the interpolated ratio only the residual."""
         self.attn: dict[tuple, RowGrid] = {}
         self.attn_time: dict[tuple, RowGrid] = {}
+        self.attn_ref: dict[tuple, tuple[float, float]] = {}
         by: dict[tuple, list] = {}
         for r in self._attn_rows:
             phase = "decode" if int(r["q_len"]) == 1 else "prefill"
@@ -194,14 +200,26 @@ class Tables:
             dt, phase, h, kvh, hd = key
             b, q, kv = _num(rows, "batch"), _num(rows, "q_len"), _num(rows, "kv_len")
             t = _num(rows, "median_ms") * 1e-3
-            base = an.attention_cost(self.gpu, b, h, kvh, hd, q, kv, phase == "prefill", None, dt, None, None,
-                                     IDEAL).seconds
+            causal = np.array([str(r.get("causal", "1")).lower() in ("1", "true") for r in rows])
+            if phase == "prefill":
+                work = np.empty(t.shape)
+                for c in (True, False):
+                    if (causal == c).any():
+                        work[causal == c] = an.flash_makespan(self.gpu, b[causal == c], h, q[causal == c],
+                                                              kv[causal == c], c)
+                work = work * an.flash_block_seconds(self.gpu, hd, dt)
+                self.attn_ref[key] = _fit_floor_and_scale(work, t)
+                base = _prefill_reference(self.attn_ref[key], work)
+            else:
+                base = an.attention_cost(self.gpu, b, h, kvh, hd, q, kv, False, None, dt, None, None,
+                                         IDEAL).seconds
             lr = np.log(t / base)
             for bb in unique(b):  # within a row, a longer sequence is never faster (padding)
                 sel = b == bb
                 lr[sel] = monotone_log_ratio(kv[sel], lr[sel], base[sel])
             self.attn[key] = RowGrid(b * h, kv, lr)
-            self.attn_time[key] = RowGrid(b, kv, np.log(t)).make_monotone()
+            if phase == "decode":
+                self.attn_time[key] = RowGrid(b, kv, np.log(t)).make_monotone()
 
     def _attn_key(self, dt, phase, heads, kv_heads, hd):
         """The measured config itself, else the nearest one (GQA ratio, head_dim, heads)."""
@@ -235,10 +253,9 @@ class Tables:
         kv = np.broadcast_to(np.asarray(kv_len, dtype=float), shape)
         # a sliding window caps the keys each query sees: look the tables up at the keys read
         kv_eff = kv if window is None else np.minimum(kv, q + window)
-        # prefill runs in 128-query tiles: a sequence costs what its tile-padded length costs
-        kv_eff = np.where(q > 1, np.ceil(kv_eff / 128) * 128, kv_eff)
         lbase = np.log(base.seconds)
         lr = np.zeros(shape)
+        ref = base.seconds
         src = np.full(shape, ANALYTICAL, dtype=np.int8)
         fallback = np.zeros(shape, dtype=bool)
         for phase, sel in (("decode", q == 1), ("prefill", q != 1)):
@@ -248,14 +265,21 @@ class Tables:
             if key is None or v_head_dim is not None:
                 fallback |= sel
                 continue
+            if phase == "prefill":
+                # the tile schedule on this GPU, at the floor and block efficiency of the measured config
+                work = np.zeros(shape)
+                work[sel] = an.flash_makespan(prof.gpu, b[sel], heads, q[sel], kv[sel], bool(causal), window)
+                work = work * an.flash_block_seconds(prof.gpu, head_dim, dtype if dtype in ("bf16", "fp16", "fp8")
+                                                     else "bf16")
+                ref = np.where(sel, _prefill_reference(self.attn_ref[key], work), ref)
             val, inside = self.attn[key].lookup(b * heads, kv_eff)
-            if prof.gpu is self.gpu and exact:
+            if phase == "decode" and prof.gpu is self.gpu and exact:
                 t_val, t_in = self.attn_time[key].lookup(b, kv_eff)
                 val = np.where(t_in, t_val - lbase, val)
                 inside = inside | t_in
             lr = np.where(sel, val, lr)
             src = np.where(sel, np.where(inside, INTERPOLATED, ANALYTICAL), src)
-        t = base.seconds * np.exp(lr)
+        t = ref * np.exp(lr)
         if fallback.any():
             phys = an.attention_cost(prof.gpu, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window,
                                      dtype, kv_dtype, v_head_dim, prof.eff)
@@ -369,6 +393,27 @@ class Tables:
             e[key] = float(min(max(e[key], 0.05), 1.0))
         e["source"] = self.meta.get("gpu_id", g.id)
         return an.Efficiency(**e)
+
+
+def _fit_floor_and_scale(work, t):
+    """(floor seconds, scale) of t ~ floor + scale * work, least squares in relative error (floor >= 0,
+    scale >= 1: no kernel beats the datasheet peak)."""
+    a = np.stack([np.ones_like(work), work], axis=1) / t[:, None]
+    floor, scale = np.linalg.lstsq(a, np.ones_like(t), rcond=None)[0]
+    if floor < 0:
+        floor = 0.0
+        scale = float(np.sum(work / t) / np.sum((work / t) ** 2))
+    if scale < 1:
+        scale = 1.0
+        floor = max(float(np.sum((1 - work / t) / t) / np.sum(1 / t ** 2)), 0.0)
+    return float(floor), float(scale)
+
+
+def _prefill_reference(params, work):
+    """Prefill reference time: a fixed floor plus the tile schedule's busiest-SM time at the fitted
+    block efficiency."""
+    floor, scale = params
+    return floor + scale * work
 
 
 W4A16 = "w4a16"  # dtype column of weight-only int4 GEMM rows (bf16 activations)
