@@ -140,7 +140,10 @@ def choice(ok: list[dict], src: str = "profile") -> None:
     """The issue's claim, on the measured placements: under a VRAM budget equal to the GPU memory of each
     measured plan, the plan perfcast picks among the measured ones that fit (predicted fastest decode)
     against llama.cpp's memory-first plan (the measured layer split with the most GPU layers that fits):
-    wherever they differ, is the pick measured at least as fast (or within the 5% run-to-run noise)?"""
+    wherever they differ, is the pick measured at least as fast (or within the 5% run-to-run noise)? As in
+    ``perfcast offload-search``, the pick leaves memory-first only for a predicted gain over ``PICK_MARGIN``."""
+    from perfcast.offload.search import PICK_MARGIN
+
     groups: dict[tuple, list] = {}
     for r in ok:
         if f"decode_{src}" in r:
@@ -153,7 +156,9 @@ def choice(ok: list[dict], src: str = "profile") -> None:
             if not splits:
                 continue
             mem_first = max(splits, key=lambda r: json.loads(r["plan"])["gpu_layers"])
-            best = min(fit, key=lambda r: r[f"decode_{src}"])
+            best = min([r for r in fit if r is mem_first
+                        or r[f"decode_{src}"] * (1.0 + PICK_MARGIN) < mem_first[f"decode_{src}"]],
+                       key=lambda r: r[f"decode_{src}"])
             budgets += 1
             if best is not mem_first:
                 differ += 1

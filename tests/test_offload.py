@@ -259,3 +259,20 @@ def test_gpu_segment_host_time_counts_the_ops_it_dispatches():
     whole = p.gpu_seconds({PRE: 1.0, POST: 1.0, ATTN: 1.0, MLP: 1.0}, 16)
     attn = p.gpu_seconds({PRE: 1.0, POST: 1.0, ATTN: 1.0}, 16)
     assert float(whole - attn) >= 16 * host.per_layer_s * 7 / 33 - 1e-9
+
+
+def test_pick_leaves_memory_first_only_past_the_margin(monkeypatch):
+    """The pick stays on memory-first unless another plan is predicted faster by more than PICK_MARGIN:
+    with a margin of 0 it is the fastest fitting plan, with one larger than any gain it is memory-first."""
+    from perfcast.offload import search as s
+
+    monkeypatch.setattr(s, "PICK_MARGIN", 0.0)
+    r = search(L8B, "rtx-4090", "ryzen-9-7950x", vram_gib=8.0, context=4096)
+    fastest = max(c["decode_tokens_per_s"] for c in r["candidates"] if c["fits"])
+    assert r["best"]["decode_tokens_per_s"] >= fastest
+    gain = r["best"]["decode_tokens_per_s"] / r["memory_first"]["decode_tokens_per_s"] - 1.0
+    assert gain > 0.0  # another plan beats memory-first here
+    monkeypatch.setattr(s, "PICK_MARGIN", gain * 1.01)
+    r = search(L8B, "rtx-4090", "ryzen-9-7950x", vram_gib=8.0, context=4096)
+    assert r["best"]["offload"] == r["memory_first"]["offload"]
+    assert r["speedup_vs_memory_first"] == pytest.approx(1.0)

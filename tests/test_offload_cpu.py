@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,3 +229,42 @@ def test_harness_segments_book_each_copy_to_the_device_it_leaves():
     s.switch("cpu")          # t = 4
     s.switch("cuda")         # t = 4.25
     assert s.stop() == {"cuda": 1.0 + 2.5 + 0.75, "cpu": 0.5 + 0.25} and s.switches == 4
+
+
+@pytest.mark.unit
+def test_cache_resident_gemm_rows_add_the_weights_dram_read(tmp_path):
+    """calibrate-cpu times GEMMs with m > 16 on one reused weight; where half the L3 holds it, those rows
+    were cache-hot, and a model step (weights from DRAM) adds one read of the weight at the STREAM rate,
+    ramped in log m between the last rotating row (m = 16) and the first reused one (m = 64)."""
+    rows = [{"kind": "copy", "threads": 8, "bytes": 1e9, "median_ms": 20.0},  # 50 GB/s
+            _gemm_row(8, 1, 40, 400), _gemm_row(8, 16, 40, 400), _gemm_row(8, 64, 40, 400),
+            _gemm_row(8, 256, 40, 400)]
+    _write_profile(tmp_path / "hot", rows)
+    meta = json.loads((tmp_path / "hot" / "meta.json").read_text())
+    (tmp_path / "hot" / "meta.json").write_text(json.dumps({**meta, "l3_bytes": 64 << 20}))
+    c = load_cpu_profile(tmp_path / "hot")
+    assert c.gemm_hot["fp32"] == (16.0, 64.0)
+    w_s = 1024 * 1024 * 4 / 50e9  # the 4 MiB fp32 weight at 50 GB/s: 83.886 us
+    for m, ramp in ((1, 0.0), (16, 0.0), (32, 0.5), (64, 1.0), (256, 1.0)):
+        t, _ = c.gemm(m, 1024, 1024, "fp32")
+        meas = _gemm_row(8, m, 40, 400)["median_ms"] * 1e-3 if m != 32 else None
+        assert float(c.cold_weights(m, 1024, 1024, "fp32")) == pytest.approx(ramp * w_s)
+        if meas is not None:
+            assert float(t) == pytest.approx(meas + ramp * w_s, rel=1e-9)
+    assert float(c.gemm(256, 1024, 1024, "fp32")[0]) * 1e3 == pytest.approx(1.3421773 + 0.0838861, rel=1e-6)  # 2*256*1024^2 FLOP at 400 GFLOP/s + w_s
+    # a weight over half the L3 streamed from DRAM in the calibration too: the rows stand as measured
+    _write_profile(tmp_path / "cold", rows)
+    (tmp_path / "cold" / "meta.json").write_text(json.dumps({**meta, "l3_bytes": 4 << 20}))
+    c = load_cpu_profile(tmp_path / "cold")
+    assert c.gemm_hot == {}
+    assert float(c.gemm(256, 1024, 1024, "fp32")[0]) * 1e3 == pytest.approx(1.3421773, rel=1e-6)
+
+
+@pytest.mark.unit
+def test_gpu_host_profiles_have_hot_gemm_rows_the_dev_vm_not():
+    """The 16-core Xeon profiles (300 MiB L3) timed the 4096x4096 weight of m >= 64 from the cache; the
+    2-core VM's (32 MiB L3) did not (a 32/64 MiB weight is over half its L3)."""
+    data = Path(__file__).resolve().parent.parent / "benchmarks" / "data"
+    assert load_cpu_profile(data / "offload_h100-sxm_r3_cpu").gemm_hot == {"fp32": (16.0, 64.0),
+                                                                            "bf16": (16.0, 64.0)}
+    assert load_cpu_profile(data / "cpu_profile_local").gemm_hot == {}

@@ -107,6 +107,9 @@ class CPUModel:
     links: dict  # (direction, "pinned" | "pageable") -> Link
     eff: CPUEfficiency = PRIOR
     ratio: dict = field(default_factory=dict)  # dtype class -> (log m, log(measured / roofline))
+    # dtype class -> (m_cold, m_hot): the profile's GEMM rows up to m_cold streamed their weights from DRAM,
+    # those from m_hot on reused one cache-resident weight (see :meth:`cold_weights`); empty: none hot
+    gemm_hot: dict = field(default_factory=dict)
     attn_decode: dict = field(default_factory=dict)  # dtype class -> (seconds per call, per element)
     attn_flops: dict = field(default_factory=dict)  # dtype class -> FLOP/s of causal prefill SDPA
     # measured hand-off: (device whose chain was timed, streamed bytes, cold-dispatch extra seconds at
@@ -130,7 +133,23 @@ class CPUModel:
         if dc in self.ratio:
             lm, lr = self.ratio[dc]
             t = t * np.exp(np.interp(np.log(np.maximum(np.asarray(m, dtype=float), 1.0)), lm, lr))
+        t = t + self.cold_weights(m, n, k, dc, wdtype)
         return t, np.where(tc >= tm, COMPUTE, MEMORY)
+
+    def cold_weights(self, m, n, k, dtype_cls: str = "bf16", wdtype=None):
+        """Seconds a model step's GEMM pays beyond a profile row measured on a cache-resident weight: one
+        read of the ``[n, k]`` weight from DRAM at the STREAM rate. A model step streams every weight
+        from DRAM, and a CPU GEMM with m > 1 (oneDNN, as PyTorch calls it eagerly) first reorders the
+        weight into its blocked layout, a copy pass that does not overlap the compute; in the profile's
+        rows with m > 16 that pass read one weight the L3 cache held. Ramps in log m from 0 at the last
+        DRAM-streamed row to 1 at the first cache-resident one; 0 where no row was cache-resident."""
+        if dtype_cls not in self.gemm_hot:
+            return np.zeros(np.shape(np.asarray(m, dtype=float) * n * k))
+        lo, hi = self.gemm_hot[dtype_cls]
+        lm = np.log(np.maximum(np.asarray(m, dtype=float), 1.0))
+        ramp = np.clip((lm - np.log(lo)) / max(np.log(hi) - np.log(lo), 1e-9), 0.0, 1.0)
+        w = rl.gemm_bytes(0, n, k, "fp32" if dtype_cls == "fp32" else "bf16", wdtype)
+        return ramp * w / self.stream_bw
 
     def attention(self, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window=None,
                   dtype="bf16", kv_dtype=None):

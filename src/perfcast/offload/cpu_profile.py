@@ -8,6 +8,10 @@ thread counts (clamped at the ends):
 - GEMM FLOP/s per dtype class: the best FLOP/s over the measured ``m``;
 - the shape ratio: measured time / roofline on those two ceilings, as a function of ``log m``
   (taken at the measured thread count nearest the request);
+- which GEMM rows timed a cache-resident weight: ``calibrate-cpu`` streams rotating weight copies from
+  DRAM up to m = 16 and reuses one weight above; where that weight fits half the L3 cache (meta
+  ``l3_bytes``), the rows above m = 16 are hot and a step's GEMM adds the weight's DRAM read
+  (:meth:`CPUModel.cold_weights`);
 - attention: decode (one query) as ``call + per element x batch x heads x kv_len x head_dim``, least
   squares over the ``attn_decode`` rows; prefill at the best FLOP/s of the ``attn_prefill`` rows;
 - the per-op overhead: the time per small eager op (norm, mul, add, silu, cat on one token);
@@ -34,6 +38,7 @@ from perfcast.hardware.spec import GPUSpec
 from perfcast.offload.cpu import DIRECTIONS, PRIOR, CPUModel, Link, dtype_class, prior_links
 
 FORMAT = "perfcast-cpu-profile"
+ROTATE_MAX_M = 16  # calibrate-cpu's GEMM rows rotate DRAM-resident weights up to this m, reuse one above
 
 
 @functools.cache
@@ -101,6 +106,19 @@ def _ratio(gemm_rows, threads_near: int, gemv_bw: float, flops: float):
     return np.log(np.array(ms)), np.array([float(np.mean(by_m[m])) for m in ms])
 
 
+def _hot_rows(gemm_rows, l3_bytes: float):
+    """(m_cold, m_hot) when the GEMM rows above ``ROTATE_MAX_M`` timed one weight that half the L3 cache
+    holds (the last rotating m and the first reused m measured), else None."""
+    cold = [float(r["m"]) for r in gemm_rows if float(r["m"]) <= ROTATE_MAX_M]
+    warm = [r for r in gemm_rows if float(r["m"]) > ROTATE_MAX_M]
+    if not cold or not warm or l3_bytes <= 0:
+        return None
+    w = float(warm[0]["n"]) * float(warm[0]["k"]) * (4.0 if dtype_class(warm[0]["dtype"]) == "fp32" else 2.0)
+    if w > 0.5 * l3_bytes:
+        return None
+    return max(cold), min(float(r["m"]) for r in warm)
+
+
 def _attn_fit(rows, threads: int):
     """(seconds per call, seconds per element) at the measured thread count nearest ``threads``."""
     if not rows:
@@ -154,11 +172,15 @@ def load_cpu_profile(root, threads: int | None = None, gpu: GPUSpec | None = Non
     if not stream_rows:
         raise ValueError(f"{root}/cpu.csv has no copy/triad rows: rerun `perfcast calibrate-cpu`")
     stream = _at(t, _per_thread(stream_rows, lambda r: _rate(r, "bytes")))
-    gemv, flops, ratio = {}, {}, {}
+    gemv, flops, ratio, hot = {}, {}, {}, {}
+    l3 = float(meta.get("l3_bytes") or 0.0)
     for dc in ("fp32", "bf16"):
         g = [r for r in rows if r["kind"] == "gemm" and dtype_class(r["dtype"]) == dc]
         if not g:
             continue
+        h = _hot_rows(g, l3)
+        if h is not None:
+            hot[dc] = h
         gemv_pts = _per_thread([r for r in g if int(r["m"]) == 1], lambda r: _rate(r, "bytes"))
         flop_pts = _per_thread(g, lambda r: _rate(r, "flops"))
         if not len(gemv_pts[0]):
@@ -176,6 +198,8 @@ def load_cpu_profile(root, threads: int | None = None, gpu: GPUSpec | None = Non
             gemv[a], flops[a] = gemv[b], flops[b]
             if b in ratio:
                 ratio[a] = ratio[b]
+            if b in hot:
+                hot[a] = hot[b]
     attn_decode, attn_flops = {}, {}
     for dc in ("fp32", "bf16"):
         fit = _attn_fit([r for r in rows if r["kind"] == "attn_decode" and dtype_class(r["dtype"]) == dc], t)
@@ -192,7 +216,7 @@ def load_cpu_profile(root, threads: int | None = None, gpu: GPUSpec | None = Non
     return CPUModel(
         id=str(meta.get("cpu_id") or "measured"), name=str(meta.get("cpu_name", "measured CPU")), threads=t,
         cores=cores, mem_capacity_bytes=float(meta.get("mem_total_bytes") or 0.0), stream_bw=stream,
-        gemv_bw=gemv, gemm_flops=flops, op_overhead_s=over, links=_links(rows, gpu), eff=PRIOR, ratio=ratio,
+        gemv_bw=gemv, gemm_flops=flops, op_overhead_s=over, links=_links(rows, gpu), eff=PRIOR, ratio=ratio, gemm_hot=hot,
         attn_decode=attn_decode, attn_flops=attn_flops, handoff_pts=_handoff(rows, t),
         source=f"measured:{Path(root).name}",
     )
