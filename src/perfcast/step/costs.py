@@ -38,13 +38,14 @@ def op_cost(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
 @cost_fn("gemm")
 def _gemm(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
     d = op.dims
-    c = prof.gemm(d["m"], d["n"], d["k"], op.dtype, op.wdtype)
+    # kernels run back to back inside a step: each is slowed by the power cap (prof.sustained)
+    c = prof.sustained(prof.gemm(d["m"], d["n"], d["k"], op.dtype, op.wdtype), op.dtype, op.wdtype)
     mq = d.get("m_quantiles")
     if mq is not None:  # rows differ between launches (MoE experts): mean time over the row quantiles
-        sec = np.asarray(prof.gemm(mq, d["n"], d["k"], op.dtype, op.wdtype).seconds, dtype=float).mean(axis=-1)
+        cq = prof.sustained(prof.gemm(mq, d["n"], d["k"], op.dtype, op.wdtype), op.dtype, op.wdtype)
+        sec = np.asarray(cq.seconds, dtype=float).mean(axis=-1)
         c = OpCost.of(sec.reshape(np.shape(c.seconds)) if np.ndim(c.seconds) else sec, c.bound, c.source,
                       c.flops, c.bytes)
-    c = prof.sustained(c, op.dtype, op.wdtype)  # back to back inside a step: under the power cap
     g = d.get("groups")
     if g is None:
         return c
