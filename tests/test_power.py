@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,13 +56,12 @@ def test_step_gemms_carry_the_power_cap():
 
 
 def test_fit_reproduces_the_shipped_h100_power_model():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import fit_power
+    from perfcast.profiles import power_fit
 
     run = ROOT / "benchmarks" / "data" / "h100-run8"
-    pairs = fit_power.pairs(run / "calib_shuf" / "gemm.csv", run / "gemm_sustain" / "gemm.csv", 0.02)
+    pairs = power_fit.pairs(run / "calib_shuf" / "gemm.csv", run / "gemm_sustain" / "gemm.csv", 0.02)
     gpu = get_gpu("h100-sxm")
-    cap, knee, rms = fit_power.fit(pairs, gpu.flops("bf16"))
+    cap, knee, rms = power_fit.fit(pairs, gpu.flops("bf16"))
     shipped = json.loads((ROOT / "src/perfcast/profiles/data/h100-sxm/power.json").read_text())
     assert (cap, knee) == pytest.approx((shipped["cap_frac"], shipped["knee"]))
     flops, ta, ts = pairs.T
@@ -71,3 +69,13 @@ def test_fit_reproduces_the_shipped_h100_power_model():
     with_model = np.mean(np.abs(ta * f / ts - 1))
     without = np.mean(np.abs(ta / ts - 1))
     assert with_model < 0.045 and without > 0.065  # measured: 3.7% against 7.1%
+
+
+def test_fit_refuses_too_few_pairs(tmp_path):
+    from perfcast.profiles import power_fit
+
+    head = "dtype,m,n,k,median_ms,min_ms,p90_ms,reps\n"
+    (tmp_path / "a.csv").write_text(head + "bf16,4096,4096,4096,0.2,0.2,0.2,5\n")
+    (tmp_path / "s.csv").write_text(head + "bf16,4096,4096,4096,0.22,0.22,0.22,5\n")
+    with pytest.raises(ValueError, match="only 1 GEMMs"):
+        power_fit.fit_files(tmp_path / "a.csv", tmp_path / "s.csv", get_gpu("h100-sxm"))

@@ -323,15 +323,18 @@ def _warm_gpu(torch, seconds: float = 1.0) -> None:
 
 def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, device: str = "cuda",
               progress: bool = True, seed: int = 0, tiny: bool | None = None, preheat_s: float = 1.0,
-              sustain_ms: float = 0.0, subset: float = 1.0, shuffle: bool = False) -> dict:
+              sustain_ms: float = 0.0, subset: float = 1.0, shuffle: bool = True, power: bool = False) -> dict:
     """Measure kernels on ``device`` and write a profile directory; returns its meta.json dict.
 
     ``preheat_s``: seconds of large GEMMs before the first measurement (clocks up; a long pre-heat
     brings the GPU to the thermal/power state of a long run, to compare runs of different lengths).
     ``sustain_ms``: run each kernel back to back this long before timing it (the sustained-load power
     state; 0 = as the grid order leaves the GPU). ``subset``: a seeded random fraction of the grid, to
-    re-measure grid points under another protocol or on another GPU of the same kind. ``shuffle``: time
-    GEMM and attention cases in a seeded random order instead of the grid's.
+    re-measure grid points under another protocol or on another GPU of the same kind. ``shuffle`` (on by
+    default): time GEMM and attention cases in a seeded random order, so that each kernel is timed at the
+    clocks it meets alone, not part-throttled by its larger grid neighbours run just before it (the
+    shipped profiles' GEMM tables are timed this way). ``power``: then time 10% of the GEMM grid
+    sustained (``sustain_ms`` 100) and fit ``power.json``, the power cap that steps apply.
     ``only``: a comma-separated string or list of families. ``tiny`` (default: on for the CPU) runs a
     few small shapes only, for tests. Times in the CSV files are milliseconds (launch.csv: microseconds).
     """
@@ -404,9 +407,31 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
     meta["elapsed_s"]["total"] = round(time.perf_counter() - t_all, 2)
     if cuda:
         meta["clocks_end"] = env.clocks_now(torch)
+    if power and cuda and "gemm" in fams:
+        meta["power"] = _calibrate_power(out, seed, progress)
     meta["complete"] = True
     _write_meta(out, meta)
     return meta
+
+
+def _calibrate_power(out: Path, seed: int, progress: bool) -> dict:
+    """Time a 10% sample of the GEMM grid sustained (each kernel run back to back 100 ms first) into
+    ``out/power_sustained/`` and fit ``out/power.json`` from it and ``out/gemm.csv``."""
+    from perfcast.hardware import get_gpu
+    from perfcast.profiles import power_fit
+
+    sub = out / "power_sustained"
+    m = calibrate(sub, only="gemm", seed=seed, progress=progress, preheat_s=0.0, sustain_ms=100.0,
+                  subset=0.1, shuffle=True)
+    try:
+        fitted = power_fit.fit_files(out / "gemm.csv", sub / "gemm.csv", get_gpu(m["gpu_id"]))
+    except ValueError as e:  # a GPU missing from the catalog, or too few large GEMMs
+        return {"error": str(e).splitlines()[0]}
+    power_fit.write(fitted, out / "power.json")
+    if progress:
+        print(f"perfcast calibrate: power cap {fitted['cap_tflops']:.0f} TFLOP/s (knee {fitted['knee']:g}) "
+              f"-> {out / 'power.json'}", file=sys.stderr)
+    return {"cap_frac": fitted["cap_frac"], "knee": fitted["knee"]}
 
 
 def _sample(cases: list, frac: float, seed: int) -> list:
@@ -439,14 +464,17 @@ def main(argv=None) -> int:
                    help="run each kernel back to back this long before timing it (sustained-load clocks; default 0)")
     p.add_argument("--subset", type=float, default=1.0,
                    help="measure a seeded random fraction of the grid (default 1: all of it)")
-    p.add_argument("--shuffle", action="store_true",
-                   help="time GEMM/attention cases in a seeded random order (not the grid's sorted sweep)")
+    p.add_argument("--grid-order", action="store_true",
+                   help="time GEMM/attention cases in the grid's sorted order (default: seeded random order)")
+    p.add_argument("--shuffle", action="store_true", help=argparse.SUPPRESS)  # the default since run 8
+    p.add_argument("--power", action="store_true",
+                   help="also time 10%% of the GEMM grid sustained and fit power.json (about 90 s more)")
     p.add_argument("--tiny", action="store_true", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     try:
         meta = calibrate(a.out, quick=a.quick, heldout=a.heldout, only=a.only, device=a.device,
                          progress=not a.quiet, seed=a.seed, tiny=a.tiny, preheat_s=a.preheat_s,
-                         sustain_ms=a.sustain_ms, subset=a.subset, shuffle=a.shuffle)
+                         sustain_ms=a.sustain_ms, subset=a.subset, shuffle=not a.grid_order, power=a.power)
     except (ValueError, RuntimeError) as e:
         print(f"perfcast calibrate: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 SMI_FIELDS = ("clocks.sm", "clocks.max.sm", "clocks.mem", "clocks.max.mem", "power.limit", "temperature.gpu",
-              "driver_version")
+              "driver_version", "uuid")
 
 
 def command_line() -> str:
@@ -98,6 +98,8 @@ def collect(torch, device: str = "cuda") -> dict:
         total_memory_bytes=int(p.total_memory),
         clocks=_smi_to_meta(smi),
         driver_version=smi.get("driver_version"),
+        # which physical GPU: tells a re-measurement on the same chip from one on another of its kind
+        gpu_uuid=smi.get("uuid"),
     )
     return meta
 
