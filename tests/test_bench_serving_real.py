@@ -118,3 +118,25 @@ def test_bench_reads_a_tarball(bench, tmp_path):
         t.add(tmp_path / "out", arcname="serve")
     roots = bench.find_data([str(tgz)])
     assert len(roots) == 1 and list(roots[0].rglob("summary.json"))
+
+
+def test_host_scale_fit_is_a_mean_without_the_stalls(bench):
+    """By hand: 20 iterations at the true host factor 1.13, 4 with 10% jitter, 8 stalled at 1.8x.
+    Median ratio 1, so the 1.8x ones (> 1.25x the median) are stalls and left out; the rest average
+    (20 * 1.0 + 4 * 1.1) / 24 = 1.01667, so the factor is 1.13 * 1.01667 = 1.1488 (a median gives
+    1.13, a plain mean 1.13 * (20 + 4.4 + 14.4) / 32 = 1.370)."""
+    m = iteration_model(make_config(MODEL, GPU, runtime="eager"), 2048, 32, 1.13)
+    steps = []
+    factors = [1.0] * 20 + [1.1] * 4 + [1.8] * 8
+    for i, f in enumerate(factors):
+        n = 1 + i % 32
+        ctx = 300 * n
+        st = _step(float(i), n, n, n, ctx + n, ctx, [], 0.0, 1e-3)
+        st["t_synced"] = st["t_prepared"] + f * bench.predict_forward(m, st)
+        st["t_end"] = st["t_synced"] + 3e-4
+        steps.append(st)
+    scale, stats = bench.fit_host_scale({"model": MODEL, "gpu": GPU}, steps, 2048, 32)
+    assert scale == pytest.approx(1.13 * (20 + 4 * 1.1) / 24, rel=0.005)
+    assert stats["stalls"] == 8
+    kept = bench.warm_steps({"model": MODEL, "gpu": GPU}, steps, 2048, 32, scale)
+    assert len(kept) == 24
