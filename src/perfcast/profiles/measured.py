@@ -111,7 +111,10 @@ class Tables:
         for (dt, n, k), rows in by.items():
             m = _num(rows, "m")
             f = np.stack([np.log(m), np.full(m.shape, np.log(n)), np.full(m.shape, np.log(k))], axis=1)
-            self._gemm_pts.setdefault((dt, _aligned(n, k)), []).append((n, k, f, self.gemm_curves[(dt, n, k)](m)))
+            lr = self.gemm_curves[(dt, n, k)](m)
+            if _smooth_class(dt, n, k):  # blended over the smooth roofline (see _gemm_blend_smooth)
+                lr = lr + np.log(_ideal_gemm(self.gpu, m, n, k, dt).seconds / _smooth_gemm(self.gpu, m, n, k, dt))
+            self._gemm_pts.setdefault((dt, _aligned(n, k)), []).append((n, k, f, lr))
         self._blend_cache: dict[tuple, Curve] = {}
 
     def gemm(self, prof, m, n, k, dtype="bf16", wdtype=None) -> OpCost:
@@ -152,9 +155,37 @@ class Tables:
                 else:
                     t = base.seconds * np.exp(self.gemm_curves[(dt, n, k)].at_log(lm))
                 return OpCost.of(t, base.bound, self._src(prof, src), base.flops, base.bytes)
-        lr, inside = self._gemm_blend(dts[0], m_arr, n, k)
+        t, inside = self._gemm_unmeasured(prof.gpu, dts[0], m_arr, n, k, base.seconds)
         src = np.where(inside, INTERPOLATED, ANALYTICAL)
-        return OpCost.of(base.seconds * np.exp(lr), base.bound, self._src(prof, src), base.flops, base.bytes)
+        return OpCost.of(t, base.bound, self._src(prof, src), base.flops, base.bytes)
+
+    def _gemm_unmeasured(self, gpu, dt, m, n, k, base_s):
+        """(seconds, inside the blended m range) of a weight shape nobody measured, on ``gpu``
+        (``base_s``: its IDEAL roofline time at ``m``)."""
+        if _smooth_class(dt, n, k):
+            lr, inside = self._gemm_blend_smooth(dt, m, n, k)
+            return _smooth_gemm(gpu, m, n, k, dt) * np.exp(lr), inside
+        lr, inside = self._gemm_blend(dt, m, n, k)
+        return base_s * np.exp(lr), inside
+
+    def _gemm_blend_smooth(self, dt, m, n, k):
+        """An aligned bf16/fp16 weight shape nobody measured: log ratio over the smooth roofline
+        (:func:`_smooth_gemm`) vs log m, each point a local linear fit in (log n, log k) of the nearest
+        measured weights' own curves at that m.
+
+        Why not the IDEAL reference: its best-tile wave quantization jumps with n at a given m where
+        cuBLAS (which picks among many more kernels) does not, so ratios over it are rough across weight
+        shapes; ratios over a reference without quantization vary smoothly (leave-one-weight-out on the
+        shipped grids, benchmarks/gemm_loo.py). A local plane follows the trend in n and k that an
+        inverse-distance mean flattens; it is ridge-damped and clamped to the neighbours' range so that
+        it never extrapolates. fp16 pools the bf16 weights (the same tensor-core kernels)."""
+        key = ("smooth", dt, int(n), int(k))
+        curve = self._blend_cache.get(key)
+        if curve is None:
+            shapes = [s for d in dict.fromkeys((dt, "bf16" if dt == "fp16" else dt))
+                      for s in self._gemm_pts.get((d, True), ())]
+            curve = self._blend_cache[key] = _local_linear_curve(shapes, n, k)
+        return curve(m), curve.contains(m)
 
     def _gemm_blend(self, dt, m, n, k):
         """A weight shape nobody measured: a curve over the measured token counts, each point an
@@ -440,6 +471,58 @@ def _ideal_gemm(gpu, m, n, k, dt):
         return OpCost.of(g.seconds + conv, np.where(g.bound == COMPUTE, COMPUTE, MEMORY), ANALYTICAL,
                          g.flops, g.bytes)
     return an.gemm_cost(gpu, m, n, k, dt, None, IDEAL)
+
+
+def _smooth_class(dt, n, k) -> bool:
+    """Unmeasured shapes of this class are blended over the smooth roofline (aligned bf16/fp16)."""
+    return dt in ("bf16", "fp16") and _aligned(n, k)
+
+
+def _smooth_gemm(gpu, m, n, k, dt):
+    """Smooth GEMM reference seconds: the 4-norm of the datasheet compute time, the memory time and the
+    2 us floor (a soft maximum: no wave quantization, no kink at the roofline knee)."""
+    m = np.asarray(m, dtype=float)
+    tc = 2.0 * m * n * k / gpu.flops(dt)
+    tm = rl.gemm_bytes(m, n, k, dt) / gpu.mem_bw_bytes_per_s
+    return (tc ** 4 + tm ** 4 + IDEAL.gemm_floor_s ** 4) ** 0.25
+
+
+_BLEND_SHAPES = 24  # weights considered (nearest in log n, log k)
+_BLEND_FIT = 12  # of those, measured at a given m, the nearest fitted
+_BLEND_RIDGE = 0.05  # damping of the plane's slopes (on weights normalized to sum 1)
+
+
+def _local_linear_curve(shapes, n, k) -> Curve:
+    """Curve over the union of the nearest weights' token counts: at each, a weighted (1 / squared
+    distance) least-squares plane in (log n, log k) through the nearest weights measured around that m
+    (their own curves, inside their measured range), evaluated at (n, k) and clamped to those weights'
+    values; fewer than 4 such weights: their weighted mean."""
+    ln, lk = np.log(n), np.log(k)
+    d2s = np.array([np.log(s[0] / n) ** 2 + np.log(s[1] / k) ** 2 for s in shapes])
+    near = [shapes[i] for i in np.argsort(d2s, kind="stable")[:_BLEND_SHAPES]]
+    d2 = np.sort(d2s, kind="stable")[:_BLEND_SHAPES]
+    lg = np.log(unique(np.exp(np.concatenate([s[2][:, 0] for s in near]))))
+    vals = np.empty((len(near), lg.size))
+    ok = np.empty((len(near), lg.size), dtype=bool)
+    for i, s in enumerate(near):
+        o = np.argsort(s[2][:, 0])
+        x, y = s[2][o, 0], s[3][o]
+        vals[i] = np.interp(lg, x, y)
+        ok[i] = (lg >= x[0] - 1e-9) & (lg <= x[-1] + 1e-9)
+    ok &= np.cumsum(ok, axis=0) <= _BLEND_FIT  # the nearest (rows are sorted by distance) at each m
+    w = np.where(ok, 1.0 / (d2[:, None] + 1e-12), 0.0)
+    w = w / w.sum(0)
+    a = np.stack([np.ones(len(near)), np.array([np.log(s[0]) - ln for s in near]),
+                  np.array([np.log(s[1]) - lk for s in near])], axis=1)  # (shapes, 3)
+    v = np.where(ok, vals, 0.0)
+    mat = np.einsum("sg,si,sj->gij", w, a, a) + (_BLEND_RIDGE + 1e-9) * np.diag([0.0, 1.0, 1.0])
+    rhs = np.einsum("sg,si,sg->gi", w, a, v)
+    plane = np.linalg.solve(mat, rhs[..., None])[:, 0, 0]
+    mean = (w * v).sum(0)
+    lo = np.where(ok, vals, np.inf).min(0)
+    hi = np.where(ok, vals, -np.inf).max(0)
+    out = np.where(ok.sum(0) >= 4, np.clip(plane, lo, hi), mean)
+    return Curve(np.exp(lg), out)
 
 
 def _aligned(n: int, k: int) -> bool:

@@ -1,0 +1,78 @@
+"""Development metric for GEMM shapes nobody measured: leave-one-(n, k)-out on the shipped grid.
+
+For each GPU's shipped gemm.csv (bf16/fp16), every weight shape (dtype, n, k) in turn is dropped from the
+table's blend points and its measured rows are predicted from the rest (the path a held-out weight that is
+not on the grid takes). Prints MAPE / median / p90 per GPU, alignment class and m bucket. The held-out
+sets are not read.
+
+    PYTHONPATH=src python benchmarks/gemm_loo.py
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from perfcast.hardware import get_gpu
+from perfcast.profiles import measured as ms
+
+DATA = Path(ms.__file__).resolve().parent / "data"
+BUCKETS = ((1, 16), (17, 128), (129, 1024), (1025, 4096), (4097, 1 << 30))
+
+
+def loo(gpu_id: str):
+    gpu = get_gpu(gpu_id)
+    root = DATA / gpu_id
+    t = ms.Tables(root, gpu)
+    rows = [r for r in csv.DictReader(open(root / "gemm.csv")) if r.get("median_ms")]
+    by: dict[tuple, list] = {}
+    for r in rows:
+        by.setdefault((r["dtype"], int(r["n"]), int(r["k"])), []).append(r)
+    out = []  # (aligned, m, error %)
+    for (dt, n, k), rs in by.items():
+        cls = (dt, ms._aligned(n, k))
+        saved = t._gemm_pts[cls]
+        t._gemm_pts[cls] = [s for s in saved if (s[0], s[1]) != (n, k)]
+        if not t._gemm_pts[cls]:
+            t._gemm_pts[cls] = saved
+            continue
+        # fp16 blends pool the bf16 weights: drop the same weight there too
+        twin = ("bf16", cls[1]) if dt == "fp16" and ("bf16", cls[1]) in t._gemm_pts else None
+        saved2 = t._gemm_pts[twin] if twin else None
+        if twin:
+            t._gemm_pts[twin] = [s for s in saved2 if (s[0], s[1]) != (n, k)]
+        t._blend_cache = {}
+        m = np.array([float(r["m"]) for r in rs])
+        meas = np.array([float(r["median_ms"]) for r in rs]) * 1e-3
+        pred, _ = t._gemm_unmeasured(gpu, dt, m, n, k, ms._ideal_gemm(gpu, m, n, k, dt).seconds)
+        t._gemm_pts[cls] = saved
+        if twin:
+            t._gemm_pts[twin] = saved2
+        for mi, e in zip(m, np.abs(pred / meas - 1) * 100):
+            out.append((dt, ms._aligned(n, k), mi, e))
+    return out
+
+
+def stats(e):
+    e = np.asarray(e)
+    return f"{len(e):5d} {np.mean(e):7.2f} {np.median(e):6.2f} {np.percentile(e, 90):6.2f}" if len(e) else "    0"
+
+
+def main():
+    print(f"{'gpu':9s} {'subset':22s} {'n':>5s} {'MAPE%':>7s} {'med%':>6s} {'p90%':>6s}")
+    for gid in ("h100-sxm", "h200"):
+        res = loo(gid)
+        al = [r for r in res if r[1]]
+        print(f"{gid:9s} {'aligned':22s} {stats([r[3] for r in al])}")
+        print(f"{gid:9s} {'misaligned':22s} {stats([r[3] for r in res if not r[1]])}")
+        print(f"{gid:9s} {'fp16 aligned':22s} {stats([r[3] for r in al if r[0] == 'fp16'])}")
+        for lo, hi in BUCKETS:
+            print(f"{gid:9s} {f'  m {lo}-{hi}':22s} {stats([r[3] for r in al if lo <= r[2] <= hi])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
