@@ -211,16 +211,14 @@ class Tables:
     # ------------------------------------------------------------------ attention
     def _build_attention(self):
         """Per measured config (dtype, phase, heads, kv_heads, head_dim): a log-ratio grid over
-        (batch x heads, keys) that carries to other configs and GPUs, and for decode a monotone log-time grid
-        over (batch, keys) for the measured GPU itself (padding: a larger batch or a longer sequence of the
-        same config is never faster).
+        (batch x heads, keys) that carries to other configs and GPUs (a longer sequence of the same config is
+        never faster: padding). Decode is predicted from the grid pooled over configs (:meth:`_build_decode`).
 
         Prefill ratios are taken over the flash-attention tile schedule (:func:`_prefill_reference`: a fixed
         floor plus the busiest SM's key blocks, per-tile causal work and wave quantization included), its
         floor and block efficiency fitted per config; between grid points the schedule carries the shape
         (small kernels are a few partial waves of CTAs) and the interpolated ratio only the residual."""
         self.attn: dict[tuple, RowGrid] = {}
-        self.attn_time: dict[tuple, RowGrid] = {}
         self.attn_ref: dict[tuple, tuple[float, float]] = {}
         by: dict[tuple, list] = {}
         for r in self._attn_rows:
@@ -249,8 +247,39 @@ class Tables:
                 sel = b == bb
                 lr[sel] = monotone_log_ratio(kv[sel], lr[sel], base[sel])
             self.attn[key] = RowGrid(b * h, kv, lr)
+        self._build_decode(by)
+
+    def _build_decode(self, by):
+        """Decode (one query) pooled over every measured config of a dtype.
+
+        A decode kernel streams the K and V of each (sequence, KV head) once, whatever the number of query
+        heads sharing it (GQA), so its time is set by (batch x kv_heads, keys): measured configs of equal
+        batch x kv_heads agree within a few percent. All configs are pooled into one grid over those two
+        axes, as log ratios over a reference of a fixed floor (launch, split-KV reduction) plus the K/V
+        bytes at a fitted bandwidth (floor and scale fitted on the pooled rows)."""
+        self.dec: dict[str, RowGrid] = {}
+        self.dec_ref: dict[str, tuple[float, float]] = {}
+        pooled: dict[str, list] = {}
+        for (dt, phase, h, kvh, hd), rows in by.items():
             if phase == "decode":
-                self.attn_time[key] = RowGrid(b, kv, np.log(t)).make_monotone()
+                pooled.setdefault(dt, []).append((h, kvh, hd, rows))
+        for dt, cfgs in pooled.items():
+            bk, kv, t, work, cfg_id = [], [], [], [], []
+            for i, (h, kvh, hd, rows) in enumerate(cfgs):
+                b, k = _num(rows, "batch"), _num(rows, "kv_len")
+                cfg_id.append(np.full(b.shape, float(i)))
+                bk.append(b * kvh)
+                kv.append(k)
+                t.append(_num(rows, "median_ms") * 1e-3)
+                work.append(_decode_work(self.gpu, b, h, kvh, hd, k, dt if dt in rl.DTYPE_BYTES else "bf16"))
+            bk, kv, t, work = (np.concatenate(a) for a in (bk, kv, t, work))
+            self.dec_ref[dt] = _fit_floor_and_scale(work, t)
+            ref = _prefill_reference(self.dec_ref[dt], work)
+            lr = np.log(t / ref)
+            for g in unique(bk * 1e12 + np.concatenate(cfg_id)):  # within a row of a config, more keys are never faster
+                sel = bk * 1e12 + np.concatenate(cfg_id) == g
+                lr[sel] = monotone_log_ratio(kv[sel], lr[sel], ref[sel])
+            self.dec[dt] = RowGrid(bk, kv, lr)
 
     def _attn_key(self, dt, phase, heads, kv_heads, hd):
         """The measured config itself, else the nearest one (GQA ratio, head_dim, heads)."""
@@ -284,7 +313,6 @@ class Tables:
         kv = np.broadcast_to(np.asarray(kv_len, dtype=float), shape)
         # a sliding window caps the keys each query sees: look the tables up at the keys read
         kv_eff = kv if window is None else np.minimum(kv, q + window)
-        lbase = np.log(base.seconds)
         lr = np.zeros(shape)
         ref = base.seconds
         src = np.full(shape, ANALYTICAL, dtype=np.int8)
@@ -292,7 +320,7 @@ class Tables:
         for phase, sel in (("decode", q == 1), ("prefill", q != 1)):
             if not sel.any():
                 continue
-            key, exact = self._attn_key(dtype, phase, heads, kv_heads, head_dim)
+            key, _ = self._attn_key(dtype, phase, heads, kv_heads, head_dim)
             if key is None or v_head_dim is not None:
                 fallback |= sel
                 continue
@@ -303,11 +331,14 @@ class Tables:
                 work = work * an.flash_block_seconds(prof.gpu, head_dim, dtype if dtype in ("bf16", "fp16", "fp8")
                                                      else "bf16")
                 ref = np.where(sel, _prefill_reference(self.attn_ref[key], work), ref)
-            val, inside = self.attn[key].lookup(b * heads, kv_eff)
-            if phase == "decode" and prof.gpu is self.gpu and exact:
-                t_val, t_in = self.attn_time[key].lookup(b, kv_eff)
-                val = np.where(t_in, t_val - lbase, val)
-                inside = inside | t_in
+                val, inside = self.attn[key].lookup(b * heads, kv_eff)
+            else:
+                # the K/V stream on this GPU at the floor and bandwidth fitted on every measured decode config;
+                # the ratio pooled over configs by (batch x kv_heads, keys)
+                dk = key[0]
+                work = _decode_work(prof.gpu, b, heads, kv_heads, head_dim, kv_eff, dtype, kv_dtype)
+                ref = np.where(sel, _prefill_reference(self.dec_ref[dk], work), ref)
+                val, inside = self.dec[dk].lookup(b * kv_heads, kv_eff)
             lr = np.where(sel, val, lr)
             src = np.where(sel, np.where(inside, INTERPOLATED, ANALYTICAL), src)
         t = ref * np.exp(lr)
@@ -438,6 +469,11 @@ def _fit_floor_and_scale(work, t):
         scale = 1.0
         floor = max(float(np.sum((1 - work / t) / t) / np.sum(1 / t ** 2)), 0.0)
     return float(floor), float(scale)
+
+
+def _decode_work(gpu, batch, heads, kv_heads, head_dim, kv, dtype="bf16", kv_dtype=None):
+    """Seconds to stream a decode's bytes (K and V of every key tile read, Q and O) at the datasheet bandwidth."""
+    return rl.attention_bytes(batch, heads, kv_heads, head_dim, 1, kv, dtype, kv_dtype) / gpu.mem_bw_bytes_per_s
 
 
 def _prefill_reference(params, work):
