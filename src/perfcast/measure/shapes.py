@@ -269,6 +269,10 @@ def attention_grid(quick: bool = False, tiny: bool = False) -> list[dict]:
     tp_pairs = list(dict.fromkeys(p for p in _sharded(HEAD_PAIRS, (2, 4)) if p not in HEAD_PAIRS))
     out += prefill(tp_pairs, (256, 1024, 4096, 16384), (1, 4, 16))
     out += decode(tp_pairs, (1, 4, 16, 64, 256), (512, 2048, 8192, 32768, 131072))
+    # head_dim 64 decode (Llama-3.2-1B, Qwen2.5-0.5B...): not in the first profiles, whose decode grid is
+    # all head_dim 128, so such models' decode attention was extrapolated (+2% on Llama-3.2-1B steps)
+    out += [_a(b, h, kvh, 64, 1, kv, False) for h, kvh in ((32, 8), (32, 32)) for b in (1, 4, 16, 64, 256)
+            for kv in (512, 2048, 8192, 32768) if _kv_bytes(b, kvh, kv, 64) <= MAX_KV_BYTES]
     return list({tuple(c.values()): c for c in out}.values())
 
 
