@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from perfcast.hardware import get_gpu
-from perfcast.ops import analytical as an
+from perfcast.profiles import Profile
 from perfcast.profiles import measured as ms
 from perfcast.profiles.registry import shipped_profile_dir
 
@@ -17,15 +17,8 @@ def _decode_rows(gid):
 
 def _predict(gid, keep, out):
     gpu = get_gpu(gid)
-    t = ms.Tables.__new__(ms.Tables)
-    t.gpu, t._attn_rows = gpu, keep
-    t._build_attention()
-
-    class Prof:
-        eff = an.PRIOR
-
-    Prof.gpu = gpu
-    got = np.array([float(t.attention(Prof, int(r["batch"]), int(r["heads"]), int(r["kv_heads"]), int(r["head_dim"]),
+    t, prof = ms.Tables.attention_only(gpu, keep), Profile.analytical(gpu)
+    got = np.array([float(t.attention(prof, int(r["batch"]), int(r["heads"]), int(r["kv_heads"]), int(r["head_dim"]),
                                       1, int(r["kv_len"]), False).seconds) for r in out])
     want = np.array([float(r["median_ms"]) * 1e-3 for r in out])
     return np.abs(got / want - 1)

@@ -6,6 +6,7 @@ import pytest
 
 from perfcast.hardware import get_gpu
 from perfcast.ops import analytical as an
+from perfcast.profiles import Profile
 from perfcast.profiles import measured as ms
 from perfcast.profiles.registry import resolve_profile, shipped_profile_dir
 
@@ -49,14 +50,7 @@ def test_prefill_interpolates_a_left_out_grid_column(gid):
     keep = [r for r in cfg if r["kv_len"] != "1024"]
     out = [r for r in cfg if r["kv_len"] == "1024"]
     assert len(out) >= 5
-    t = ms.Tables.__new__(ms.Tables)
-    t.gpu, t._attn_rows = gpu, keep
-    t._build_attention()
-
-    class Prof:
-        eff = an.PRIOR
-
-    Prof.gpu = gpu
-    err = [abs(float(t.attention(Prof, int(r["batch"]), 32, 8, 128, 1024, 1024, True).seconds) * 1e3
+    t, prof = ms.Tables.attention_only(gpu, keep), Profile.analytical(gpu)
+    err = [abs(float(t.attention(prof, int(r["batch"]), 32, 8, 128, 1024, 1024, True).seconds) * 1e3
                / float(r["median_ms"]) - 1) for r in out]
     assert np.mean(err) < 0.06, err

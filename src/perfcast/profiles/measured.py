@@ -209,6 +209,15 @@ class Tables:
         return curve(m), curve.contains(m)
 
     # ------------------------------------------------------------------ attention
+    @classmethod
+    def attention_only(cls, gpu: GPUSpec, rows: list[dict]) -> Tables:
+        """Tables holding only attention ``rows`` (attention.csv dicts) measured on ``gpu``: for checks that
+        leave grid points out and predict them back."""
+        t = cls.__new__(cls)
+        t.gpu, t._attn_rows = gpu, rows
+        t._build_attention()
+        return t
+
     def _build_attention(self):
         """Per measured config (dtype, phase, heads, kv_heads, head_dim): a log-ratio grid over
         (batch x heads, keys) that carries to other configs and GPUs (a longer sequence of the same config is
