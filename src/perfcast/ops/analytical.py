@@ -193,9 +193,14 @@ def _greedy_makespan(seqs: int, tiles: tuple, sms: int) -> float:
     if run is None:
         if len(_GREEDY_RUNS) >= 4096:
             _GREEDY_RUNS.clear()
-        run = _GREEDY_RUNS[(tiles, sms)] = [[0.0] * sms, [0.0]]
+        # the sequences that fit on idle SMs each start at 0 (CTA work is never negative)
+        first = sms // len(tiles)
+        free = [float(t) for t in tiles] * first + [0.0] * (sms - first * len(tiles))
+        heapq.heapify(free)
+        run = _GREEDY_RUNS[(tiles, sms)] = [free, [0.0] + [float(max(tiles))] * first]
     free, done = run
     if seqs >= len(done):
+        tiles = tuple(map(float, tiles))
         push = heapq.heapreplace
         top = done[-1]
         for _ in range(len(done), seqs + 1):
@@ -243,8 +248,8 @@ def flash_makespan(gpu: GPUSpec, batch, heads: int, q_len, kv_len, causal: bool,
         plain = slow & (kv >= q) if w is None else np.zeros(out.shape, dtype=bool)
         for idx in np.argwhere(plain):
             idx = tuple(idx)
-            k = int(nq[idx])
-            tiles = tuple(per_m * (i + 1) + off[idx] + c0 for i in range(k - 1)) + (float(last[idx]),)
+            k, o = int(nq[idx]), float(off[idx])  # (Python floats: the schedule adds them up one by one)
+            tiles = tuple(per_m * (i + 1) + o + c0 for i in range(k - 1)) + (float(last[idx]),)
             out[idx] = _flash_schedule(int(seqs[idx]), tiles, sms)
         tiled = slow & ~plain
         if tiled.any():  # (int() as _flash_makespan_one is called with: truncated)
@@ -260,8 +265,10 @@ def _flash_makespan_tiled(seqs, q, kv, window, sms: int):
     maxima are exact in any order."""
     nq = np.ceil(q / FLASH_BLOCK_M)
     n = seqs * nq
+    few = (n > sms) & (n <= _FLASH_EXACT_WAVES * sms)  # a few waves: the schedule itself
     tsum = np.empty(q.shape)
     tmax = np.empty(q.shape)
+    sched = np.empty(q.shape)
     width = int(nq.max())
     step = max(1, (1 << 20) // width)
     i = np.arange(width)[None, :]
@@ -271,6 +278,8 @@ def _flash_makespan_tiled(seqs, q, kv, window, sms: int):
         tiles = _flash_tile_blocks(i, q[sl, None], kv[sl, None], True, window) + FLASH_CTA_OVERHEAD_BLOCKS
         tmax[sl] = tiles.max(axis=1)
         tsum[sl] = np.where(i < nq[sl, None], tiles, 0.0).sum(axis=1)
+        for j in np.flatnonzero(few[sl]):
+            sched[s + j] = _flash_schedule(int(seqs[s + j]), tuple(tiles[j, :int(nq[s + j])].tolist()), sms)
     # _flash_schedule's closed forms, term by term (no sequence at all: n = 0, one partial wave)
     work = seqs * tsum
     waves = n / sms
@@ -278,12 +287,7 @@ def _flash_makespan_tiled(seqs, q, kv, window, sms: int):
         avg = work / n
         out = np.maximum(tmax, work / sms + (tmax - avg) / waves + avg * (np.ceil(waves) - waves))
     out = np.where(n <= sms, tmax, out)
-    few = (n > sms) & (n <= _FLASH_EXACT_WAVES * sms)
-    for j in np.flatnonzero(few):
-        k = int(nq[j])
-        tiles = _flash_tile_blocks(np.arange(k), int(q[j]), int(kv[j]), True, window) + FLASH_CTA_OVERHEAD_BLOCKS
-        out[j] = _flash_schedule(int(seqs[j]), tuple(tiles.tolist()), sms)
-    return out
+    return np.where(few, sched, out)
 
 
 def flash_block_seconds(gpu: GPUSpec, head_dim: int, dtype: str = "bf16", v_head_dim: int | None = None):
