@@ -169,20 +169,48 @@ def _flash_schedule(seqs: int, tiles: tuple, sms: int) -> float:
     if n <= sms:  # one partial wave: the longest CTA
         return float(tmax)
     if n <= _FLASH_EXACT_WAVES * sms:
-        # the block scheduler hands CTAs out in launch order (query tile fastest) to the SM that frees first
-        import heapq
-
-        free = [0.0] * sms
-        for _ in range(seqs):
-            for t in tiles:
-                heapq.heapreplace(free, free[0] + t)
-        return float(max(free))
+        return _greedy_makespan(seqs, tiles, sms)
     # many waves: the work spread evenly, plus the last partial wave (quantization) and the imbalance the
     # longest CTA leaves behind
     work = seqs * float(sum(tiles))
     waves = n / sms
     avg = work / n
     return float(max(tmax, work / sms + (tmax - avg) / waves + avg * (np.ceil(waves) - waves)))
+
+
+# (tile blocks, SMs) -> the greedy schedule of that tile pattern so far: [SM free times (a heap), busiest SM
+# after 0, 1, 2, ... sequences]
+_GREEDY_RUNS: dict[tuple, list] = {}
+
+
+def _greedy_makespan(seqs: int, tiles: tuple, sms: int) -> float:
+    """The block scheduler hands CTAs out in launch order (query tile fastest) to the SM that frees first:
+    the busiest SM after ``seqs`` sequences. The schedule is online (no CTA's SM depends on later CTAs), so
+    one run per tile pattern serves every sequence count: it is kept, and extended when more are asked for."""
+    import heapq
+
+    run = _GREEDY_RUNS.get((tiles, sms))
+    if run is None:
+        if len(_GREEDY_RUNS) >= 4096:
+            _GREEDY_RUNS.clear()
+        # the sequences that fit on idle SMs each start at 0 (CTA work is never negative)
+        first = sms // len(tiles)
+        free = [float(t) for t in tiles] * first + [0.0] * (sms - first * len(tiles))
+        heapq.heapify(free)
+        run = _GREEDY_RUNS[(tiles, sms)] = [free, [0.0] + [float(max(tiles))] * first]
+    free, done = run
+    if seqs >= len(done):
+        tiles = tuple(map(float, tiles))
+        push = heapq.heapreplace
+        top = done[-1]
+        for _ in range(len(done), seqs + 1):
+            for t in tiles:
+                end = free[0] + t
+                push(free, end)
+                if end > top:
+                    top = end
+            done.append(top)
+    return float(done[seqs])
 
 
 def flash_makespan(gpu: GPUSpec, batch, heads: int, q_len, kv_len, causal: bool, window: int | None = None):
@@ -215,15 +243,51 @@ def flash_makespan(gpu: GPUSpec, batch, heads: int, q_len, kv_len, causal: bool,
     if slow.any():
         w = None if window is None else int(window)
         out = np.array(out, dtype=float)
-        for idx in np.argwhere(slow):
+        # the schedule depends on q and kv through the tiles' blocks only: no window and keys >= queries, the
+        # tiles follow from (tiles, offset, last); otherwise tile by tile (_flash_makespan_one, vectorized)
+        plain = slow & (kv >= q) if w is None else np.zeros(out.shape, dtype=bool)
+        for idx in np.argwhere(plain):
             idx = tuple(idx)
-            if w is None and kv[idx] >= q[idx]:  # the schedule depends on q and kv through the tiles' blocks only
-                k = int(nq[idx])
-                tiles = tuple(per_m * (i + 1) + off[idx] + c0 for i in range(k - 1)) + (float(last[idx]),)
-                out[idx] = _flash_schedule(int(seqs[idx]), tiles, sms)
-            else:
-                out[idx] = _flash_makespan_one(int(seqs[idx]), int(q[idx]), int(kv[idx]), True, w, sms)
+            k, o = int(nq[idx]), float(off[idx])  # (Python floats: the schedule adds them up one by one)
+            tiles = tuple(per_m * (i + 1) + o + c0 for i in range(k - 1)) + (float(last[idx]),)
+            out[idx] = _flash_schedule(int(seqs[idx]), tiles, sms)
+        tiled = slow & ~plain
+        if tiled.any():  # (int() as _flash_makespan_one is called with: truncated)
+            out[tiled] = _flash_makespan_tiled(np.trunc(seqs[tiled]), np.trunc(q[tiled]), np.trunc(kv[tiled]), w,
+                                               sms)
     return out
+
+
+def _flash_makespan_tiled(seqs, q, kv, window, sms: int):
+    """``_flash_makespan_one`` (causal) over 1-d arrays of whole numbers: every point's tiles at once (rows of
+    query tiles, in chunks), the closed forms of ``_flash_schedule`` elementwise, and its exact schedule for
+    the points of a few waves only. The same numbers: tile blocks are whole numbers, so their sums and
+    maxima are exact in any order."""
+    nq = np.ceil(q / FLASH_BLOCK_M)
+    n = seqs * nq
+    few = (n > sms) & (n <= _FLASH_EXACT_WAVES * sms)  # a few waves: the schedule itself
+    tsum = np.empty(q.shape)
+    tmax = np.empty(q.shape)
+    sched = np.empty(q.shape)
+    width = int(nq.max())
+    step = max(1, (1 << 20) // width)
+    i = np.arange(width)[None, :]
+    for s in range(0, q.size, step):
+        sl = slice(s, s + step)
+        # past a point's last tile, end = q: the padding repeats its last tile (harmless to the maximum)
+        tiles = _flash_tile_blocks(i, q[sl, None], kv[sl, None], True, window) + FLASH_CTA_OVERHEAD_BLOCKS
+        tmax[sl] = tiles.max(axis=1)
+        tsum[sl] = np.where(i < nq[sl, None], tiles, 0.0).sum(axis=1)
+        for j in np.flatnonzero(few[sl]):
+            sched[s + j] = _flash_schedule(int(seqs[s + j]), tuple(tiles[j, :int(nq[s + j])].tolist()), sms)
+    # _flash_schedule's closed forms, term by term (no sequence at all: n = 0, one partial wave)
+    work = seqs * tsum
+    waves = n / sms
+    with np.errstate(invalid="ignore", divide="ignore"):
+        avg = work / n
+        out = np.maximum(tmax, work / sms + (tmax - avg) / waves + avg * (np.ceil(waves) - waves))
+    out = np.where(n <= sms, tmax, out)
+    return np.where(few, sched, out)
 
 
 def flash_block_seconds(gpu: GPUSpec, head_dim: int, dtype: str = "bf16", v_head_dim: int | None = None):
