@@ -6,6 +6,12 @@ not on the grid takes). Prints MAPE / median / p90 per GPU, alignment class and 
 sets are not read.
 
     PYTHONPATH=src python benchmarks/gemm_loo.py
+
+With ``--m``: leave-one-M-out instead, the path a held-out row of a measured weight takes. For every
+aligned bf16/fp16 weight on the grid, each interior M in turn is dropped and predicted, on the GPU's own
+tables, from that weight's other rows (``measured._gemm_own_curve``); ``--m --line`` gives the former
+predictor (the line through the neighbours in log time, padding envelope) for comparison. Prints MAPE /
+p90 / signed mean per GPU and m bucket.
 """
 
 from __future__ import annotations
@@ -56,6 +62,41 @@ def loo(gpu_id: str):
     return out
 
 
+def loo_m(gpu_id: str, line: bool = False):
+    gpu = get_gpu(gpu_id)
+    rows = [r for r in csv.DictReader(open(DATA / gpu_id / "gemm.csv")) if r.get("median_ms")]
+    by: dict[tuple, list] = {}
+    for r in rows:
+        n, k = int(r["n"]), int(r["k"])
+        if r["dtype"] in ("bf16", "fp16") and ms._aligned(n, k):
+            by.setdefault((r["dtype"], n, k), []).append((float(r["m"]), float(r["median_ms"]) * 1e-3))
+    out = []  # (m, signed error %)
+    for (dt, n, k), pts in by.items():
+        m, t = (np.array(c) for c in zip(*sorted(pts)))
+        for i in range(1, m.size - 1):
+            keep = np.arange(m.size) != i
+            if line:
+                lt = np.minimum.accumulate(np.log(t[keep])[::-1])[::-1]
+                pred = np.exp(np.interp(np.log(m[i]), np.log(m[keep]), lt))
+            else:
+                md, lt = ms._gemm_own_curve(gpu, dt, n, k, m[keep], t[keep])
+                pred = np.exp(np.interp(np.log(m[i]), np.log(md), lt))
+            out.append((m[i], (pred / t[i] - 1) * 100))
+    return out
+
+
+def main_m(line: bool):
+    print(f"{'gpu':9s} {'m bucket':14s} {'n':>5s} {'MAPE%':>7s} {'p90%':>6s} {'bias%':>6s}")
+    for gid in ("h100-sxm", "h200"):
+        res = loo_m(gid, line)
+        for lo, hi in ((1, 1 << 30),) + BUCKETS:
+            e = np.array([r[1] for r in res if lo <= r[0] <= hi])
+            name = "all" if hi == 1 << 30 and lo == 1 else f"{lo}-{hi}"
+            print(f"{gid:9s} {name:14s} {len(e):5d} {np.mean(np.abs(e)):7.2f} {np.percentile(np.abs(e), 90):6.2f} "
+                  f"{np.mean(e):+6.2f}")
+    return 0
+
+
 def stats(e):
     e = np.asarray(e)
     return f"{len(e):5d} {np.mean(e):7.2f} {np.median(e):6.2f} {np.percentile(e, 90):6.2f}" if len(e) else "    0"
@@ -75,4 +116,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_m("--line" in sys.argv) if "--m" in sys.argv else main())

@@ -102,7 +102,10 @@ class Tables:
             base = _ideal_gemm(self.gpu, m, n, k, dt).seconds
             lr = monotone_log_ratio(m, np.log(t / base), base)
             self.gemm_curves[(dt, n, k)] = Curve(m, lr)
-            self.gemm_time[(dt, n, k)] = Curve(m, lr + np.log(base))
+            if _smooth_class(dt, n, k):
+                self.gemm_time[(dt, n, k)] = _SmoothedTimes(m, *_gemm_own_curve(self.gpu, dt, n, k, m, t))
+            else:
+                self.gemm_time[(dt, n, k)] = Curve(m, lr + np.log(base))
         self._gemm_keys = {}
         for dt, n, k in self.gemm_curves:
             self._gemm_keys.setdefault((dt, _aligned(n, k)), []).append((n, k))
@@ -530,6 +533,59 @@ def _smooth_gemm(gpu, m, n, k, dt):
     tc = 2.0 * m * n * k / gpu.flops(dt)
     tm = rl.gemm_bytes(m, n, k, dt) / gpu.mem_bw_bytes_per_s
     return (tc ** 4 + tm ** 4 + IDEAL.gemm_floor_s ** 4) ** 0.25
+
+
+_OWN_HALF = 3  # grid points each side of a measured M in the local fit of an aligned bf16/fp16 weight's curve
+_OWN_DENSE = 8  # interpolated points per grid interval of that curve (its shape between grid points)
+
+
+def _gemm_own_curve(gpu, dt, n, k, m, t):
+    """(m, log seconds) of a measured aligned bf16/fp16 weight on its own GPU, dense in m.
+
+    The grid's times carry timing noise (a few %) and cuBLAS's kernel choices, which jump between
+    neighbouring M (a multiple of 1024 often faster than the M below it); a time at an M between grid
+    points is the expected value of that jitter, not the line through the two nearest noisy points. So
+    at each grid M the log ratio over the smooth roofline (:func:`_smooth_gemm`) is a local linear fit
+    (tricube weights in log m) of the ``_OWN_HALF`` grid points each side, the ratio is interpolated
+    linearly in log m over that reference between grid points (``_OWN_DENSE`` points per interval),
+    and the padding envelope (time never falls as m grows) is applied to the dense times. A measured M
+    keeps its own measured time (cuBLAS picks its kernel per exact M). Chosen by
+    leave-one-M-out on the shipped grids (``benchmarks/gemm_loo.py --m``): MAPE 5.2 -> 4.8% (H100),
+    5.5 -> 4.9% (H200) against the line through the neighbours in log time."""
+    o = np.argsort(m, kind="stable")
+    m, t = np.asarray(m, dtype=float)[o], np.asarray(t, dtype=float)[o]
+    lm = np.log(m)
+    lr = np.log(t / _smooth_gemm(gpu, m, n, k, dt))
+    fit = lr.copy()
+    for j in range(lm.size):
+        lo, hi = max(0, j - _OWN_HALF), min(lm.size, j + _OWN_HALF + 1)
+        x, y = lm[lo:hi] - lm[j], lr[lo:hi]
+        if x.size < 3:
+            continue
+        w = (1.0 - (np.abs(x) / (np.abs(x).max() * 1.0001)) ** 3) ** 3
+        sw, sx, sxx = w.sum(), (w * x).sum(), (w * x * x).sum()
+        sy, sxy = (w * y).sum(), (w * x * y).sum()
+        fit[j] = (sxx * sy - sx * sxy) / (sw * sxx - sx * sx)  # the intercept at x = 0
+    if lm.size > 1:
+        f = np.arange(_OWN_DENSE) / _OWN_DENSE
+        dense = np.append((lm[:-1, None] + np.diff(lm)[:, None] * f).ravel(), lm[-1])
+    else:
+        dense = lm
+    md = np.exp(dense)
+    lt = np.interp(dense, lm, fit) + np.log(_smooth_gemm(gpu, md, n, k, dt))
+    lt[::_OWN_DENSE] = np.log(t)  # at a measured M itself its own kernel's time (prefill's round M)
+    return md, np.minimum.accumulate(lt[::-1])[::-1]
+
+
+class _SmoothedTimes(Curve):
+    """Log time vs log m on a dense grid (values), with the measured M for ``on_grid`` and the range."""
+
+    def __init__(self, m_measured, m_dense, log_t):
+        super().__init__(m_dense, log_t)
+        self._measured = Curve(m_measured, np.zeros(len(m_measured)))
+
+    def on_grid_log(self, lq):
+        return self._measured.on_grid_log(lq)
 
 
 _BLEND_SHAPES = 24  # weights considered (nearest in log n, log k)
