@@ -556,16 +556,21 @@ def _gemm_own_curve(gpu, dt, n, k, m, t):
     m, t = np.asarray(m, dtype=float)[o], np.asarray(t, dtype=float)[o]
     lm = np.log(m)
     lr = np.log(t / _smooth_gemm(gpu, m, n, k, dt))
-    fit = lr.copy()
-    for j in range(lm.size):
-        lo, hi = max(0, j - _OWN_HALF), min(lm.size, j + _OWN_HALF + 1)
-        x, y = lm[lo:hi] - lm[j], lr[lo:hi]
-        if x.size < 3:
-            continue
-        w = (1.0 - (np.abs(x) / (np.abs(x).max() * 1.0001)) ** 3) ** 3
-        sw, sx, sxx = w.sum(), (w * x).sum(), (w * x * x).sum()
-        sy, sxy = (w * y).sum(), (w * x * y).sum()
-        fit[j] = (sxx * sy - sx * sxy) / (sw * sxx - sx * sx)  # the intercept at x = 0
+    # every grid M at once: its window of up to 2 * _OWN_HALF + 1 neighbours (rows), padding masked out
+    idx = np.arange(lm.size)[:, None] + np.arange(-_OWN_HALF, _OWN_HALF + 1)[None, :]
+    ok = (idx >= 0) & (idx < lm.size)
+    idx = np.clip(idx, 0, lm.size - 1)
+    x = np.where(ok, lm[idx] - lm[:, None], 0.0)
+    y = np.where(ok, lr[idx], 0.0)
+    ax = np.abs(x)
+    span = ax.max(axis=1, keepdims=True) * 1.0001
+    w = np.where(ok, (1.0 - (ax / np.where(span > 0, span, 1.0)) ** 3) ** 3, 0.0)
+    sw, sx, sxx = w.sum(axis=1), (w * x).sum(axis=1), (w * x * x).sum(axis=1)
+    sy, sxy = (w * y).sum(axis=1), (w * x * y).sum(axis=1)
+    den = sw * sxx - sx * sx
+    use = (ok.sum(axis=1) >= 3) & (den != 0)
+    # the intercept at x = 0 of the weighted line; a point with fewer than 3 in its window keeps its own
+    fit = np.where(use, (sxx * sy - sx * sxy) / np.where(use, den, 1.0), lr)
     if lm.size > 1:
         f = np.arange(_OWN_DENSE) / _OWN_DENSE
         dense = np.append((lm[:-1, None] + np.diff(lm)[:, None] * f).ravel(), lm[-1])
