@@ -79,3 +79,31 @@ def test_fit_refuses_too_few_pairs(tmp_path):
     (tmp_path / "s.csv").write_text(head + "bf16,4096,4096,4096,0.22,0.22,0.22,5\n")
     with pytest.raises(ValueError, match="only 1 GEMMs"):
         power_fit.fit_files(tmp_path / "a.csv", tmp_path / "s.csv", get_gpu("h100-sxm"))
+
+
+def test_calibrate_power_fits_power_json_from_the_two_timings(tmp_path, monkeypatch):
+    """`calibrate --power` wiring, without a GPU: the sustained sample's calibration is replaced by the
+    shipped H100 measurements, and the fit lands in the profile's power.json as shipped."""
+    import shutil
+
+    from perfcast.measure import calibrate as cal
+
+    run = ROOT / "benchmarks" / "data" / "h100-run8"
+    shutil.copyfile(run / "calib_shuf" / "gemm.csv", tmp_path / "gemm.csv")
+    seen = {}
+
+    def fake(out, **kw):
+        seen.update(kw)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run / "gemm_sustain" / "gemm.csv", out / "gemm.csv")
+        return {"gpu_id": "h100-sxm"}
+
+    monkeypatch.setattr(cal, "calibrate", fake)
+    got = cal._calibrate_power(tmp_path, seed=0, progress=False)
+    assert seen["sustain_ms"] == 100.0 and seen["subset"] == 0.1 and seen["only"] == "gemm"
+    written = json.loads((tmp_path / "power.json").read_text())
+    shipped = json.loads((ROOT / "src/perfcast/profiles/data/h100-sxm/power.json").read_text())
+    assert got == {"cap_frac": shipped["cap_frac"], "knee": shipped["knee"]}
+    assert written["cap_frac"] == shipped["cap_frac"]
+    prof = resolve_profile(get_gpu("h100-sxm"), str(ROOT / "src/perfcast/profiles/data/h100-sxm"))
+    assert prof.power.cap_frac == shipped["cap_frac"]
