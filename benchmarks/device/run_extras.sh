@@ -41,9 +41,11 @@ main() {
         run_part gemm_sustain python3 -m perfcast.measure.calibrate --out "$D/gemm_sustain" --only gemm \
           --subset 0.1 --seed 0 --sustain-ms 100 --quiet
         kill $smi3 2>/dev/null ;;
+      fp8same) run_part fp8same python3 -m perfcast.measure.extras --out "$D/extras_fp8same" --parts fp8same ;;
+      attn) run_part attn python3 -m perfcast.measure.calibrate --out "$D/calib_attn" --only attention --quiet ;;
       int8c) PART_TIMEOUT=200 run_part int8c python3 -m perfcast.measure.extras --out "$D/extras_int8c" --parts int8c ;;
       int8) run_part int8 python3 -m perfcast.measure.extras --out "$D/extras_int8" --parts int8 ;;
-      *) echo "unknown part '$part' (extras, extras2, calib_gemm, heldout7, power, gridshuf, calib_shuf, int8, int8c)"; RC=2 ;;
+      *) echo "unknown part '$part' (extras, extras2, calib_gemm, heldout7, power, gridshuf, calib_shuf, fp8same, attn, int8, int8c)"; RC=2 ;;
     esac
   done
   pack_out "$D"
