@@ -1,9 +1,10 @@
 """Pipeline-parallel accuracy: measured pipelines against ``perfcast.pipeline``.
 
-Reads every ``benchmarks/data/*/step_pp*.jsonl`` (written by ``perfcast.measure.model_step --pp N``,
-see benchmarks/device/run_multi.sh parts ``pp2`` and ``pp4``) and predicts each measured phase with the
-same model (``layers`` overrides included), GPU, batch, prompt, context, pp, micro-batches and runtime:
-the time of all micro-batches (``total_ms``). Three views of the error:
+Reads every ``benchmarks/data/*/step_pp*.jsonl`` and ``step_tppp*.jsonl`` (written by
+``perfcast.measure.model_step --pp N`` and ``--tp T --pp P``, see benchmarks/device/run_multi.sh parts
+``pp2``, ``pp4`` and ``tppp``) and predicts each measured phase with the same model (``layers`` overrides
+included), GPU, batch, prompt, context, tp, pp, micro-batches and runtime: the time of all
+micro-batches (``total_ms``). Under TP a measured stage time is the slowest of the stage's TP ranks. Three views of the error:
 
 - ``total``: measured vs predicted time of the whole schedule (what a user gets);
 - ``stage``: each stage's measured compute per micro-batch vs the predicted stage (kernels, or the
@@ -14,6 +15,7 @@ the time of all micro-batches (``total_ms``). Three views of the error:
 
     python benchmarks/bench_pp.py [--cases] [--json out.json] [--profile auto|none]
     python benchmarks/bench_pp.py --estimate [benchmarks/device/cases_pp.jsonl] [--gpu h100-sxm]
+    python benchmarks/bench_pp.py --estimate benchmarks/device/cases_tppp.jsonl
 
 ``--estimate`` prints how long the device run of a cases file takes, from perfcast's own predictions
 and the harness's rep rule (about PERFCAST_MEASURE_TARGET_S = 1 s of reps per measurement, at least 10
@@ -45,7 +47,7 @@ TARGET_S = float(os.environ.get("PERFCAST_MEASURE_TARGET_S", "1.0"))
 
 def measured_lines(root: Path = ROOT, smoke: bool = False):
     """Measured pipeline lines; the 4-layer plumbing cases (``tag: smoke``) only with ``smoke``."""
-    for f in sorted(root.glob("*/step_pp*.jsonl")):
+    for f in sorted([*root.glob("*/step_pp*.jsonl"), *root.glob("*/step_tppp*.jsonl")]):
         for line in f.read_text().splitlines():
             if not line.strip():
                 continue
@@ -78,7 +80,8 @@ def compare(lines, profile: str = "auto") -> list[dict]:
                 _, tot = schedule([x * 1e-3 for x in meas_stage], [x * 1e-3 for x in r["send_ms"]], r["microbatches"])
                 sched = float(tot) * 1e3
             rows.append({
-                "run": run, "gpu": r["gpu"], "model": r["model"], "layers": cfg.model.n_layers, "pp": cfg.pp,
+                "run": run, "gpu": r["gpu"], "model": r["model"], "layers": cfg.model.n_layers, "tp": cfg.tp,
+                "pp": cfg.pp,
                 "microbatches": r["microbatches"], "runtime": r["runtime"], "phase": r["phase"],
                 "batch": r["batch"], "prompt": r["prompt"], "context": r["context"], "measured_ms": float(meas),
                 "predicted_ms": r["predicted_ms"], "err_pct": r["error_pct"],
@@ -94,7 +97,8 @@ def compare(lines, profile: str = "auto") -> list[dict]:
 def summarize(rows: list[dict]) -> dict:
     groups: dict = {}
     for r in rows:
-        for key in ((r["gpu"], r["phase"], "all"), (r["gpu"], r["phase"], f"pp{r['pp']} {r['runtime']}")):
+        par = f"tp{r['tp']}xpp{r['pp']}" if r.get("tp", 1) > 1 else f"pp{r['pp']}"
+        for key in ((r["gpu"], r["phase"], "all"), (r["gpu"], r["phase"], f"{par} {r['runtime']}")):
             g = groups.setdefault(key, {"total": [], "stage": [], "schedule": []})
             g["total"].append(abs(r["err_pct"]))
             g["stage"] += [abs(x) for x in r["stage_err_pct"]]
@@ -111,13 +115,14 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def estimate(path: Path, gpu: str, profile: str = "auto") -> dict:
-    """Seconds the device parts take for the cases of ``path``, per pp (see the module docstring)."""
+    """Seconds the device parts take for the cases of ``path``, per part ``(tp, pp)`` (see the module
+    docstring)."""
     parts: dict = {}
     for line in path.read_text().splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         d = {**json.loads(line), "gpu_id": gpu}
-        pp = int(d.get("pp", 1))
+        part = (int(d.get("tp", 1) or 1), int(d.get("pp", 1)))
         cfg = config_of(d, profile)
         m = int(d.get("microbatches", 1))
         phases = ["prefill", "decode"] if d.get("measure", "both") == "both" else [d["measure"]]
@@ -128,9 +133,9 @@ def estimate(path: Path, gpu: str, profile: str = "auto") -> dict:
             lo, hi = (10, 200) if graph else (5, 100)
             reps = int(min(hi, max(lo, round(TARGET_S / max(t, 1e-6)))))
             t_case += (4 + reps) * t + (3 * t if graph else 0.0)  # warm-up + probe, reps, capture
-        parts.setdefault(pp, []).append((t_case, d))
-    return {pp: {"cases": len(v), "seconds": STARTUP_S + sum(t for t, _ in v),
-                 "longest": max(v, key=lambda x: x[0])} for pp, v in sorted(parts.items())}
+        parts.setdefault(part, []).append((t_case, d))
+    return {part: {"cases": len(v), "seconds": STARTUP_S + sum(t for t, _ in v),
+                   "longest": max(v, key=lambda x: x[0])} for part, v in sorted(parts.items())}
 
 
 def main(argv=None) -> int:
@@ -148,23 +153,24 @@ def main(argv=None) -> int:
     if a.estimate:
         est = estimate(Path(a.estimate), a.gpu, a.profile)
         total = 0.0
-        for pp, e in est.items():
+        for (tp, pp), e in est.items():
             t, d = e["longest"]
             total += e["seconds"]
-            print(f"pp{pp}: {e['cases']} cases, about {e['seconds']:.0f} s (longest {t:.1f} s: {d['model']} "
+            name = f"tp{tp}xpp{pp}" if tp > 1 else f"pp{pp}"
+            print(f"{name}: {e['cases']} cases, about {e['seconds']:.0f} s (longest {t:.1f} s: {d['model']} "
                   f"b{d['batch']} p{d['prompt']} c{d['context']} M{d.get('microbatches', 1)} {d.get('runtime')})")
         print(f"all parts: about {total:.0f} s on {a.gpu} (PERFCAST_MEASURE_TARGET_S={TARGET_S:g})")
         return 0
     rows = compare(measured_lines(Path(a.data), a.smoke), a.profile)
     if not rows:
-        print("no PP measurements yet (run: bash benchmarks/device/run_multi.sh \"pp2 pp4\" on a 4-GPU host, "
-              "then copy $OUT/<gpu>/step_pp*.jsonl under benchmarks/data/<run>/)")
+        print("no PP measurements yet (run: bash benchmarks/device/run_multi.sh \"pp2 pp4 tppp\" on a 4-GPU host, "
+              "then copy $OUT/<gpu>/step_pp*.jsonl and step_tppp*.jsonl under benchmarks/data/<run>/)")
         return 0
     if a.cases:
         for r in rows:
             st = " ".join(f"{x:+.0f}" for x in r["stage_err_pct"])
             sc = "" if r["schedule_err_pct"] is None else f" sched {r['schedule_err_pct']:+5.1f}%"
-            print(f"{r['gpu']:9s} pp{r['pp']} M{r['microbatches']} {r['runtime']:10s} {r['phase']:7s} "
+            print(f"{r['gpu']:9s} tp{r['tp']} pp{r['pp']} M{r['microbatches']} {r['runtime']:10s} {r['phase']:7s} "
                   f"{r['model'][-26:]:26s} L{r['layers']:<3d} b{r['batch']:<3d} p{r['prompt']:<5d} c{r['context']:<5d} "
                   f"meas {r['measured_ms']:9.3f} pred {r['predicted_ms']:9.3f} {r['err_pct']:+6.1f}%  "
                   f"stages [{st}]%{sc}")

@@ -235,9 +235,39 @@ def test_model_step_pipeline_parallel_on_cpu_gloo(tmp_path, monkeypatch):
         assert len(r[f"{ph}_stage_ms"]) == 2 and all(x > 0 for x in r[f"{ph}_stage_ms"])
     assert rows[1]["stages"] == [[0, 2], [2, 3]] and "decode_ms" in rows[1] and "prefill_ms" not in rows[1]
     assert "does not divide" in rows[2]["error"] or "must divide" in rows[2]["error"]
-    with pytest.raises(SystemExit):  # tensor and pipeline parallel together are not measured
-        model_step.main(["--cases", str(tmp_path / "cases.jsonl"), "--out", str(out), "--pp", "2", "--tp", "2",
+    with pytest.raises(SystemExit):  # sizes must be positive
+        model_step.main(["--cases", str(tmp_path / "cases.jsonl"), "--out", str(out), "--pp", "0",
                          "--device", "cpu"])
+
+
+def test_model_step_tensor_and_pipeline_parallel_on_cpu_gloo(tmp_path, monkeypatch):
+    """tp 2 x pp 2 = 4 gloo ranks: stage s on ranks [2s, 2s+2), each stage a TP-2 decoder on its own group."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    monkeypatch.setenv("PERFCAST_MEASURE_TARGET_S", "0.01")  # the spawned ranks read it at import
+    cfg = {**TINY_CONFIG, "num_hidden_layers": 4}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    m = str(tmp_path / "c.json")
+    base = {"model": m, "prompt": 8, "context": 12, "runtime": "eager"}
+    cases = [{**base, "batch": 4, "tp": 2, "pp": 2, "microbatches": 2},
+             {**base, "batch": 2, "tp": 2, "pp": 2, "measure": "decode", "layers": 3},
+             {**base, "batch": 2, "pp": 2},  # tp 1: not this run
+             {**base, "batch": 2, "tp": 2}]  # pp 1: not this run
+    (tmp_path / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cases))
+    out = tmp_path / "out.jsonl"
+    rc = model_step.main(["--cases", str(tmp_path / "cases.jsonl"), "--out", str(out), "--tp", "2", "--pp", "2",
+                          "--device", "cpu", "--dtype", "fp32", "--no-compare"])
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rc == 0 and [r["case"] for r in rows] == [0, 1], rows
+    r = rows[0]
+    assert (r["tp"], r["pp"], r["microbatches"], r["impl"]) == (2, 2, 2, "plain-decoder-pp")
+    assert r["stages"] == [[0, 2], [2, 4]] and r["stage_ms_over_tp"] == "max"
+    for ph in ("prefill", "decode"):
+        assert 0 < r[f"{ph}_min_ms"] <= r[f"{ph}_ms"] <= r[f"{ph}_p90_ms"] and r[f"{ph}_reps"] >= 5
+        assert len(r[f"{ph}_stage_ms"]) == 2 and all(x > 0 for x in r[f"{ph}_stage_ms"])
+    assert rows[1]["stages"] == [[0, 2], [2, 3]] and "decode_ms" in rows[1] and "prefill_ms" not in rows[1]
 
 
 def test_compare_predicts_pipeline_lines_with_their_microbatches():

@@ -285,7 +285,7 @@ def test_bench_pp_compares_and_splits_the_error(tmp_path, capsys):
 def test_pp_device_cases_fit_the_time_budget():
     bench = _bench_pp()
     est = bench.estimate(bench.CASES, "h100-sxm")
-    assert set(est) == {2, 4}
+    assert set(est) == {(1, 2), (1, 4)}  # parts (tp, pp)
     assert sum(e["seconds"] for e in est.values()) < 180  # pp2 + pp4 on 4 H100s: about 3 minutes at most
     lines = [json.loads(x) for x in bench.CASES.read_text().splitlines() if x.strip()]
     models = {d["model"] for d in lines}
@@ -296,6 +296,35 @@ def test_pp_device_cases_fit_the_time_budget():
         p = predict(d["model"], GPU, d["batch"], d["prompt"], d["context"], pp=d["pp"]) if not d.get("layers") else None
         if p is not None and d.get("measure") == "decode":
             assert p.weights_gib + p.kv_cache_gib + 1.5 < 79.0, d
+
+
+def test_tppp_device_cases_fit_the_time_budget():
+    bench = _bench_pp()
+    path = bench.CASES.parent / "cases_tppp.jsonl"
+    est = bench.estimate(path, "h100-sxm")
+    assert set(est) == {(2, 2)} and est[(2, 2)]["seconds"] < 150  # the tppp part on 4 H100s
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    assert [d.get("tag") for d in lines[:2]] == ["smoke", "smoke"] and all(d.get("layers") == 4 for d in lines[:2])
+    models = {d["model"] for d in lines}
+    assert {"meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-14B", "meta-llama/Llama-3.1-70B"} <= models
+    for d in lines:  # every case is valid and fits one GPU per (stage, TP rank) (80 GB)
+        assert (d["tp"], d["pp"]) == (2, 2) and d["batch"] % d.get("microbatches", 1) == 0
+        if not d.get("layers"):
+            p = predict(d["model"], GPU, d["batch"], d["prompt"], d["context"], tp=2, pp=2)
+            assert p.weights_gib + p.kv_cache_gib + 1.5 < 79.0, d
+
+
+def test_bench_pp_predicts_tppp_lines_at_their_tp(tmp_path):
+    bench = _bench_pp()
+    pr = perfcast.pipeline(L8, GPU, 16, 2048, 2048, tp=2, pp=2, microbatches=2, phase="decode")
+    line = {"model": L8, "gpu_id": GPU, "gpu": "NVIDIA H100 80GB HBM3", "batch": 16, "prompt": 2048,
+            "context": 2048, "tp": 2, "pp": 2, "microbatches": 2, "runtime": "cuda-graph",
+            "decode_ms": pr.total_ms, "decode_stage_ms": [1.0, 1.0], "stage_ms_over_tp": "max"}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "step_tppp.jsonl").write_text(json.dumps(line) + "\n")
+    (row,) = bench.compare(bench.measured_lines(tmp_path))
+    assert (row["tp"], row["pp"]) == (2, 2) and row["predicted_ms"] == pytest.approx(pr.total_ms)
+    assert "h100-sxm:decode:tp2xpp2 cuda-graph" in bench.summarize([row])
 
 
 @pytest.mark.parametrize("runtime", ["cuda-graph", "eager"])

@@ -4,12 +4,15 @@
 #   bash benchmarks/device/run_multi.sh "coll"          # collectives only (2 and 4 GPUs)
 #   bash benchmarks/device/run_multi.sh "smoke"         # 4-layer TP2 check of every path (~40 s)
 #   bash benchmarks/device/run_multi.sh "pp2 pp4"       # pipeline parallel: ~2.5 min on 4 H100s
+#   bash benchmarks/device/run_multi.sh "tppp"          # tp 2 x pp 2 on 4 GPUs: ~1.5 min on 4 H100s
 # Parts: smoke (cases_smoke.jsonl at tp 2; when it fails, tp2 and tp4 are skipped), coll
 # (perfcast.measure.collectives), tp2 / tp4 (perfcast.measure.model_step --tp N on the first N GPUs,
 # cases_tp.jsonl), pp2 / pp4 (perfcast.measure.model_step --pp N on the first N GPUs, cases_pp.jsonl:
 # each starts with two 4-layer plumbing cases; `python benchmarks/bench_pp.py --estimate` gives the
-# duration). Writes under $OUT/<gpu_id>/: step_smoke_tp2.jsonl, coll/collectives.csv, coll/meta.json,
-# step_tp2.jsonl, step_tp4.jsonl, step_pp2.jsonl, step_pp4.jsonl, run_multi.log.
+# duration), tppp (model_step --tp 2 --pp 2 on the first 4 GPUs, cases_tppp.jsonl, two 4-layer plumbing
+# cases first; `python benchmarks/bench_pp.py --estimate benchmarks/device/cases_tppp.jsonl`).
+# Writes under $OUT/<gpu_id>/: step_smoke_tp2.jsonl, coll/collectives.csv, coll/meta.json,
+# step_tp2.jsonl, step_tp4.jsonl, step_pp2.jsonl, step_pp4.jsonl, step_tppp_tp2pp2.jsonl, run_multi.log.
 cd "$(dirname "$0")/../.." || exit 2
 source benchmarks/device/_common.sh
 PARTS="${1:-smoke coll tp2 tp4}"
@@ -29,6 +32,13 @@ pp_part() {  # pp_part NAME N CASES OUTFILE: one process per stage on the first 
     --cases "$3" --out "$4" --pp "$2"
 }
 
+tppp_part() {  # tppp_part NAME TP PP CASES OUTFILE: stage s on GPUs [s*TP, (s+1)*TP)
+  local n=$(($2 * $3))
+  if [ "$NGPU" -lt "$n" ]; then echo "=== $1: skipped, $NGPU GPUs < $n"; return 0; fi
+  CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((n - 1))) run_part "$1" python3 -m perfcast.measure.model_step \
+    --cases "$4" --out "$5" --tp "$2" --pp "$3"
+}
+
 main() {
   nvidia-smi
   nvidia-smi topo -m
@@ -41,10 +51,11 @@ main() {
       tp4)   tp_part tp4 4 benchmarks/device/cases_tp.jsonl "$D/step_tp4.jsonl" ;;
       pp2)   pp_part pp2 2 benchmarks/device/cases_pp.jsonl "$D/step_pp2.jsonl" ;;
       pp4)   pp_part pp4 4 benchmarks/device/cases_pp.jsonl "$D/step_pp4.jsonl" ;;
+      tppp)  tppp_part tppp 2 2 benchmarks/device/cases_tppp.jsonl "$D/step_tppp_tp2pp2.jsonl" ;;
       smoke) local before=$RC; RC=0
              tp_part smoke 2 benchmarks/device/cases_smoke.jsonl "$D/step_smoke_tp2.jsonl"
              [ "$RC" -eq 0 ] || SMOKE_OK=0; [ "$before" -gt "$RC" ] && RC=$before ;;
-      *) echo "unknown part '$part' (coll, tp2, tp4, smoke, pp2, pp4)"; RC=2 ;;
+      *) echo "unknown part '$part' (coll, tp2, tp4, smoke, pp2, pp4, tppp)"; RC=2 ;;
     esac
   done
   pack_out "$D"

@@ -4,10 +4,11 @@
     PYTHONPATH=src python3 -m perfcast.measure.model_step --cases CASES.jsonl --out OUT.jsonl --tp 4
 
     PYTHONPATH=src python3 -m perfcast.measure.model_step --cases CASES.jsonl --out OUT.jsonl --pp 4
+    PYTHONPATH=src python3 -m perfcast.measure.model_step --cases CASES.jsonl --out OUT.jsonl --tp 2 --pp 2
 
-With ``--tp N > 1`` (or ``--pp N > 1``) the script spawns N processes itself (one per GPU,
-``torch.multiprocessing``); it also runs under ``torchrun --nproc-per-node N -m
-perfcast.measure.model_step ... --tp N``. Only the cases whose ``tp`` and ``pp`` equal the run's are
+With ``--tp T`` and ``--pp P`` (world ``T * P > 1``) the script spawns the processes itself (one per
+GPU, ``torch.multiprocessing``); it also runs under ``torchrun --nproc-per-node T*P -m
+perfcast.measure.model_step ... --tp T --pp P``. Only the cases whose ``tp`` and ``pp`` equal the run's are
 run (a case without them has 1); rank 0 writes. NVLink multicast is forced off before NCCL starts.
 
 A case line holds ``perfcast predict``'s fields ``model, batch, prompt, context, tp, runtime`` and
@@ -20,7 +21,7 @@ optionally ``layers`` (fewer decoder layers, for quick runs), ``measure`` (``"pr
 - ``eager``: tp 1, the HF transformers model (hf_step.py); tp > 1, the plain decoder run eagerly.
   Host clock around the step after ``torch.cuda.synchronize()``.
 
-Pipeline parallel (``--pp N``, case fields ``pp`` and ``microbatches``, tp 1): rank r holds its
+Pipeline parallel (``--pp N``, case fields ``pp`` and ``microbatches``): stage r holds its
 contiguous slice of the plain decoder's layers, split as vLLM splits them
 (``perfcast.step.memory.stage_layers``; the embedding on rank 0, the final norm and LM head on the
 last). The batch runs as ``microbatches`` (default 1, must divide ``batch``) equal micro-batches, GPipe
@@ -33,6 +34,15 @@ eagerly. Each rep: barrier, then the host clock around the whole schedule until 
 slowest rank sets the rep (``{phase}_ms`` is the time of all micro-batches). ``{phase}_stage_ms`` lists
 each stage's median compute time for one micro-batch (CUDA events around the stage's forward, so
 without its send/recv waits).
+
+Tensor and pipeline parallel together (``--tp T --pp P``, world ``T * P``): ranks laid out as vLLM and
+Megatron lay them, stage s on ranks ``[s*T, (s+1)*T)`` (rank ``s*T + t`` is TP rank t of stage s). Each
+stage is the TP plain decoder over its layers, its all-reduces (and the last stage's logits gather) on
+that stage's own TP group (``new_group`` per stage, all created on every rank in stage order). The
+hidden states after a stage's last all-reduce are replicated over its TP ranks, so rank (s, t) sends
+its full copy to rank (s+1, t) and receives from (s-1, t), as vLLM does. Timing as above; under
+cuda-graph each rank's captured stage graph holds its TP all-reduces. ``{phase}_stage_ms[s]`` is the
+max over stage s's TP ranks of their median forward time (the line says ``stage_ms_over_tp: "max"``).
 
 Each rep count adapts to about one second per measurement (at least 10 for graphs, 5 for eager);
 the median, min and p90 are written (under TP, per rep the slowest rank). A case that does not fit
@@ -218,12 +228,14 @@ def _free_bytes(device) -> int:
 class _Group:
     """One built model (plain decoder or HF) shared by consecutive cases with the same key."""
 
-    def __init__(self, model: str, layers, impl: str, device, dtype, rank: int, world: int, pp: int = 1):
+    def __init__(self, model: str, layers, impl: str, device, dtype, rank: int, world: int, pp: int = 1,
+                 tp_group=None):
         import torch
 
         from perfcast.models import get_model
 
         self.impl, self.device, self.pp, self.rank = impl, device, pp, rank
+        self.tp = world // pp  # ranks per stage (tensor-parallel group size)
         if impl == "hf":
             from perfcast.measure import hf_step
 
@@ -241,8 +253,9 @@ class _Group:
 
                 if pp > spec.n_layers:
                     raise CaseError(f"pp={pp} exceeds the {spec.n_layers} layers")
-                stage = stage_layers(spec.n_layers, pp)[rank]
-                self.m = Decoder(spec, device=device, dtype=dtype, stage=stage)
+                stage = stage_layers(spec.n_layers, pp)[rank // self.tp]  # stage s: ranks [s*tp, (s+1)*tp)
+                self.m = Decoder(spec, device=device, dtype=dtype, stage=stage, tp_rank=rank % self.tp,
+                                 tp_size=self.tp, group=tp_group)
                 self.stage = [stage.start, stage.stop]
             else:
                 self.m = Decoder(spec, device=device, dtype=dtype, tp_rank=rank, tp_size=world)
@@ -306,11 +319,11 @@ class _Pipe:
     buffers, one shared memory pool) and replayed; the send/recv stay eager, between replays."""
 
     def __init__(self, d, phase: str, batch: int, prompt: int, context: int, microbatches: int, rank: int,
-                 graphs: bool):
+                 graphs: bool, tp: int = 1):
         import torch
 
         dev = d.device
-        self.d, self.rank, self.n = d, rank, microbatches
+        self.d, self.rank, self.n, self.tp = d, rank, microbatches, tp
         bm = batch // microbatches
         q = prompt if phase == "prefill" else 1
         d.alloc_cache(batch, prompt if phase == "prefill" else context + 1)
@@ -358,7 +371,7 @@ class _Pipe:
         d = self.d
         for m in range(self.n):
             if not d.first:
-                dist.recv(self.inp[m], self.rank - 1)
+                dist.recv(self.inp[m], self.rank - self.tp)  # same TP rank, previous stage
             if stamps is not None:
                 stamps.begin()
             if self.graphs is not None:
@@ -369,7 +382,7 @@ class _Pipe:
             if stamps is not None:
                 stamps.end()
             if not d.last:
-                dist.send(y, self.rank + 1)
+                dist.send(y, self.rank + self.tp)  # replicated hidden states: each TP rank its peer
 
     def close(self) -> None:
         self.graphs = self.out = self.inp = None
@@ -412,9 +425,10 @@ class _Stamps:
         return [(b - a) * 1e3 for a, b in self.ev[: self.i]]
 
 
-def time_pipeline(pipe: _Pipe, device, world: int, lo: int = 5, hi: int = 100) -> tuple[list[float], list[float]]:
+def time_pipeline(pipe: _Pipe, device, pp: int, lo: int = 5, hi: int = 100) -> tuple[list[float], list[float]]:
     """Per rep: barrier, host clock around the whole schedule until this rank's GPU is done; the
-    slowest rank sets each rep. Also each stage's median forward time per micro-batch (all ranks)."""
+    slowest rank sets each rep. Also each stage's median forward time per micro-batch (all ranks): under
+    TP the max over the stage's TP ranks (stage ``rank // tp``)."""
     import torch
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -439,7 +453,7 @@ def time_pipeline(pipe: _Pipe, device, world: int, lo: int = 5, hi: int = 100) -
     finally:
         gc.enable()
     own = summarize(stamps.ms())["ms"]
-    stage = [own if r == pipe.rank else 0.0 for r in range(world)]
+    stage = [own if s == pipe.rank // pipe.tp else 0.0 for s in range(pp)]
     return _all_max(times, device), _all_max(stage, device)
 
 
@@ -513,18 +527,20 @@ def _run_pipeline(group: _Group, case: dict, device, b: int, prompt: int, contex
     import torch
 
     m = _microbatches(case, b)
-    world = group.pp
+    pp, tp = group.pp, group.tp
     res = {**res, "impl": "plain-decoder-pp", "microbatches": m, "stages": _all_stages(group, device),
            "weights_gib": round(max(_all_max([group.weights / 2**30], device)[0], 0.0), 3),
            "pp_schedule": "gpipe-forward" + (": cuda graph per stage and micro-batch, eager send/recv"
                                              if runtime == "cuda-graph" else ": eager")}
+    if tp > 1:  # each {phase}_stage_ms entry: the slowest of the stage's TP ranks
+        res["stage_ms_over_tp"] = "max"
     for phase in _phases(case):
         need = group.need_bytes(phase, b, prompt, context, m)
         if not _agree(need + MARGIN_BYTES < _free_bytes(device), device):
             return {**res, "error": "oom", "need_gib": round(need / 2**30, 2)}
         pipe, err = None, "oom"
         try:  # set-up and graph capture touch no other rank: a failure here is an error line
-            pipe = _Pipe(group.m, phase, b, prompt, context, m, group.rank, runtime == "cuda-graph")
+            pipe = _Pipe(group.m, phase, b, prompt, context, m, group.rank, runtime == "cuda-graph", tp)
         except torch.OutOfMemoryError:
             pipe = None
         except Exception as e:
@@ -538,7 +554,7 @@ def _run_pipeline(group: _Group, case: dict, device, b: int, prompt: int, contex
             return {**res, "error": err, "need_gib": round(need / 2**30, 2)}
         try:
             graph = runtime == "cuda-graph"
-            times, stage = time_pipeline(pipe, device, world, lo=10 if graph else 5, hi=200 if graph else 100)
+            times, stage = time_pipeline(pipe, device, pp, lo=10 if graph else 5, hi=200 if graph else 100)
         finally:
             pipe.close()
             pipe = None
@@ -551,9 +567,10 @@ def _run_pipeline(group: _Group, case: dict, device, b: int, prompt: int, contex
 
 
 def _all_stages(group: _Group, device) -> list[list[int]]:
-    """Every rank's [first layer, last layer + 1]."""
+    """Every stage's [first layer, last layer + 1]."""
     flat = [0.0] * (2 * group.pp)
-    flat[2 * group.rank: 2 * group.rank + 2] = [float(x) for x in group.stage]
+    s = group.rank // group.tp
+    flat[2 * s: 2 * s + 2] = [float(x) for x in group.stage]
     flat = _all_max(flat, device)
     return [[int(flat[2 * r]), int(flat[2 * r + 1])] for r in range(group.pp)]
 
@@ -572,7 +589,7 @@ def _group_cases(todo: list) -> dict:
     return keys
 
 
-def _build(model, layers, impl, device, dtype, rank, world, pp: int = 1):
+def _build(model, layers, impl, device, dtype, rank, world, pp: int = 1, tp_group=None):
     """``(group, None)`` or ``(None, error message)``; every rank learns whether all builds worked."""
     import torch
 
@@ -580,7 +597,7 @@ def _build(model, layers, impl, device, dtype, rank, world, pp: int = 1):
     if model == "__bad__":
         return None, layers  # the key carries the message
     try:
-        group = _Group(model, layers, impl, device, dtype, rank, world, pp)
+        group = _Group(model, layers, impl, device, dtype, rank, world, pp, tp_group)
     except torch.OutOfMemoryError:
         err = "oom"
     except Exception as e:
@@ -616,8 +633,9 @@ def _selected(c: dict, tp: int, pp: int) -> bool:
 
 def run(cases: list[dict], out_path: str, device_kind: str = "cuda", dtype_name: str = "bf16",
         rank: int = 0, world: int = 1, pp: int = 1) -> int:
-    """Run every case whose tp equals ``world`` (``pp`` 1), or, with ``pp > 1``, whose pp equals ``pp``
-    (tp 1, ``world == pp``); rank 0 writes JSONL. Returns the number of errors."""
+    """Run every case whose tp equals ``world // pp`` and whose pp equals ``pp`` (``pp`` 1: tensor
+    parallel over all ranks; ``pp > 1``: ``world // pp`` ranks per stage); rank 0 writes JSONL. Returns
+    the number of errors."""
     import torch
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
@@ -625,9 +643,10 @@ def run(cases: list[dict], out_path: str, device_kind: str = "cuda", dtype_name:
     info = {**env_info(device_kind), "dtype": dtype_name}
     if world > 1 and device.type == "cuda":
         info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
-    if pp > 1 and world != pp:
-        raise ValueError(f"a pipeline run has one rank per stage: world {world} != pp {pp}")
-    tp = 1 if pp > 1 else world
+    if pp < 1 or world % pp:
+        raise ValueError(f"a pipeline run has tp ranks per stage: pp {pp} does not divide world {world}")
+    tp = world // pp
+    tp_group = _tp_groups(rank, tp, pp) if pp > 1 and tp > 1 else None
     todo = [(i, c) for i, c in enumerate(cases) if _selected(c, tp, pp)]
     if rank == 0:
         print(f"{len(todo)} of {len(cases)} cases have tp={tp} pp={pp}; device {info['gpu']} ({info['gpu_id']})",
@@ -636,18 +655,18 @@ def run(cases: list[dict], out_path: str, device_kind: str = "cuda", dtype_name:
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(out_path, "w")) if rank == 0 else None
         for (model, layers, impl), items in _group_cases(todo).items():
-            group, err = _build(model, layers, impl, device, dtype, rank, world, pp)
+            group, err = _build(model, layers, impl, device, dtype, rank, world, pp, tp_group)
             for i, c in items:
                 t0 = time.perf_counter()
                 res = {"error": err} if err else _measure(group, c, device, world)
-                par = {"tp": 1, "pp": pp, "microbatches": c.get("microbatches", 1)} if pp > 1 else {"tp": world}
+                par = {"tp": tp, "pp": pp, "microbatches": c.get("microbatches", 1)} if pp > 1 else {"tp": world}
                 rows.append({**c, **par, "case": i, **res, **info})
                 if out:  # written as measured: a killed run keeps what it has
                     out.write(json.dumps(rows[-1]) + "\n")
                     out.flush()
                     shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()
                              if k in ("prefill_ms", "decode_ms", "error")}
-                    mb = f" pp={pp} M={c.get('microbatches', 1)}" if pp > 1 else ""
+                    mb = f" tp={tp} pp={pp} M={c.get('microbatches', 1)}" if pp > 1 else ""
                     print(f"[{time.perf_counter() - t_start:6.1f}s] #{i} {model} L={c.get('layers', 'all')} "
                           f"{c.get('runtime')} b={c.get('batch')} p={c.get('prompt')} c={c.get('context')}{mb} "
                           f"{shown} ({time.perf_counter() - t0:.1f}s)", flush=True)
@@ -657,6 +676,19 @@ def run(cases: list[dict], out_path: str, device_kind: str = "cuda", dtype_name:
         with open(out_path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["case"]))
     return sum("error" in r for r in rows)
+
+
+def _tp_groups(rank: int, tp: int, pp: int):
+    """The TP group of ``rank``'s stage (stage s holds ranks [s*tp, (s+1)*tp), as vLLM and Megatron lay
+    them out). ``new_group`` is collective: every rank creates every stage's group, in stage order."""
+    import torch.distributed as dist
+
+    mine = None
+    for s in range(pp):
+        g = dist.new_group(ranks=list(range(s * tp, (s + 1) * tp)))
+        if rank // tp == s:
+            mine = g
+    return mine
 
 
 def _free_port() -> int:
@@ -714,7 +746,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-compare", action="store_true", help="do not print measured vs predicted")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size: run the cases with this tp")
     p.add_argument("--pp", type=int, default=1,
-                   help="pipeline-parallel size (tp 1): one process per stage; run the cases with this pp")
+                   help="pipeline-parallel size: --tp processes per stage (world tp x pp, one per GPU); "
+                        "run the cases with this tp and pp")
     p.add_argument("--microbatches", type=int, default=1, help="single case: micro-batches of a --pp run")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: eager smoke tests only")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
@@ -747,10 +780,12 @@ def main(argv=None) -> int:
 
 def _run_cases(p, args) -> int:
     set_safe_env()
-    if args.tp < 1 or args.pp < 1 or (args.tp > 1 and args.pp > 1):
-        p.error("give --tp N or --pp N (positive; tensor and pipeline parallel together are not measured)")
+    if args.tp < 1 or args.pp < 1:
+        p.error("--tp and --pp must be positive")
     world = args.tp * args.pp
     if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun
+        if args.pp > 1 and int(os.environ["WORLD_SIZE"]) != world:
+            p.error(f"torchrun started {os.environ['WORLD_SIZE']} ranks; --tp {args.tp} x --pp {args.pp} needs {world}")
         return 1 if _main_dist(args) else 0
     if world > 1:
         import torch.multiprocessing as mp
