@@ -206,24 +206,32 @@ def test_pipeline_stages_chain_to_the_full_decoder(n_layers, pp):
     assert stages[0].cache_bytes(batch, n + 1) * n_layers == full.cache_bytes(batch, n + 1) * len(stages[0].layers)
 
 
-def test_model_step_pipeline_parallel_on_cpu_gloo(tmp_path, monkeypatch):
+def _gloo_run(tmp_path, monkeypatch):
+    """(tiny 4-layer config path, writer of a cases file): gloo ranks on the CPU, quick measurements."""
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     monkeypatch.setenv("PERFCAST_MEASURE_TARGET_S", "0.01")  # the spawned ranks read it at import
-    cfg = {**TINY_CONFIG, "num_hidden_layers": 4}
-    (tmp_path / "c.json").write_text(json.dumps(cfg))
-    m = str(tmp_path / "c.json")
+    (tmp_path / "c.json").write_text(json.dumps({**TINY_CONFIG, "num_hidden_layers": 4}))
+
+    def write(cases):
+        (tmp_path / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cases))
+        return str(tmp_path / "cases.jsonl")
+
+    return str(tmp_path / "c.json"), write
+
+
+def test_model_step_pipeline_parallel_on_cpu_gloo(tmp_path, monkeypatch):
+    m, write = _gloo_run(tmp_path, monkeypatch)
     cases = [{"model": m, "batch": 4, "prompt": 8, "context": 12, "pp": 2, "microbatches": 2, "runtime": "eager"},
              {"model": m, "batch": 2, "prompt": 8, "context": 8, "pp": 2, "runtime": "eager", "measure": "decode",
               "layers": 3},
              {"model": m, "batch": 4, "prompt": 8, "context": 8, "pp": 2, "microbatches": 3, "runtime": "eager"},
              {"model": m, "batch": 1, "prompt": 8, "context": 8, "runtime": "eager"},  # pp 1: not this run
              {"model": m, "batch": 2, "prompt": 8, "context": 8, "pp": 4, "runtime": "eager"}]  # pp 4: neither
-    (tmp_path / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cases))
     out = tmp_path / "out.jsonl"
-    rc = model_step.main(["--cases", str(tmp_path / "cases.jsonl"), "--out", str(out), "--pp", "2",
+    rc = model_step.main(["--cases", write(cases), "--out", str(out), "--pp", "2",
                           "--device", "cpu", "--dtype", "fp32"])
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert rc == 1 and [r["case"] for r in rows] == [0, 1, 2]  # one error line (case 2)
@@ -242,22 +250,14 @@ def test_model_step_pipeline_parallel_on_cpu_gloo(tmp_path, monkeypatch):
 
 def test_model_step_tensor_and_pipeline_parallel_on_cpu_gloo(tmp_path, monkeypatch):
     """tp 2 x pp 2 = 4 gloo ranks: stage s on ranks [2s, 2s+2), each stage a TP-2 decoder on its own group."""
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    monkeypatch.setenv("PERFCAST_MEASURE_TARGET_S", "0.01")  # the spawned ranks read it at import
-    cfg = {**TINY_CONFIG, "num_hidden_layers": 4}
-    (tmp_path / "c.json").write_text(json.dumps(cfg))
-    m = str(tmp_path / "c.json")
+    m, write = _gloo_run(tmp_path, monkeypatch)
     base = {"model": m, "prompt": 8, "context": 12, "runtime": "eager"}
     cases = [{**base, "batch": 4, "tp": 2, "pp": 2, "microbatches": 2},
              {**base, "batch": 2, "tp": 2, "pp": 2, "measure": "decode", "layers": 3},
              {**base, "batch": 2, "pp": 2},  # tp 1: not this run
              {**base, "batch": 2, "tp": 2}]  # pp 1: not this run
-    (tmp_path / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cases))
     out = tmp_path / "out.jsonl"
-    rc = model_step.main(["--cases", str(tmp_path / "cases.jsonl"), "--out", str(out), "--tp", "2", "--pp", "2",
+    rc = model_step.main(["--cases", write(cases), "--out", str(out), "--tp", "2", "--pp", "2",
                           "--device", "cpu", "--dtype", "fp32", "--no-compare"])
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert rc == 0 and [r["case"] for r in rows] == [0, 1], rows
