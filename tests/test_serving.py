@@ -205,3 +205,31 @@ def test_bookkeeping_balances_under_pressure(kw):
         assert r.generated == r.output and r.finish_t >= r.first_t >= r.arrival
     per = rep.per_request()
     assert sum(p["output_tokens"] for p in per) == sum(r.output for r in sim.requests)
+
+
+def test_sensitivity_at_low_load_scales_the_service_time_itself():
+    """Without queueing, TTFT is the prefill time, so the band is exactly the service time -/+ pct."""
+    from perfcast.serving.simulator import sensitivity
+
+    cfg = config({"rate_per_s": 0.01, "requests": 20, "input_tokens": 1024})
+    base = simulate(cfg).summary
+    band = sensitivity(cfg, 3.0)
+    for side, s in (("faster", 0.97), ("slower", 1.03)):
+        for m in ("ttft_ms", "tpot_ms", "e2e_ms"):
+            assert band[side][m]["mean"] == pytest.approx(base[m]["mean"] * s, rel=1e-9)
+        assert not band[side]["overloaded"]
+
+
+def test_sensitivity_near_capacity_is_wide_and_ordered():
+    """Near capacity, a few % of service time moves p90 TTFT by far more than those few %."""
+    from perfcast.serving.simulator import sensitivity
+
+    cap = _throughput_rps()
+    cfg = config({"rate_per_s": 0.93 * cap, "requests": 600})
+    base = simulate(cfg).summary["ttft_ms"]["p90"]
+    band = sensitivity(cfg, 3.0)
+    lo, hi = band["faster"]["ttft_ms"]["p90"], band["slower"]["ttft_ms"]["p90"]
+    assert lo < base < hi
+    assert (hi - lo) / base > 0.15  # against 0.06 for the service time alone
+    with pytest.raises(ValueError, match="between 0 and 100"):
+        sensitivity(cfg, 0.0)

@@ -64,3 +64,18 @@ def test_simulate_bad_config_one_line_no_traceback(tmp_path, cfg, msg):
 def test_simulate_missing_file():
     r = run(["simulate", "--config", "/nope.json"])
     assert r.returncode != 0 and "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_simulate_sensitivity_band_and_its_errors(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps(CFG))
+    r = run(["simulate", "--config", str(f), "--json", "--sensitivity", "5"])
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    b = out["sensitivity"]
+    assert b["service_time_pct"] == 5.0
+    assert b["faster"]["ttft_ms"]["p90"] < out["ttft_ms"]["p90"] < b["slower"]["ttft_ms"]["p90"]
+    r = run(["simulate", "--config", str(f), "--sensitivity", "3"])  # the table
+    assert r.returncode == 0 and "if every iteration took 3% less / more time" in r.stdout
+    r = run(["simulate", "--config", str(f), "--sensitivity", "150"])
+    assert r.returncode != 0 and "between 0 and 100" in r.stderr

@@ -28,7 +28,9 @@ def _fail(e: Exception):
 @click.option("--per-request", is_flag=True, help="Add one row per request (id, arrival_s, ttft_ms, e2e_ms, ...).")
 @click.option("--trace-out", type=click.Path(dir_okay=False), default=None,
               help="Write a Chrome/Perfetto trace of every iteration of every replica.")
-def simulate(config_path, as_json, per_request, trace_out):
+@click.option("--sensitivity", type=float, default=None, metavar="PCT",
+              help="Also report the latencies if every iteration were PCT % faster or slower (two more runs).")
+def simulate(config_path, as_json, per_request, trace_out, sensitivity):
     """Simulate serving a workload: TTFT, TPOT, ITL, E2E percentiles, throughput, goodput, KV use."""
     from perfcast.serving.config import load_config
     from perfcast.serving.simulator import Simulator
@@ -46,6 +48,13 @@ def simulate(config_path, as_json, per_request, trace_out):
     except (ValueError, OSError) as e:
         _fail(e)
     out = report.to_dict(per_request=per_request)
+    if sensitivity is not None:
+        from perfcast.serving.simulator import sensitivity as band
+
+        try:
+            out["sensitivity"] = band(cfg, sensitivity)
+        except ValueError as e:
+            _fail(e)
     if as_json:
         click.echo(json.dumps(out))
         return
@@ -81,6 +90,18 @@ def _print(s: dict, per_request: bool) -> None:
                    f"({100 * g['fraction']:.1f}%), {g['requests_per_s']:.3f} req/s")
     if s["overloaded"]:
         click.echo(f"WARNING: {s['overload_message']}")
+    if "sensitivity" in s:
+        b, pct = s["sensitivity"], s["sensitivity"]["service_time_pct"]
+
+        def fmt(v):
+            return "-" if v is None else f"{v:.1f}"
+
+        _table(f"if every iteration took {pct:g}% less / more time",
+               ["metric", f"p90 at -{pct:g}%", "p90", f"p90 at +{pct:g}%", f"mean at -{pct:g}%", "mean",
+                f"mean at +{pct:g}%"],
+               [[m, fmt(b["faster"][m]["p90"]), fmt(s[m]["p90"]), fmt(b["slower"][m]["p90"]),
+                 fmt(b["faster"][m]["mean"]), fmt(s[m]["mean"]), fmt(b["slower"][m]["mean"])]
+                for m in ("ttft_ms", "tpot_ms", "e2e_ms")])
     if per_request:
         _table("per request", ["id", "arrival_s", "ttft_ms", "e2e_ms", "output_tokens"],
                [[r["id"], r["arrival_s"], r["ttft_ms"], r["e2e_ms"], r["output_tokens"]] for r in s["per_request"]])

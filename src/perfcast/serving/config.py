@@ -74,6 +74,9 @@ class Workload:
     seed: int = 0
     cv: float = 1.0  # gamma arrivals: coefficient of variation of the inter-arrival times
     trace: str | None = None  # CSV or JSONL with arrival_s, input_tokens, output_tokens
+    # arrival times divided by this (not a config key: the service-time sensitivity runs, see
+    # perfcast.serving.simulator.sensitivity, use it to stand for service times multiplied by it)
+    arrival_speedup: float = 1.0
 
     @staticmethod
     def parse(d: dict, base: Path | None = None) -> Workload:

@@ -50,6 +50,8 @@ def generate(w: Workload, max_positions: int) -> list[Request]:
         o = sample_tokens(w.output_tokens, w.requests, rng, max_positions - 1)
         p = sample_tokens(w.input_tokens, w.requests, rng, max_positions - 1)
         p = np.minimum(p, max_positions - o)  # a request never outgrows the context window
+    if w.arrival_speedup != 1.0:
+        t = np.asarray(t, dtype=float) / w.arrival_speedup
     order = np.argsort(t, kind="stable")
     return [Request(i, float(t[j]), int(p[j]), int(o[j])) for i, j in enumerate(order)]
 
