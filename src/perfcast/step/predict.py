@@ -112,6 +112,11 @@ def make_config(model, gpu, tp=1, pp=1, dtype="bf16", runtime="cuda-graph", prof
     for name, v in (("dtype", dtype), ("kv_dtype", kv_dtype), ("wdtype", wdtype)):
         if v is not None and v not in DTYPE_BYTES:
             raise InputError(f"unknown {name} {v!r}; choose one of {', '.join(DTYPE_BYTES)}")
+    try:  # the GEMMs run in ``dtype``: the GPU needs tensor cores for it
+        g.flops(_act_dtype_of(dtype))
+    except KeyError:
+        raise InputError(f"{g.id} has no {dtype} tensor cores in its datasheet; use dtype bf16 or fp16 (and "
+                         f"wdtype int8/int4 for weight-only quantization), or a GPU with {dtype}") from None
     get_runtime(runtime)
     if isinstance(ep, bool) or not isinstance(ep, (int, np.integer)) or ep < 1 or tp % ep:
         raise InputError(f"ep={ep!r} must be a positive integer that divides tp={tp} (experts split over ep GPUs)")
@@ -131,8 +136,12 @@ def _layout(cfg: StepConfig):
 
 
 def _act_dtype(cfg: StepConfig) -> str:
+    return _act_dtype_of(cfg.dtype)
+
+
+def _act_dtype_of(dtype: str) -> str:
     # weight-only int4/int8 run bf16 activations; fp8 runs fp8 GEMMs
-    return cfg.dtype if cfg.dtype in ("bf16", "fp16", "fp32", "fp8") else "bf16"
+    return dtype if dtype in ("bf16", "fp16", "fp32", "fp8") else "bf16"
 
 
 def step_ops(cfg: StepConfig, phase: str, batch, prompt, context) -> list[Op]:
