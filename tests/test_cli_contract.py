@@ -131,9 +131,8 @@ def test_a_dtype_the_gpu_has_no_tensor_cores_for_is_a_clear_error():
     """fp8 on an A100 (Ampere has no fp8 tensor cores): an input error with the fix, in the API, the CLI
     and a batch line; fp8 KV cache (storage only) and weight-only int8 stay allowed there."""
     import perfcast
-    from perfcast.step.predict import InputError
 
-    with pytest.raises(InputError, match="a100-80gb has no fp8 tensor cores"):
+    with pytest.raises(ValueError, match="a100-80gb has no fp8 tensor cores"):
         perfcast.predict(model="meta-llama/Llama-3.1-8B", gpu="a100-80gb", dtype="fp8")
     ok = perfcast.predict(model="meta-llama/Llama-3.1-8B", gpu="a100-80gb", kv_dtype="fp8", wdtype="int8")
     assert ok.decode_ms > 0

@@ -102,16 +102,25 @@ def report_data(model, gpus, batch: int = 8, context: int = 2048, batches=None, 
     (e.g. no fp8 on its datasheet) is listed under ``skipped`` with the reason; unknown models,
     GPU names and invalid parallelism raise."""
     from perfcast import __version__
-    from perfcast.step.predict import check_lengths, make_config
+    from perfcast.step.predict import DtypeUnsupported, check_lengths, make_config
 
     if not gpus:
         raise ValueError("give at least one GPU (e.g. --gpus h100-sxm,h200)")
-    cfgs = [make_config(model, g, tp, pp, dtype, runtime, profile) for g in gpus]
+    cfgs, skipped = [], []
+    for g in gpus:
+        try:
+            cfgs.append(make_config(model, g, tp, pp, dtype, runtime, profile))
+        except DtypeUnsupported as e:  # listed, not fatal: the other GPUs still make the report
+            from perfcast.hardware import get_gpu
+
+            skipped.append({"gpu": get_gpu(g).id if isinstance(g, str) else g.id, "error": str(e)})
+    if not cfgs:
+        raise ValueError("no GPU could run this case: " + "; ".join(f"{s['gpu']}: {s['error']}" for s in skipped))
     spec = cfgs[0].model
     batches = sorted({int(b) for b in (batches or DEFAULT_BATCHES)})
     contexts = sorted({int(c) for c in (contexts or default_contexts(spec.max_positions))})
     check_lengths(cfgs[0], max(contexts), context)
-    sections, skipped = [], []
+    sections = []
     for cfg in cfgs:
         try:
             sections.append(gpu_section(cfg, batches, contexts, batch, context))

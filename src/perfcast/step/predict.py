@@ -23,6 +23,11 @@ GIB = mem.GIB
 WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4", "fp32")
 
 
+class DtypeUnsupported(ValueError):
+    """The GPU has no tensor cores for the requested compute dtype (fp8 on Ampere): a report over several
+    GPUs lists such a GPU as skipped instead of failing."""
+
+
 class InputError(ValueError):
     """A case perfcast cannot predict; the message says what would be valid."""
 
@@ -115,7 +120,7 @@ def make_config(model, gpu, tp=1, pp=1, dtype="bf16", runtime="cuda-graph", prof
     try:  # the GEMMs run in ``dtype``: the GPU needs tensor cores for it
         g.flops(_act_dtype_of(dtype))
     except KeyError:
-        raise InputError(f"{g.id} has no {dtype} tensor cores in its datasheet; use dtype bf16 or fp16 (and "
+        raise DtypeUnsupported(f"{g.id} has no {dtype} tensor cores in its datasheet; use dtype bf16 or fp16 (and "
                          f"wdtype int8/int4 for weight-only quantization), or a GPU with {dtype}") from None
     get_runtime(runtime)
     if isinstance(ep, bool) or not isinstance(ep, (int, np.integer)) or ep < 1 or tp % ep:
