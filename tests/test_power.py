@@ -107,3 +107,23 @@ def test_calibrate_power_fits_power_json_from_the_two_timings(tmp_path, monkeypa
     assert written["cap_frac"] == shipped["cap_frac"]
     prof = resolve_profile(get_gpu("h100-sxm"), str(ROOT / "src/perfcast/profiles/data/h100-sxm"))
     assert prof.power.cap_frac == shipped["cap_frac"]
+
+
+def test_op_answers_the_kernel_alone_and_steps_the_capped_one():
+    """`perfcast op` gives a measured shape its measured (alone) time; inside a step the same GEMM is
+    slower under the power cap; the alone profile keeps its identity (batch mode groups by it)."""
+    import csv
+
+    import perfcast
+    from perfcast.ops.base import Op
+    from perfcast.step.costs import op_cost
+
+    row = next(r for r in csv.DictReader(open(ROOT / "src/perfcast/profiles/data/h100-sxm/gemm.csv"))
+               if (r["dtype"], r["m"], r["n"], r["k"]) == ("bf16", "4096", "4096", "4096"))
+    got = perfcast.predict_op("gemm", "h100-sxm", m=4096, n=4096, k=4096)
+    assert got.ms == pytest.approx(float(row["median_ms"]), rel=1e-9) and got.source == "measured"
+    gpu = get_gpu("h100-sxm")
+    prof = resolve_profile(gpu, "auto")
+    in_step = op_cost(Op("gemm", "gemm", {"m": 4096, "n": 4096, "k": 4096}), gpu, prof)
+    assert float(in_step.seconds) * 1e3 > 1.03 * got.ms
+    assert prof.alone() is prof.alone() and prof.alone().power.cap_frac == 0

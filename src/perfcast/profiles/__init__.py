@@ -60,7 +60,8 @@ class PowerModel:
         return (1.0 + (rate / (self.cap_frac * peak)) ** self.knee) ** (1.0 / self.knee)
 
 
-POWER_DTYPES = ("bf16", "fp16")  # dtypes whose sustained rate was measured (FP8 was not)
+POWER_DTYPES = ("bf16", "fp16")
+_ALONE: dict = {}  # id(profile) -> (profile, the same without the power cap)  # dtypes whose sustained rate was measured (FP8 was not)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,18 @@ class Profile:
     name: str = "analytical"
     tables: object | None = None  # perfcast.profiles.measured.Tables when measured
     power: PowerModel = PowerModel()  # isolated-kernel tables -> sustained times inside model steps
+
+    def alone(self) -> Profile:
+        """This profile without the power cap: kernels as they run alone (``perfcast op``). The same
+        object for the same profile, so that callers can group work by profile identity."""
+        if self.power.cap_frac <= 0:
+            return self
+        hit = _ALONE.get(id(self))
+        if hit is None or hit[0] is not self:
+            from dataclasses import replace
+
+            hit = _ALONE[id(self)] = (self, replace(self, power=PowerModel(source="off: kernels alone")))
+        return hit[1]
 
     def sustained(self, c: OpCost, dtype: str, wdtype=None) -> OpCost:
         """``c`` (an isolated kernel's cost) as the kernel runs inside a busy step, under the power cap."""
