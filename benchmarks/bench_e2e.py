@@ -8,10 +8,11 @@ those with ``perfcast.pipeline`` at their micro-batches.
 
     python benchmarks/bench_e2e.py [--profile auto|none] [--json out.json] [--cases] [--own-host]
 
-``--own-host``: multi-GPU eager runs are host-bound at small batch, and hosts differ (two 4xH200 hosts
-ran the same TP4 decode 27 and 20 ms). With this flag each multi-GPU run is predicted with the
-eager-tp<N> host constants fitted (benchmarks/fit_host.py's rule) on that run's own ``tag: host`` cases
-(batch 1, 16 tokens, which are never evaluated), as a user does who calibrates their own host.
+``--own-host``: eager runs are host-bound at small batch, and hosts differ (two 4xH200 hosts ran the
+same TP4 decode 27 and 20 ms). With this flag each eager run is predicted with the host constants
+(eager-tp<N> for multi-GPU runs, eager-hf for single-GPU ones) fitted by benchmarks/fit_host.py's rule
+on that run's own ``tag: host`` cases (batch 1, 16 tokens, which are never evaluated), as a user does
+who calibrates their own host.
 """
 
 from __future__ import annotations
@@ -52,21 +53,33 @@ def own_host_profiles(runs, gpu_of) -> dict:
     import shutil
     import tempfile
 
-    from fit_host import fit_tp
+    from fit_host import fit_tp, hf_ops_per_layer, per_layer
+
+    def fit_hf(run: Path) -> dict:
+        """eager-hf refitted on a single-GPU run's own host cases (fit_host.py's rule)."""
+        f = run / "step_single.jsonl"
+        if not f.is_file():
+            return {}
+        lines = [d for d in (json.loads(x) for x in f.read_text().splitlines()) if "error" not in d]
+        layer, step, n = per_layer(lines, "hf")
+        if not n:
+            return {}
+        return {"eager-hf": {"per_op_s": layer / hf_ops_per_layer(), "per_layer_s": 0.0, "per_step_s": step}}
 
     from perfcast.profiles.registry import resolve_profile  # noqa: F401 (profile dirs below)
 
     out, tmp = {}, Path(tempfile.mkdtemp(prefix="perfcast-ownhost-"))
     pkg = Path(__file__).resolve().parent.parent / "src" / "perfcast" / "profiles" / "data"
     for run in runs:
-        fitted = fit_tp(ROOT / run)
+        fitted = fit_tp(ROOT / run) or fit_hf(ROOT / run)
         if not fitted:
             continue
         dst = tmp / run
         shutil.copytree(pkg / gpu_of[run], dst)
         host = json.loads((dst / "host.json").read_text())
-        host["runtimes"].update(fitted)
-        host["source"] = f"eager-tp<N> refitted on {run}'s own host cases"
+        for name, v in fitted.items():
+            host["runtimes"][name] = {**host["runtimes"].get(name, {}), **v}
+        host["source"] = f"{', '.join(fitted)} refitted on {run}'s own host cases"
         (dst / "host.json").write_text(json.dumps(host))
         out[run] = str(dst)
     return out
@@ -93,10 +106,10 @@ def main(argv=None):
     own = {}
     if a.own_host:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        own = own_host_profiles(sorted({r for r, d in lines if int(d.get("tp", 1)) > 1}),
+        own = own_host_profiles(sorted({r for r, d in lines if d["runtime"] == "eager"}),
                                 {r: d["gpu_id"] for r, d in lines})
     for run, d in lines:
-        prof = own.get(run, a.profile) if int(d.get("tp", 1)) > 1 and d["runtime"] == "eager" else a.profile
+        prof = own.get(run, a.profile) if d["runtime"] == "eager" else a.profile
         cfg = make_config(d["model"], d["gpu_id"], int(d.get("tp", 1)), 1, "bf16", d["runtime"], prof)
         pred = predict_many(cfg, d["batch"], d["prompt"], d["context"])[0]
         for phase in ("prefill", "decode"):
