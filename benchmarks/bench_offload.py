@@ -109,15 +109,20 @@ def bias(rows, key) -> float:
     return 100.0 * sum(v) / len(v) if v else float("nan")
 
 
-def ranking(ok: list[dict], src: str = "profile") -> None:
-    """Does the plan perfcast predicts fastest measure fastest? Per (host file, model, shape) among the
-    measured placements of that model: the predicted best vs the measured best, and pairwise order."""
+def plan_groups(ok: list[dict], src: str) -> list[list[dict]]:
+    """The measured placements of one model and shape on one host (file), each predicted from ``src``."""
     groups: dict[tuple, list] = {}
     for r in ok:
         if f"decode_{src}" in r:
             groups.setdefault((r["file"], r["model"], r["b"], r["p"], r["c"], r["threads"]), []).append(r)
+    return list(groups.values())
+
+
+def ranking(ok: list[dict], src: str = "profile") -> None:
+    """Does the plan perfcast predicts fastest measure fastest? Per (host file, model, shape) among the
+    measured placements of that model: the predicted best vs the measured best, and pairwise order."""
     agree = pairs = top = n = 0
-    for rs in groups.values():
+    for rs in plan_groups(ok, src):
         if len(rs) < 2:
             continue
         n += 1
@@ -142,14 +147,10 @@ def choice(ok: list[dict], src: str = "profile") -> None:
     against llama.cpp's memory-first plan (the measured layer split with the most GPU layers that fits):
     wherever they differ, is the pick measured at least as fast (or within the 5% run-to-run noise)? As in
     ``perfcast offload-search``, the pick leaves memory-first only for a predicted gain over ``PICK_MARGIN``."""
-    from perfcast.offload.search import PICK_MARGIN
+    from perfcast.offload.search import clears_margin
 
-    groups: dict[tuple, list] = {}
-    for r in ok:
-        if f"decode_{src}" in r:
-            groups.setdefault((r["file"], r["model"], r["b"], r["p"], r["c"], r["threads"]), []).append(r)
     budgets = differ = faster = tied = 0
-    for rs in groups.values():
+    for rs in plan_groups(ok, src):
         for ref in rs:
             fit = [r for r in rs if r[f"gpu_gib_{src}"] <= ref[f"gpu_gib_{src}"] + 1e-9]
             splits = [r for r in fit if json.loads(r["plan"])["plan"] == "layers"]
@@ -157,7 +158,7 @@ def choice(ok: list[dict], src: str = "profile") -> None:
                 continue
             mem_first = max(splits, key=lambda r: json.loads(r["plan"])["gpu_layers"])
             best = min([r for r in fit if r is mem_first
-                        or r[f"decode_{src}"] * (1.0 + PICK_MARGIN) < mem_first[f"decode_{src}"]],
+                        or clears_margin(1.0 / r[f"decode_{src}"], 1.0 / mem_first[f"decode_{src}"])],
                        key=lambda r: r[f"decode_{src}"])
             budgets += 1
             if best is not mem_first:

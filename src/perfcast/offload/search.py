@@ -24,6 +24,11 @@ from perfcast.offload.base import GIB, PLANS, Case, make_case
 from perfcast.offload.plans import result_dict
 
 PICK_MARGIN = 0.05  # predicted decode gain over memory-first needed to pick another plan
+
+
+def clears_margin(rate: float, memory_first_rate: float) -> bool:
+    """Is a plan's predicted decode rate (tokens/s, or 1/seconds) enough to leave memory-first for it?"""
+    return rate > memory_first_rate * (1.0 + PICK_MARGIN)
 HOT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -106,8 +111,8 @@ def search(model, gpu, cpu, vram_gib: float | None = None, batch: int = 1, promp
             if freq_first is not None and freq_first["fits"]:
                 fitting.append(freq_first)
     if memory_first is not None:
-        floor = memory_first["decode_tokens_per_s"] * (1.0 + PICK_MARGIN)
-        fitting = [r for r in fitting if r is memory_first or r["decode_tokens_per_s"] > floor]
+        mf = memory_first["decode_tokens_per_s"]
+        fitting = [r for r in fitting if r is memory_first or clears_margin(r["decode_tokens_per_s"], mf)]
     best = max(fitting, key=lambda r: (r["decode_tokens_per_s"], -r["prefill_ms"]), default=None)
     rows.sort(key=lambda r: (not r["fits"], -r["decode_tokens_per_s"]))
     out = {"model": cfg.model.name, "gpu": cfg.gpu.id, "cpu": case.cpu.id, "cpu_source": case.cpu.source,
