@@ -170,12 +170,15 @@ def _flash_schedule(seqs: int, tiles: tuple, sms: int) -> float:
         return float(tmax)
     if n <= _FLASH_EXACT_WAVES * sms:
         return _greedy_makespan(seqs, tiles, sms)
-    # many waves: the work spread evenly, plus the last partial wave (quantization) and the imbalance the
-    # longest CTA leaves behind
-    work = seqs * float(sum(tiles))
+    return float(_many_waves(seqs * float(sum(tiles)), n, tmax, sms))
+
+
+def _many_waves(work, n, tmax, sms: int):
+    """Busiest SM of ``n`` CTAs (``work`` key blocks in all, the longest ``tmax``) over many waves: the work
+    spread evenly, plus the last partial wave (quantization) and the imbalance the longest CTA leaves."""
     waves = n / sms
     avg = work / n
-    return float(max(tmax, work / sms + (tmax - avg) / waves + avg * (np.ceil(waves) - waves)))
+    return np.maximum(tmax, work / sms + (tmax - avg) / waves + avg * (np.ceil(waves) - waves))
 
 
 # (tile blocks, SMs) -> the greedy schedule of that tile pattern so far: [SM free times (a heap), busiest SM
@@ -231,11 +234,7 @@ def flash_makespan(gpu: GPUSpec, batch, heads: int, q_len, kv_len, causal: bool,
     per_m = FLASH_BLOCK_M // FLASH_BLOCK_N
     off = np.ceil(np.maximum(kv - q, 0) / FLASH_BLOCK_N)
     tile_sum = per_m * (nq - 1) * nq / 2 + (nq - 1) * off + (nq - 1) * c0 + last
-    work = seqs * tile_sum
-    waves = n / sms
-    avg = tile_sum / nq
-    out = np.maximum(last, work / sms + (last - avg) / waves + avg * (np.ceil(waves) - waves))
-    out = np.where(n <= sms, last, out)
+    out = np.where(n <= sms, last, _many_waves(seqs * tile_sum, n, last, sms))
     # a few waves (the greedy schedule simulated), sliding windows and more queries than keys (tile by tile)
     slow = ((n > sms) & (n <= _FLASH_EXACT_WAVES * sms)) | (kv < q)
     if window is not None:
@@ -280,13 +279,9 @@ def _flash_makespan_tiled(seqs, q, kv, window, sms: int):
         tsum[sl] = np.where(i < nq[sl, None], tiles, 0.0).sum(axis=1)
         for j in np.flatnonzero(few[sl]):
             sched[s + j] = _flash_schedule(int(seqs[s + j]), tuple(tiles[j, :int(nq[s + j])].tolist()), sms)
-    # _flash_schedule's closed forms, term by term (no sequence at all: n = 0, one partial wave)
-    work = seqs * tsum
-    waves = n / sms
+    # _flash_schedule's closed forms (no sequence at all: n = 0, one partial wave)
     with np.errstate(invalid="ignore", divide="ignore"):
-        avg = work / n
-        out = np.maximum(tmax, work / sms + (tmax - avg) / waves + avg * (np.ceil(waves) - waves))
-    out = np.where(n <= sms, tmax, out)
+        out = np.where(n <= sms, tmax, _many_waves(seqs * tsum, n, tmax, sms))
     return np.where(few, sched, out)
 
 

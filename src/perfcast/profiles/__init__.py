@@ -7,7 +7,8 @@ measured range and falls back to physics fitted on the same tables outside it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -60,8 +61,9 @@ class PowerModel:
         return (1.0 + (rate / (self.cap_frac * peak)) ** self.knee) ** (1.0 / self.knee)
 
 
-POWER_DTYPES = ("bf16", "fp16")
-_ALONE: dict = {}  # id(profile) -> (profile, the same without the power cap)  # dtypes whose sustained rate was measured (FP8 was not)
+POWER_DTYPES = ("bf16", "fp16")  # dtypes whose sustained rate was measured (FP8 was not)
+W8A16 = "w8a16c"  # weight-only int8 as torch.compile runs it (bf16 activations; profiles' gemm_int8.csv)
+KERNEL_TABLES = {W8A16: "int8"}  # measured kernels asked for by name as a GEMM dtype -> their weight dtype
 
 
 @dataclass(frozen=True)
@@ -78,14 +80,11 @@ class Profile:
     def alone(self) -> Profile:
         """This profile without the power cap: kernels as they run alone (``perfcast op``). The same
         object for the same profile, so that callers can group work by profile identity."""
-        if self.power.cap_frac <= 0:
-            return self
-        hit = _ALONE.get(id(self))
-        if hit is None or hit[0] is not self:
-            from dataclasses import replace
+        return self if self.power.cap_frac <= 0 else self._alone
 
-            hit = _ALONE[id(self)] = (self, replace(self, power=PowerModel(source="off: kernels alone")))
-        return hit[1]
+    @functools.cached_property
+    def _alone(self) -> Profile:
+        return replace(self, power=PowerModel(source="off: kernels alone"))
 
     def sustained(self, c: OpCost, dtype: str, wdtype=None) -> OpCost:
         """``c`` (an isolated kernel's cost) as the kernel runs inside a busy step, under the power cap."""
@@ -123,8 +122,8 @@ class Profile:
             return dedup
         if self.tables is not None:
             return self.tables.gemm(self, m, n, k, dtype, wdtype)
-        if dtype == "w8a16c":  # the measured torch.compile int8 kernel, asked for by name: no table here
-            dtype, wdtype = "bf16", "int8"
+        if dtype in KERNEL_TABLES:  # a measured kernel asked for by name, without its table: the op itself
+            dtype, wdtype = "bf16", KERNEL_TABLES[dtype]
         return an.gemm_cost(self.gpu, m, n, k, dtype, wdtype, self.eff)
 
     def attention(self, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window=None,

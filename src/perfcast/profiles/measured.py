@@ -23,7 +23,7 @@ from perfcast.hardware.spec import GPUSpec
 from perfcast.ops import analytical as an
 from perfcast.ops import roofline as rl
 from perfcast.ops.base import ANALYTICAL, COMPUTE, INTERPOLATED, MEASURED, MEMORY, OpCost
-from perfcast.profiles import PowerModel
+from perfcast.profiles import KERNEL_TABLES, W8A16, PowerModel
 from perfcast.profiles.interp import Curve, RowGrid, monotone_log_ratio, unique
 
 # the reference roofline: full datasheet peaks, fixed floors (the same for every GPU)
@@ -226,7 +226,7 @@ class Tables:
         (batch x heads, keys) that carries to other configs and GPUs (a longer sequence of the same config is
         never faster: padding). Decode is predicted from the grid pooled over configs (:meth:`_build_decode`).
 
-        Prefill ratios are taken over the flash-attention tile schedule (:func:`_prefill_reference`: a fixed
+        Prefill ratios are taken over the flash-attention tile schedule (:func:`_floor_scale_reference`: a fixed
         floor plus the busiest SM's key blocks, per-tile causal work and wave quantization included), its
         floor and block efficiency fitted per config; between grid points the schedule carries the shape
         (small kernels are a few partial waves of CTAs) and the interpolated ratio only the residual."""
@@ -250,7 +250,7 @@ class Tables:
                                                               kv[causal == c], c)
                 work = work * an.flash_block_seconds(self.gpu, hd, dt)
                 self.attn_ref[key] = _fit_floor_and_scale(work, t)
-                base = _prefill_reference(self.attn_ref[key], work)
+                base = _floor_scale_reference(self.attn_ref[key], work)
             else:
                 base = an.attention_cost(self.gpu, b, h, kvh, hd, q, kv, False, None, dt, None, None,
                                          IDEAL).seconds
@@ -286,10 +286,11 @@ class Tables:
                 work.append(_decode_work(self.gpu, b, h, kvh, hd, k, dt if dt in rl.DTYPE_BYTES else "bf16"))
             bk, kv, t, work = (np.concatenate(a) for a in (bk, kv, t, work))
             self.dec_ref[dt] = _fit_floor_and_scale(work, t)
-            ref = _prefill_reference(self.dec_ref[dt], work)
+            ref = _floor_scale_reference(self.dec_ref[dt], work)
             lr = np.log(t / ref)
-            for g in unique(bk * 1e12 + np.concatenate(cfg_id)):  # within a row of a config, more keys are never faster
-                sel = bk * 1e12 + np.concatenate(cfg_id) == g
+            row = bk * 1e12 + np.concatenate(cfg_id)  # one batch row of one config
+            for g in unique(row):  # within a row of a config, more keys are never faster
+                sel = row == g
                 lr[sel] = monotone_log_ratio(kv[sel], lr[sel], ref[sel])
             self.dec[dt] = RowGrid(bk, kv, lr)
 
@@ -342,14 +343,14 @@ class Tables:
                 work[sel] = an.flash_makespan(prof.gpu, b[sel], heads, q[sel], kv[sel], bool(causal), window)
                 work = work * an.flash_block_seconds(prof.gpu, head_dim, dtype if dtype in ("bf16", "fp16", "fp8")
                                                      else "bf16")
-                ref = np.where(sel, _prefill_reference(self.attn_ref[key], work), ref)
+                ref = np.where(sel, _floor_scale_reference(self.attn_ref[key], work), ref)
                 val, inside = self.attn[key].lookup(b * heads, kv_eff)
             else:
                 # the K/V stream on this GPU at the floor and bandwidth fitted on every measured decode config;
                 # the ratio pooled over configs by (batch x kv_heads, keys)
                 dk = key[0]
                 work = _decode_work(prof.gpu, b, heads, kv_heads, head_dim, kv_eff, dtype, kv_dtype)
-                ref = np.where(sel, _prefill_reference(self.dec_ref[dk], work), ref)
+                ref = np.where(sel, _floor_scale_reference(self.dec_ref[dk], work), ref)
                 val, inside = self.dec[dk].lookup(b * kv_heads, kv_eff)
             lr = np.where(sel, val, lr)
             src = np.where(sel, np.where(inside, INTERPOLATED, ANALYTICAL), src)
@@ -488,22 +489,20 @@ def _decode_work(gpu, batch, heads, kv_heads, head_dim, kv, dtype="bf16", kv_dty
     return rl.attention_bytes(batch, heads, kv_heads, head_dim, 1, kv, dtype, kv_dtype) / gpu.mem_bw_bytes_per_s
 
 
-def _prefill_reference(params, work):
-    """Prefill reference time: a fixed floor plus the tile schedule's busiest-SM time at the fitted
-    block efficiency."""
+def _floor_scale_reference(params, work):
+    """Attention reference time: a fixed floor plus ``work`` (prefill: the tile schedule's busiest-SM time;
+    decode: the K/V stream at the datasheet bandwidth) times the fitted scale."""
     floor, scale = params
     return floor + scale * work
 
 
 W4A16 = "w4a16"  # dtype column of weight-only int4 GEMM rows (bf16 activations)
-W8A16 = "w8a16c"  # dtype column of weight-only int8 GEMM rows (bf16 activations; torch.compile'd dequant)
 # weight dtype -> the measured table its weight-only GEMM uses by default. Weight-only int8 is not routed
 # to a table: the kernels PyTorch runs for it on CUDA (torch.compile, eager dequantize-then-GEMM,
 # _weight_int8pack_mm) all measured slower than bf16, while serving engines run fused W8A16 kernels
 # (Marlin-class) that read one byte a weight; perfcast keeps that analytical model for "int8" and
 # answers the measured torch.compile path when asked for dtype "w8a16c".
 WEIGHT_ONLY = {"int4": W4A16}
-KERNEL_TABLES = {W8A16: "int8"}  # table dtype asked for by name -> its weight dtype
 
 
 def _ideal_gemm(gpu, m, n, k, dt):
@@ -687,12 +686,9 @@ def load_power(root) -> PowerModel | None:
 def learned_power(gpu: GPUSpec) -> PowerModel:
     """A shipped profile's power model for a GPU without its own (same architecture first): the cap is a
     fraction of the datasheet bf16 peak, so it scales with the GPU."""
-    from perfcast.hardware import get_gpu
-    from perfcast.profiles.registry import shipped_profile_dir, shipped_profiles
+    from perfcast.profiles.registry import donor_profiles, shipped_profile_dir
 
-    ids = [g for g in shipped_profiles() if g != gpu.id]
-    ids.sort(key=lambda g: get_gpu(g).architecture != gpu.architecture)
-    for gid in ids:
+    for gid in donor_profiles(gpu):
         pm = load_power(shipped_profile_dir(gid))
         if pm is not None:
             return PowerModel(cap_frac=pm.cap_frac, knee=pm.knee, source=f"learned on {gid}")

@@ -36,6 +36,11 @@ def _measured(path: str, gpu: GPUSpec) -> Profile:
                    power=load_power(path) or learned_power(gpu))
 
 
+def donor_profiles(gpu: GPUSpec) -> list[str]:
+    """The shipped profiles of other GPUs, those of ``gpu``'s architecture first (what ``none`` learns from)."""
+    return sorted((g for g in shipped_profiles() if g != gpu.id), key=lambda g: _arch(g) != gpu.architecture)
+
+
 @functools.cache
 def _none(gpu: GPUSpec) -> Profile:
     """Datasheet of ``gpu`` times the efficiency ratios measured on another GPU (same architecture
@@ -43,9 +48,7 @@ def _none(gpu: GPUSpec) -> Profile:
     from perfcast.hardware import get_gpu
     from perfcast.profiles.measured import learned_hosts, learned_power, load_tables
 
-    donors = [g for g in shipped_profiles() if g != gpu.id]
-    same = [g for g in donors if _arch(g) == gpu.architecture]
-    pick = (same or donors)[:1]
+    pick = donor_profiles(gpu)[:1]
     hosts = learned_hosts(exclude=gpu.id)
     if not pick:  # nothing measured anywhere: datasheet with prior efficiencies
         return Profile(gpu=gpu, eff=an.PRIOR, hosts=hosts, name="none (prior efficiencies)")
