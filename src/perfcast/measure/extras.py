@@ -93,24 +93,38 @@ def gemm_table(torch, timer, path: Path, cases, dtype: str, build, label: str | 
     with open(path, "w") as f:
         f.write(CSV_HEAD)
         for m, n, k in cases:
-            try:
-                st = timer.bench(build(m, n, k))
-            except (*errors, torch.cuda.OutOfMemoryError) as e:
-                print(f"{label or dtype} skip {m}x{n}x{k}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
-                continue
-            f.write(f"{dtype},{m},{n},{k},{st.median_ms:.6g},{st.min_ms:.6g},{st.p90_ms:.6g},{st.reps}\n")
-            rows += 1
+            line = _gemm_row(torch, timer, dtype, m, n, k, build, label, errors)
+            if line:
+                f.write(line)
+                rows += 1
     return rows
 
 
-def run_fp8(torch, timer, path: Path, heldout, cases=None) -> int:
+def _gemm_row(torch, timer, dtype: str, m: int, n: int, k: int, build, label: str | None = None,
+              errors: tuple = (RuntimeError,)) -> str | None:
+    """One timed CSV row of ``gemm_table``, or None (with a line on stderr) for a shape that fails."""
+    try:
+        st = timer.bench(build(m, n, k))
+    except (*errors, torch.cuda.OutOfMemoryError) as e:
+        print(f"{label or dtype} skip {m}x{n}x{k}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+        return None
+    return f"{dtype},{m},{n},{k},{st.median_ms:.6g},{st.min_ms:.6g},{st.p90_ms:.6g},{st.reps}\n"
+
+
+def _fp8_builder(torch):
+    """``build(m, n, k)`` of an e4m3 GEMM through ``torch._scaled_mm`` (unit scales, bf16 out)."""
     def build(m, n, k):
         x = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
         w = torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn)
         one = torch.ones((), device="cuda")
         return lambda: torch._scaled_mm(x, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
 
-    return gemm_table(torch, timer, path, cases if cases is not None else fp8_cases(heldout), "fp8", build)
+    return build
+
+
+def run_fp8(torch, timer, path: Path, heldout, cases=None) -> int:
+    return gemm_table(torch, timer, path, cases if cases is not None else fp8_cases(heldout), "fp8",
+                      _fp8_builder(torch))
 
 
 def moe_pairs() -> list[tuple[int, int]]:
@@ -237,12 +251,7 @@ def run_fp8_same(torch, timer, out: Path, seed: int = 0) -> tuple[int, int]:
     (gemm_fp8_dense_same.csv, gemm_fp8_heldout11_same.csv): the shipped FP8 tables and their held-out
     sets came from different sessions, and held-out rows on measured weights ran 4-9% slower than the
     grid, so this separates a run-to-run difference from an interpolation error."""
-    def build(m, n, k):
-        x = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
-        w = torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn)
-        one = torch.ones((), device="cuda")
-        return lambda: torch._scaled_mm(x, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
-
+    build = _fp8_builder(torch)
     cases = [(c, 0) for c in fp8_dense_cases()] + [(c, 1) for c in fp8_heldout11()]
     random.Random(seed).shuffle(cases)
     rows = [0, 0]
@@ -251,13 +260,10 @@ def run_fp8_same(torch, timer, out: Path, seed: int = 0) -> tuple[int, int]:
         for f in files:
             f.write(CSV_HEAD)
         for (m, n, k), which in cases:
-            try:
-                st = timer.bench(build(m, n, k))
-            except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-                print(f"fp8 skip {m}x{n}x{k}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
-                continue
-            files[which].write(f"fp8,{m},{n},{k},{st.median_ms:.6g},{st.min_ms:.6g},{st.p90_ms:.6g},{st.reps}\n")
-            rows[which] += 1
+            line = _gemm_row(torch, timer, "fp8", m, n, k, build)
+            if line:
+                files[which].write(line)
+                rows[which] += 1
     return rows[0], rows[1]
 
 
