@@ -25,6 +25,16 @@ run_part() {  # run_part NAME CMD...: run with a timeout, report the exit status
   return 0
 }
 
+with_clock_log() {  # with_clock_log FILE MS CMD...: run CMD while nvidia-smi logs SM clock/power/temperature
+  local file=$1 ms=$2; shift 2
+  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu --format=csv -lms "$ms" \
+    > "$file" 2>/dev/null &
+  local smi=$!
+  "$@"
+  kill "$smi" 2>/dev/null
+  return 0
+}
+
 pack_out() {  # the device tool returns at most 8 files, no deeper than $OUT/a/b/file: pack folders if needed
   local d=$1 n deep sub
   n=$(find "$OUT" -type f | wc -l)

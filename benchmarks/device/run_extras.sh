@@ -12,6 +12,19 @@
 cd "$(dirname "$0")/../.." || exit 2
 source benchmarks/device/_common.sh
 PARTS="${1:-extras calib_gemm heldout7}"
+power_part() {
+  run_part heldout7s python3 -m perfcast.measure.calibrate --out "$D/heldout7s" --heldout --seed 7 \
+    --only gemm,attention --sustain-ms 100 --quiet
+  run_part gridsub python3 -m perfcast.measure.calibrate --out "$D/gridsub" --only gemm,attention \
+    --subset 0.1 --seed 0 --sustain-ms 100 --quiet
+}
+
+calib_shuf_part() {  # the whole GEMM grid in random order (history-free clocks), then 10% of it sustained
+  run_part calib_shuf python3 -m perfcast.measure.calibrate --out "$D/calib_shuf" --only gemm --shuffle --quiet
+  run_part gemm_sustain python3 -m perfcast.measure.calibrate --out "$D/gemm_sustain" --only gemm \
+    --subset 0.1 --seed 0 --sustain-ms 100 --quiet
+}
+
 main() {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.limit,temperature.gpu --format=csv
   for part in $PARTS; do
@@ -20,27 +33,11 @@ main() {
       extras) run_part extras python3 -m perfcast.measure.extras --out "$D/extras" ;;
       calib_gemm) run_part calib_gemm python3 -m perfcast.measure.calibrate --out "$D/calib_gemm" --only gemm ;;
       heldout7) run_part heldout7 python3 -m perfcast.measure.calibrate --out "$D/heldout7" --heldout --seed 7 ;;
-      power)
-        nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu --format=csv -lms 50 \
-          > "$D/clocks_power.csv" 2>/dev/null & local smi=$!
-        run_part heldout7s python3 -m perfcast.measure.calibrate --out "$D/heldout7s" --heldout --seed 7 \
-          --only gemm,attention --sustain-ms 100 --quiet
-        run_part gridsub python3 -m perfcast.measure.calibrate --out "$D/gridsub" --only gemm,attention \
-          --subset 0.1 --seed 0 --sustain-ms 100 --quiet
-        kill $smi 2>/dev/null ;;
+      power) with_clock_log "$D/clocks_power.csv" 50 power_part ;;
       gridshuf)  # a 10% sample of the grid in random order, as the held-out runs leave the GPU
-        nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu --format=csv -lms 50 \
-          > "$D/clocks_power_shuf.csv" 2>/dev/null & local smi2=$!
-        run_part gridshuf python3 -m perfcast.measure.calibrate --out "$D/gridshuf" --only gemm,attention \
-          --subset 0.1 --seed 0 --shuffle --quiet
-        kill $smi2 2>/dev/null ;;
-      calib_shuf)  # the whole GEMM grid in random order (history-free clocks), then 10% of it sustained
-        nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu --format=csv -lms 100 \
-          > "$D/clocks_power_calib_shuf.csv" 2>/dev/null & local smi3=$!
-        run_part calib_shuf python3 -m perfcast.measure.calibrate --out "$D/calib_shuf" --only gemm --shuffle --quiet
-        run_part gemm_sustain python3 -m perfcast.measure.calibrate --out "$D/gemm_sustain" --only gemm \
-          --subset 0.1 --seed 0 --sustain-ms 100 --quiet
-        kill $smi3 2>/dev/null ;;
+        with_clock_log "$D/clocks_power_shuf.csv" 50 run_part gridshuf python3 -m perfcast.measure.calibrate \
+          --out "$D/gridshuf" --only gemm,attention --subset 0.1 --seed 0 --shuffle --quiet ;;
+      calib_shuf) with_clock_log "$D/clocks_power_calib_shuf.csv" 100 calib_shuf_part ;;
       fp8same) run_part fp8same python3 -m perfcast.measure.extras --out "$D/extras_fp8same" --parts fp8same ;;
       attn) run_part attn python3 -m perfcast.measure.calibrate --out "$D/calib_attn" --only attention --quiet ;;
       int8c) PART_TIMEOUT=200 run_part int8c python3 -m perfcast.measure.extras --out "$D/extras_int8c" --parts int8c ;;
