@@ -48,34 +48,22 @@ def measured_lines():
 
 
 def own_host_profiles(runs, gpu_of) -> dict:
-    """{run: profile dir}: a copy of the run's GPU profile whose host.json carries the eager-tp<N>
-    constants fitted on that run's own host cases (multi-GPU runs only)."""
+    """{run: profile dir}: a copy of the run's GPU profile whose host.json carries the host constants
+    (eager-tp<N> of a multi-GPU run, eager-hf of a single-GPU one) fitted on that run's own host cases."""
     import shutil
     import tempfile
 
-    from fit_host import fit_tp, hf_ops_per_layer, per_layer
+    from fit_host import fit_hf, fit_tp
 
-    def fit_hf(run: Path) -> dict:
-        """eager-hf refitted on a single-GPU run's own host cases (fit_host.py's rule)."""
-        f = run / "step_single.jsonl"
-        if not f.is_file():
-            return {}
-        lines = [d for d in (json.loads(x) for x in f.read_text().splitlines()) if "error" not in d]
-        layer, step, n = per_layer(lines, "hf")
-        if not n:
-            return {}
-        return {"eager-hf": {"per_op_s": layer / hf_ops_per_layer(), "per_layer_s": 0.0, "per_step_s": step}}
-
-    from perfcast.profiles.registry import resolve_profile  # noqa: F401 (profile dirs below)
+    from perfcast.profiles.registry import shipped_profile_dir
 
     out, tmp = {}, Path(tempfile.mkdtemp(prefix="perfcast-ownhost-"))
-    pkg = Path(__file__).resolve().parent.parent / "src" / "perfcast" / "profiles" / "data"
     for run in runs:
         fitted = fit_tp(ROOT / run) or fit_hf(ROOT / run)
         if not fitted:
             continue
         dst = tmp / run
-        shutil.copytree(pkg / gpu_of[run], dst)
+        shutil.copytree(str(shipped_profile_dir(gpu_of[run])), dst)
         host = json.loads((dst / "host.json").read_text())
         for name, v in fitted.items():
             host["runtimes"][name] = {**host["runtimes"].get(name, {}), **v}

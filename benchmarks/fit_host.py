@@ -91,6 +91,20 @@ def fit_discount(lines, gpu_id, profile_dir, host):
     return float(disc), float(f), err(pre, disc, f) * 100, len(pre)
 
 
+def fit_hf(run: Path) -> dict:
+    """eager-hf from a single-GPU run's host cases: host seconds per dispatched torch op (the per-layer
+    time over the step builder's op count) and per forward ({} without such cases)."""
+    f = run / "step_single.jsonl"
+    if not f.is_file():
+        return {}
+    lines = [d for d in (json.loads(x) for x in f.read_text().splitlines()) if "error" not in d]
+    layer, step, n = per_layer(lines, "hf")
+    if not n:
+        return {}
+    # per torch op, so a layer with more ops (Qwen3's q/k norms) costs more host time
+    return {"eager-hf": {"per_op_s": layer / hf_ops_per_layer(), "per_layer_s": 0.0, "per_step_s": step}}
+
+
 def fit_tp(run: Path) -> dict:
     """eager-tp<N>: the median host time per layer of the host cases of each step_tp<N>.jsonl (batch 1,
     16 tokens, full depth; prefill and decode pooled). Multi-process eager host time is noisy (the
@@ -130,7 +144,7 @@ def main(argv=None):
     lines = [d for d in lines if "error" not in d]
     gpu_id = lines[0]["gpu_id"]
     launch = {(r["mode"], r["op"]): float(r["median_us"]) * 1e-6 for r in csv.DictReader(open(prof / "launch.csv"))}
-    hf_layer, hf_step, n_hf = per_layer(lines, "hf")
+    n_hf = per_layer(lines, "hf")[2]
     pl_layer, pl_step, n_pl = per_layer(lines, "plain")
     graph = {"graph_launch_s": launch[("graph_launch", "replay_1")], "graph_kernel_min_s": launch[("graph", "add")]}
     disc, strided, err, n = fit_discount(lines, gpu_id, prof, graph)
@@ -140,8 +154,7 @@ def main(argv=None):
         "source": f"fitted by benchmarks/fit_host.py from {run.name}/step_single.jsonl and launch.csv",
         "gpu_id": gpu_id,
         "runtimes": {
-            # per torch op, so a layer with more ops (Qwen3's q/k norms) costs more host time
-            "eager-hf": {"per_op_s": hf_layer / hf_ops_per_layer(), "per_layer_s": 0.0, "per_step_s": hf_step},
+            **fit_hf(run),
             "eager-tp": {"per_op_s": 0.0, "per_layer_s": pl_layer, "per_step_s": pl_step},
             "cuda-graph": graph,
         },
