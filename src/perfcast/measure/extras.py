@@ -8,6 +8,11 @@
 - ``fp8dense``: FP8 GEMMs on a dense M grid (every 32 to 1024, every 128 to 4096, every 512 to 16384)
   over the same (n, k) pairs (``gemm_fp8_dense.csv``), and a second held-out set (seed 11) whose M values
   avoid both grids (``gemm_fp8_heldout11.csv``).
+- ``fp8same``: the dense FP8 grid and held-out set 11 interleaved in one seeded random order
+  (``gemm_fp8_dense_same.csv``, ``gemm_fp8_heldout11_same.csv``).
+- ``fp8held``: a fresh FP8 held-out set (seed 12, 150 shapes off both grids) in seeded random order, in a
+  process of its own after ``fp8same`` (``gemm_fp8_heldout12.csv``): the held-out check of a grid timed in
+  random order.
 - ``moegemm``: bf16 GEMMs at the expert, shared-expert and router shapes of every shipped MoE config at
   TP 1/2/4/8, over the calibration M grid (``gemm_moe.csv``), and a held-out draw off that grid
   (``gemm_moe_heldout.csv``).
@@ -442,6 +447,12 @@ def main(argv=None) -> int:
         t0 = time.time()
         meta["fp8same_rows"] = run_fp8_same(torch, timer, out)
         meta["elapsed_s"]["fp8same"] = round(time.time() - t0, 1)
+    if "fp8held" in parts:
+        t0 = time.time()
+        cases = fp8_heldout11(seed=12)
+        random.Random(12).shuffle(cases)
+        meta["fp8_heldout12_rows"] = run_fp8(torch, timer, out / "gemm_fp8_heldout12.csv", None, cases)
+        meta["elapsed_s"]["fp8held"] = round(time.time() - t0, 1)
     if "int8c" in parts:
         t0 = time.time()
         cases = [(m, n, k) for n, k in INT8C_PAIRS for m in INT8C_M]
