@@ -69,7 +69,7 @@ def summarize(preds):
 def heldout_sets():
     """(run dir, GPU id, [(family label, or None for the kernel's own; kernel kind; CSV)]) of every held-out
     set: the calibration harness's held-out runs (plus run 2's FP8 held-out beside its set 7) and the
-    second extras session's (FP8 set 3 off the dense grid, MoE expert GEMMs, INT4 tinygemm); plus the
+    second extras session's (FP8 set 11 off the dense grid, MoE expert GEMMs, INT4 tinygemm), FP8 set 12 (random order, own process); plus the
     weight-only INT8 tables, which are on the shipped grid (see below)."""
     for run in sorted(ROOT.glob("*/heldout*/meta.json")):
         d = run.parent
@@ -82,6 +82,10 @@ def heldout_sets():
         yield d, json.loads(run.read_text())["gpu_id"], [
             ("gemm_fp8", "gemm", d / "gemm_fp8_heldout11.csv"), ("gemm_moe", "gemm", d / "gemm_moe_heldout.csv"),
             ("gemm_int4", "gemm", d / "gemm_int4_heldout.csv")]
+    # FP8 set 12: timed in random order in a process of its own, after the random-order FP8 grid shipped
+    for run in sorted(ROOT.glob("*/extras_fp8held/extras_meta.json")):
+        d = run.parent
+        yield d, json.loads(run.read_text())["gpu_id"], [("gemm_fp8", "gemm", d / "gemm_fp8_heldout12.csv")]
     # weight-only INT8 (torch.compile'd): no off-grid held-out exists, and these are the very rows shipped
     # as gemm_int8.csv, so "auto" only checks they come back; "none" is the transfer from the other GPU
     for run in sorted(ROOT.glob("*/extras_int8c/extras_meta.json")):
