@@ -96,13 +96,23 @@ class Tables:
         by: dict[tuple, list] = {}
         for r in self._gemm_rows:
             by.setdefault((r["dtype"], int(r["n"]), int(r["k"])), []).append(r)
+        # FP8 weights: (unique m, mean log seconds), and the FP8 reference fitted on all of them
+        fp8 = {(n, k): _unique_log(_num(rows, "m"), _num(rows, "median_ms") * 1e-3)
+               for (dt, n, k), rows in by.items() if _padded_class(dt, n, k)}
+        self._fp8_ref = _fit_fp8_reference(self.gpu, fp8) if fp8 else None
+        fp8_fit = {}  # (n, k) -> local-fit log ratio over that reference at each unique m
         for (dt, n, k), rows in by.items():
             m = _num(rows, "m")
             t = _num(rows, "median_ms") * 1e-3
             base = _ideal_gemm(self.gpu, m, n, k, dt).seconds
             lr = monotone_log_ratio(m, np.log(t / base), base)
             self.gemm_curves[(dt, n, k)] = Curve(m, lr)
-            if _smooth_class(dt, n, k):
+            if _padded_class(dt, n, k):
+                um, lt = fp8[(n, k)]
+                ref = _fp8_reference(self.gpu, um, n, k, self._fp8_ref)
+                fp8_fit[(n, k)] = _local_line(np.log(um), lt - np.log(ref), _OWN_HALF)
+                self.gemm_time[(dt, n, k)] = _ReferenceTimes(self.gpu, n, k, self._fp8_ref, um, lt, fp8_fit[(n, k)])
+            elif _smooth_class(dt, n, k):
                 self.gemm_time[(dt, n, k)] = _SmoothedTimes(m, *_gemm_own_curve(self.gpu, dt, n, k, m, t))
             else:
                 self.gemm_time[(dt, n, k)] = Curve(m, lr + np.log(base))
@@ -113,8 +123,11 @@ class Tables:
         self._gemm_pts: dict[tuple, list] = {}
         for (dt, n, k), rows in by.items():
             m = _num(rows, "m")
+            if _padded_class(dt, n, k):  # FP8: each weight's local fit over the FP8 reference (_gemm_blend_smooth)
+                m, lr = fp8[(n, k)][0], fp8_fit[(n, k)]
+            else:
+                lr = self.gemm_curves[(dt, n, k)](m)
             f = np.stack([np.log(m), np.full(m.shape, np.log(n)), np.full(m.shape, np.log(k))], axis=1)
-            lr = self.gemm_curves[(dt, n, k)](m)
             if _smooth_class(dt, n, k):  # blended over the smooth roofline (see _gemm_blend_smooth)
                 lr = lr + np.log(_ideal_gemm(self.gpu, m, n, k, dt).seconds / _smooth_gemm(self.gpu, m, n, k, dt))
             self._gemm_pts.setdefault((dt, _aligned(n, k)), []).append((n, k, f, lr))
@@ -165,6 +178,9 @@ class Tables:
     def _gemm_unmeasured(self, gpu, dt, m, n, k, base_s):
         """(seconds, inside the blended m range) of a weight shape nobody measured, on ``gpu``
         (``base_s``: its IDEAL roofline time at ``m``)."""
+        if _padded_class(dt, n, k):
+            lr, inside = self._gemm_blend_smooth(dt, m, n, k)
+            return _fp8_reference(gpu, m, n, k, self._fp8_ref) * np.exp(lr), inside
         if _smooth_class(dt, n, k):
             lr, inside = self._gemm_blend_smooth(dt, m, n, k)
             return _smooth_gemm(gpu, m, n, k, dt) * np.exp(lr), inside
@@ -181,7 +197,11 @@ class Tables:
         shapes; ratios over a reference without quantization vary smoothly (leave-one-weight-out on the
         shipped grids, benchmarks/gemm_loo.py). A local plane follows the trend in n and k that an
         inverse-distance mean flattens; it is ridge-damped and clamped to the neighbours' range so that
-        it never extrapolates. fp16 pools the bf16 weights (the same tensor-core kernels)."""
+        it never extrapolates. fp16 pools the bf16 weights (the same tensor-core kernels).
+
+        FP8 weights blend the same way, over their own reference (:func:`_fp8_reference`) instead, each
+        measured weight's curve its local fit (:func:`_local_line`) rather than its raw grid times: chosen
+        by leave-one-weight-out on the shipped FP8 grids (benchmarks/fp8_loo.py)."""
         key = ("smooth", dt, int(n), int(k))
         curve = self._blend_cache.get(key)
         if curve is None:
@@ -554,9 +574,25 @@ def _gemm_own_curve(gpu, dt, n, k, m, t):
     o = np.argsort(m, kind="stable")
     m, t = np.asarray(m, dtype=float)[o], np.asarray(t, dtype=float)[o]
     lm = np.log(m)
-    lr = np.log(t / _smooth_gemm(gpu, m, n, k, dt))
-    # every grid M at once: its window of up to 2 * _OWN_HALF + 1 neighbours (rows), padding masked out
-    idx = np.arange(lm.size)[:, None] + np.arange(-_OWN_HALF, _OWN_HALF + 1)[None, :]
+    fit = _local_line(lm, np.log(t / _smooth_gemm(gpu, m, n, k, dt)), _OWN_HALF)
+    if lm.size > 1:
+        f = np.arange(_OWN_DENSE) / _OWN_DENSE
+        dense = np.append((lm[:-1, None] + np.diff(lm)[:, None] * f).ravel(), lm[-1])
+    else:
+        dense = lm
+    md = np.exp(dense)
+    lt = np.interp(dense, lm, fit) + np.log(_smooth_gemm(gpu, md, n, k, dt))
+    lt[::_OWN_DENSE] = np.log(t)  # at a measured M itself its own kernel's time (prefill's round M)
+    return md, np.minimum.accumulate(lt[::-1])[::-1]
+
+
+def _local_line(lm, lr, half):
+    """At each of the sorted points ``lm`` (log m), the intercept of a line fitted to ``lr`` over the
+    ``half`` points each side (tricube weights in log m, least squares); a point with fewer than 3 in its
+    window keeps its own value."""
+    lm, lr = np.asarray(lm, dtype=float), np.asarray(lr, dtype=float)
+    # every grid M at once: its window of up to 2 * half + 1 neighbours (rows), padding masked out
+    idx = np.arange(lm.size)[:, None] + np.arange(-half, half + 1)[None, :]
     ok = (idx >= 0) & (idx < lm.size)
     idx = np.clip(idx, 0, lm.size - 1)
     x = np.where(ok, lm[idx] - lm[:, None], 0.0)
@@ -568,17 +604,96 @@ def _gemm_own_curve(gpu, dt, n, k, m, t):
     sy, sxy = (w * y).sum(axis=1), (w * x * y).sum(axis=1)
     den = sw * sxx - sx * sx
     use = (ok.sum(axis=1) >= 3) & (den != 0)
-    # the intercept at x = 0 of the weighted line; a point with fewer than 3 in its window keeps its own
-    fit = np.where(use, (sxx * sy - sx * sxy) / np.where(use, den, 1.0), lr)
-    if lm.size > 1:
-        f = np.arange(_OWN_DENSE) / _OWN_DENSE
-        dense = np.append((lm[:-1, None] + np.diff(lm)[:, None] * f).ravel(), lm[-1])
-    else:
-        dense = lm
-    md = np.exp(dense)
-    lt = np.interp(dense, lm, fit) + np.log(_smooth_gemm(gpu, md, n, k, dt))
-    lt[::_OWN_DENSE] = np.log(t)  # at a measured M itself its own kernel's time (prefill's round M)
-    return md, np.minimum.accumulate(lt[::-1])[::-1]
+    # the intercept at x = 0 of the weighted line
+    return np.where(use, (sxx * sy - sx * sxy) / np.where(use, den, 1.0), lr)
+
+
+def _unique_log(m, t):
+    """(sorted distinct m, mean log t at each): tables measured twice at an m (two runs) count once."""
+    um, inv = unique(np.asarray(m, dtype=float), return_inverse=True)
+    return um, np.bincount(inv, weights=np.log(np.asarray(t, dtype=float))) / np.bincount(inv)
+
+
+def _padded_class(dt, n, k) -> bool:
+    """Measured weights of this class are predicted over the FP8 reference (:func:`_fp8_reference`)."""
+    return dt == "fp8" and _aligned(n, k)
+
+
+_FP8_TILE_M = 128  # rows of the output tiles of the FP8 GEMM kernels cuBLAS runs on sm90 (torch._scaled_mm)
+_FP8_PADS = np.linspace(0.0, 1.0, 21)  # tile padding exponents tried by _fit_fp8_reference
+
+
+def _fp8_work(gpu, m, n, k, pad):
+    """FP8 GEMM seconds before the fixed overhead: the 4-norm (a soft maximum) of the datasheet compute
+    time and the memory time, the compute time of M rounded up to whole ``_FP8_TILE_M``-row tiles to the
+    power ``pad`` (1: every padded row computed; 0: none)."""
+    m = np.asarray(m, dtype=float)
+    tiles = np.ceil(m / _FP8_TILE_M - 1e-9) * _FP8_TILE_M  # (an m from exp(log m) may be a hair above)
+    tc = 2.0 * m * n * k / gpu.flops("fp8") * (tiles / m) ** pad
+    tm = rl.gemm_bytes(m, n, k, "fp8") / gpu.mem_bw_bytes_per_s
+    return (tc ** 4 + tm ** 4) ** 0.25
+
+
+def _fp8_reference(gpu, m, n, k, params):
+    """FP8 GEMM reference seconds: a fixed overhead plus :func:`_fp8_work` times a scale
+    (``params`` = (pad, floor, scale), fitted on a profile's FP8 tables by :func:`_fit_fp8_reference`)."""
+    pad, floor, scale = params
+    return floor + scale * _fp8_work(gpu, m, n, k, pad)
+
+
+def _fit_fp8_reference(gpu, weights) -> tuple[float, float, float]:
+    """(pad, floor seconds, scale) of :func:`_fp8_reference` on ``weights``: {(n, k): (sorted m, log
+    seconds)} of measured FP8 weights.
+
+    Why: a torch._scaled_mm kernel computes whole tiles of 128 rows of M, so on the dense grid an M just
+    above a multiple of 128 runs slower than the smooth trend and a multiple of 128 faster (by 5-6%
+    below M = 1024 on H100 and H200); and every FP8 GEMM pays a fixed 5-7 us (its scales and epilogue,
+    launch) on top of the bytes and FLOPs, so a ratio over a floor-less roofline varies 5x across weight
+    shapes at small M. ``pad`` is the exponent in [0, 1] whose reference leaves the weights' log ratios
+    smoothest (least residual around the :func:`_local_line` fit of each weight), floor and scale at
+    each exponent the least-squares fit in relative error of t ~ floor + scale * work (as for attention,
+    :func:`_fit_floor_and_scale`). Chosen by leave-one-M-out and leave-one-weight-out on the shipped
+    FP8 grids (benchmarks/fp8_loo.py)."""
+    fitted = [(n, k, um, lt) for (n, k), (um, lt) in weights.items()]
+    t = np.exp(np.concatenate([lt for *_, lt in fitted]))
+    best = None
+    for pad in _FP8_PADS:
+        works = [_fp8_work(gpu, um, n, k, pad) for n, k, um, _ in fitted]
+        floor, scale = _fit_floor_and_scale(np.concatenate(works), t)
+        rough = 0.0
+        for (_, _, um, lt), work in zip(fitted, works):
+            y = lt - np.log(floor + scale * work)
+            r = y - _local_line(np.log(um), y, _OWN_HALF)
+            rough += float(r @ r)
+        if best is None or rough < best[0]:
+            best = (rough, float(pad), floor, scale)
+    return best[1:]
+
+
+class _ReferenceTimes(Curve):
+    """Log time vs log m of a measured FP8 weight on its own GPU: at a measured M its measured time
+    (cuBLAS picks its kernel per exact M); between measured M the FP8 reference (:func:`_fp8_reference`,
+    tile padding included) times the ratio of the local fit (:func:`_local_line`) at the neighbouring
+    grid M, interpolated linearly in log m.
+
+    Why not the line through the two neighbouring grid times (the former predictor): the grid's times
+    jitter by kernel choice and timing noise, and M between grid points mostly pays a partial 128-row
+    tile that round grid M do not; the padding envelope (time never falls as m grows) took the faster
+    of noisy neighbours and biased predictions low (leave-one-M-out, benchmarks/fp8_loo.py)."""
+
+    def __init__(self, gpu, n, k, params, m, log_t, log_fit):
+        super().__init__(m, log_t)  # m: sorted, distinct
+        self._fit = np.asarray(log_fit, dtype=float)
+        self._ref = (gpu, int(n), int(k), params)
+
+    def __call__(self, q):
+        return self.at_log(np.log(np.asarray(q, dtype=float)))
+
+    def at_log(self, lq):
+        lq = np.asarray(lq, dtype=float)
+        gpu, n, k, params = self._ref
+        between = np.interp(lq, self.x, self._fit) + np.log(_fp8_reference(gpu, np.exp(lq), n, k, params))
+        return np.where(self.on_grid_log(lq), np.interp(lq, self.x, self.y), between)
 
 
 class _SmoothedTimes(Curve):
