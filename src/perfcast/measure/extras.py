@@ -738,7 +738,7 @@ def _run_mla(torch, path: Path, quick: bool, device: str, t_start: float, name: 
                 f.flush()
                 print(f"mla {_mla_label(case)} {impl} ({backend}): {rec['ms']:.3f} ms")
                 n += 1
-                del g
+                del g, step
             del caches, x
             if not cpu:
                 torch.cuda.empty_cache()
