@@ -12,7 +12,7 @@ import pytest
 from perfcast.hardware import get_gpu
 from perfcast.models import get_model
 from perfcast.models.builder import _mla
-from perfcast.ops.base import ANALYTICAL
+from perfcast.ops.base import ANALYTICAL, INTERPOLATED
 from perfcast.profiles.registry import resolve_profile
 from perfcast.step.costs import op_cost
 
@@ -126,7 +126,15 @@ def test_bench_predicts_the_builders_mla_ops(case):
     assert math.isfinite(p) and p > 0
     gpu = get_gpu("h100-sxm")
     att = [o for o in ops if o.kind == "attention"]
-    assert len(att) == 1 and int(op_cost(att[0], gpu, resolve_profile(gpu, "auto")).source) == ANALYTICAL
+    # MLA attention reads the measured attention grids (carried to its widths by the tile schedule / its bytes)
+    assert len(att) == 1 and int(op_cost(att[0], gpu, resolve_profile(gpu, "auto")).source) in (INTERPOLATED,
+                                                                                                ANALYTICAL)
+    # the measured stack: the builder's ops, then the harness's glue copies (layers times each)
+    stack = bench.stack_ops(rec)
+    assert [o.name for o in stack[:len(ops)]] == [o.name for o in ops]
+    glue = stack[len(ops):]
+    assert glue and all(o.name.startswith("glue_") and o.dims["op"] == "copy" and o.count == rec["layers"]
+                        for o in glue)
 
 
 def test_q_absorb_flops_by_hand():
