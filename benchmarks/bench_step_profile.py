@@ -24,7 +24,7 @@ FAMILIES = ("gemm", "attention", "elementwise")
 
 
 def records(root: Path = ROOT):
-    for path in sorted(root.glob("*/step_profile/step_profile.jsonl")):
+    for path in sorted(root.glob("*/step_profile*/step_profile.jsonl")):
         for line in path.read_text().splitlines():
             if line.strip():
                 rec = json.loads(line)
