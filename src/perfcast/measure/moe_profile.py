@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from perfcast.measure.env import collect, command_line
+from perfcast.measure.env import start_out_dir
 from perfcast.measure.extras import MOE_CASES, capture_and_time, moe_layer
 from perfcast.measure.timing import import_torch, kernel_profile
 
@@ -48,11 +47,7 @@ def main(argv=None) -> int:
     torch = import_torch()
     import torch.nn.functional as F
 
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = collect(torch)
-    meta["command"] = command_line()
-    (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    out = start_out_dir(torch, a.out)
     with open(out / "moe_profile.jsonl", "w") as f:
         for label, h, inter, experts, top_k, layers in MOE_CASES:
             for t in (int(v) for v in a.tokens.split(",")):

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from perfcast.measure.env import collect, command_line
+from perfcast.measure.env import start_out_dir
 
 DEFAULT_CASES = (
     {"model": "meta-llama/Llama-3.2-1B", "batch": 1, "prompt": 2048, "context": 2048, "measure": "decode"},
@@ -87,11 +87,7 @@ def main(argv=None) -> int:
     cases = DEFAULT_CASES
     if a.cases:
         cases = [json.loads(line) for line in Path(a.cases).read_text().splitlines() if line.strip()]
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = collect(torch)
-    meta["command"] = command_line()
-    (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    out = start_out_dir(torch, a.out)
     with open(out / "step_profile.jsonl", "w") as f:
         for c in cases:
             try:
