@@ -38,14 +38,15 @@ def table(path: Path) -> dict:
 
 
 def pp_table(path: Path) -> dict:
-    """Pipeline-parallel kinds from bench_pp.py: '<gpu>:decode:pp2 cuda-graph' -> 'decode:cuda-graph:pp>1'."""
+    """Pipeline-parallel kinds from bench_pp.py: '<gpu>:decode:pp2 cuda-graph' -> 'decode:cuda-graph:pp>1',
+    and TP inside the stages: '<gpu>:decode:tp2xpp2 cuda-graph' -> 'decode:cuda-graph:tp>1,pp>1'."""
     if not path.is_file():
         return {}
     pairs = []
     for name, s in json.loads(path.read_text())["summary"].items():
-        m = re.match(r"[\w-]+:(prefill|decode):pp\d+ ([\w-]+)$", name)
+        m = re.match(r"[\w-]+:(prefill|decode):(tp\d+x)?pp\d+ ([\w-]+)$", name)
         if m:
-            pairs.append((f"{m.group(1)}:{m.group(2)}:pp>1", s))
+            pairs.append((f"{m.group(1)}:{m.group(3)}:{'tp>1,' if m.group(2) else ''}pp>1", s))
     return _pool(pairs)
 
 

@@ -205,13 +205,15 @@ def forward_check(step_cfg, steps: list[dict], max_tokens: int, max_seqs: int, s
 
 
 # --------------------------------------------------------------------------- simulation
-def simulate_run(run: dict, calib: dict | None, tmp: Path) -> dict:
+def run_config(run: dict, calib: dict | None, tmp: Path, shift: bool = True):
+    """The simulator's config for a measured run: its own requests at the times the engine got them
+    (``shift``: the first at 0; else at the run's own clock, that of its ``steps.jsonl``)."""
     s, rows = run["summary"], run["rows"]
     st = s["settings"]
     gpu = s["env"].get("gpu_id")
     use = [r for r in rows if r.get("submit_s") is not None and np.isfinite(r["submit_s"])]
     trace = tmp / f"{s['engine']}_{s['label']}.jsonl"
-    t0 = min(r["submit_s"] for r in use)
+    t0 = min(r["submit_s"] for r in use) if shift else 0.0
     trace.write_text("".join(json.dumps({"arrival_s": r["submit_s"] - t0, "input_tokens": r["input_tokens"],
                                          "output_tokens": r["output_tokens"]}) + "\n" for r in use))
     if s["engine"] == "hf-cb":
@@ -227,7 +229,72 @@ def simulate_run(run: dict, calib: dict | None, tmp: Path) -> dict:
         cfg = {"model": s["model"], "gpu": gpu, "runtime": "cuda-graph", "scheduler": "static",
                "max_num_seqs": st["max_batch"], "block_size": 16,
                "kv_blocks": st["max_batch"] * (-(-longest // 16) + 1)}
-    return simulate(parse_config({**cfg, "workload": {"trace": str(trace)}})).summary
+    return parse_config({**cfg, "workload": {"trace": str(trace)}})
+
+
+def simulate_run(run: dict, calib: dict | None, tmp: Path) -> dict:
+    return simulate(run_config(run, calib, tmp)).summary
+
+
+# --------------------------------------------------------------------------- scheduler replay
+def replay(engine, requests: list, steps: list[dict]) -> list[dict]:
+    """Drive one simulated engine with given iteration boundaries instead of its step model: before
+    iteration ``k`` every request that arrived by ``t_start`` joins, the engine's policy picks the
+    batch, and the iteration ends at ``t_end``. Returns, per iteration, what the policy put in the
+    batch (the fields of ``steps.jsonl``) and the step model's seconds for that batch; the requests
+    keep their token times. With the measured boundaries of a run, equal batches mean the policy
+    is the engine's, and the first-token times are the policy's alone."""
+    reqs = sorted(requests, key=lambda r: r.arrival)
+    k, out = 0, []
+    for st in steps:
+        while k < len(reqs) and reqs[k].arrival <= st["t_start"]:
+            engine.add(reqs[k], reqs[k].arrival)
+            k += 1
+        dur = engine.schedule(st["t_start"])
+        chunks = [[r.computed, q] for r, q in engine.chunks]
+        n_dec = engine.n_dec
+        out.append({"requests": n_dec + len(chunks), "q_tokens": n_dec + sum(q for _, q in chunks),
+                    "decodes": n_dec, "chunks": chunks, "seconds": dur})
+        if dur is None:  # nothing to run: the policy and the engine disagree
+            break
+        engine.finish(st["t_end"])
+    return out
+
+
+POLICY_FIELDS = ("requests", "q_tokens", "decodes", "chunks")
+WINDOW_S = 2.0  # host-speed windows of the replay
+
+
+def replay_policy(run: dict, calib: dict | None, tmp: Path) -> dict:
+    """The simulator's ``hf-cb`` scheduler on a measured run's own iteration times: how many
+    iterations it fills exactly as the engine did, its TTFT (only the policy differs from the
+    measurement), and the step model's time for the engine's own batches against the measured cycle
+    (iteration start to the next one's start), overall and per ``WINDOW_S`` window: the host's speed
+    through the run, which the warm-up calibration holds constant."""
+    from perfcast.serving.simulator import Simulator
+
+    steps = run["steps"]
+    sim = Simulator(run_config(run, calib, tmp, shift=False))
+    got = replay(sim.engines[0], sim.requests, steps)
+    same = [all(g[f] == st[f] for f in POLICY_FIELDS) for g, st in zip(got, steps)]
+    diff = next((i for i, ok in enumerate(same) if not ok), None)
+    if len(got) < len(steps) and diff is None:
+        diff = len(got) - 1
+    ttft = np.array([(r.first_t - r.arrival) * 1e3 for r in sim.requests if r.first_t >= 0])
+    t = np.array([st["t_start"] for st in steps])
+    pred = np.array([g["seconds"] or 0.0 for g in got[:-1]])
+    meas = np.diff(t)[:len(pred)]
+    win = []
+    for a in np.arange(t[0], t[-1], WINDOW_S):
+        k = (t[:len(pred)] >= a) & (t[:len(pred)] < a + WINDOW_S)
+        if k.sum() >= 20:
+            win.append(float(pred[k].sum() / meas[k].sum()))
+    return {"iterations": len(steps), "identical": int(sum(same)), "first_difference": diff,
+            "first_tokens": int(ttft.size), "requests": len(sim.requests),
+            "ttft_ms": {"p50": float(np.percentile(ttft, 50)) if ttft.size else None,
+                        "p90": float(np.percentile(ttft, 90)) if ttft.size else None},
+            "cycle_predicted_over_measured": float(pred.sum() / meas.sum()) if meas.size else None,
+            "window_ratio_min": min(win) if win else None, "window_ratio_max": max(win) if win else None}
 
 
 def measured_load(rows: list[dict]) -> bool:
@@ -369,6 +436,20 @@ def main() -> int:
                       + (f"; host outside the forward {fc['host_outside_forward']['measured_mean_ms']:.2f} ms "
                          f"measured vs {fc['host_outside_forward']['fitted_mean_ms']:.2f} fitted"
                          if "host_outside_forward" in fc else ""))
+                rp = replay_policy(r, cal, tmp)
+                entry["scheduler_replay"] = rp
+                mt = s["ttft_ms"]
+                print(f"   scheduler replay on the measured iteration times: {rp['identical']}/{rp['iterations']} "
+                      f"iterations as the engine filled them"
+                      + ("" if rp["first_difference"] is None else f" (first difference: iteration {rp['first_difference']})")
+                      + f"; TTFT p50/p90 {_fmt(rp['ttft_ms']['p50'])}/{_fmt(rp['ttft_ms']['p90'])} ms "
+                      f"(measured {_fmt(mt['p50'])}/{_fmt(mt['p90'])})")
+                if rp["cycle_predicted_over_measured"] is not None:
+                    print(f"   host speed: predicted/measured time of the engine's own iterations "
+                          f"{rp['cycle_predicted_over_measured']:.3f} over the run"
+                          + ("" if rp["window_ratio_min"] is None else
+                             f", {rp['window_ratio_min']:.2f}-{rp['window_ratio_max']:.2f} over its {WINDOW_S:g} s "
+                             "windows"))
             if s["engine"] == "static" and s.get("static_kv_overshoot_mean") is not None:
                 print(f"   static decode attended {s['static_kv_overshoot_mean']:.0f} extra keys on average "
                       f"(KV rounded up to {s['settings']['kv_bucket']} for the graphs)")

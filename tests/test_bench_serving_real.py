@@ -140,3 +140,71 @@ def test_host_scale_fit_is_a_mean_without_the_stalls(bench):
     assert stats["stalls"] == 8
     kept = bench.warm_steps({"model": MODEL, "gpu": GPU}, steps, 2048, 32, scale)
     assert len(kept) == 24
+
+
+def _hfcb_engine(tmp_path, rows, **kw):
+    from perfcast.serving import parse_config
+    from perfcast.serving.simulator import Simulator
+
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(json.dumps(dict(zip(("arrival_s", "input_tokens", "output_tokens"), r))) + "\n"
+                             for r in rows))
+    cfg = {"model": MODEL, "gpu": GPU, "runtime": "eager", "scheduler": "hf-cb", "block_size": 256,
+           "kv_blocks": 100, **kw, "workload": {"trace": str(trace)}}
+    sim = Simulator(parse_config(cfg))
+    return sim.engines[0], sim.requests
+
+
+def test_replay_fills_batches_by_transformers_fifo_rules(bench, tmp_path):
+    """transformers 5.17 FIFOScheduler (scheduler.py, _process_candidates), by hand, on given iteration
+    boundaries (10 ms each from t = 1 ms), 2 requests per batch, a budget of 300 tokens:
+    A (100 prompt tokens, 3 out), B (250, 2), C (100, 2) arrive at 0, 0.1, 0.2 ms.
+    it0: A whole (100), B cut to what is left (200); the request budget is spent, C waits.
+    it1: decodes first (A), then B's split prefill (its last 50): B's first token.
+    it2: A and B decode and finish (A's 3rd token, B's 2nd); C still has no slot.
+    it3: C's prefill; it4: C's decode.
+    First tokens at the ends of it0, it1, it3: TTFT 11, 20.9 and 40.8 ms."""
+    eng, reqs = _hfcb_engine(tmp_path, [(0.0, 100, 3), (0.0001, 250, 2), (0.0002, 100, 2)],
+                             max_num_seqs=2, max_batched_tokens=300)
+    steps = [{"t_start": 0.001 + 0.01 * k, "t_end": 0.011 + 0.01 * k} for k in range(5)]
+    got = bench.replay(eng, reqs, steps)
+    assert [[g[f] for f in bench.POLICY_FIELDS] for g in got] == [
+        [2, 300, 0, [[0, 100], [0, 200]]],
+        [2, 51, 1, [[200, 50]]],
+        [2, 2, 2, []],
+        [1, 100, 0, [[0, 100]]],
+        [1, 1, 1, []],
+    ]
+    ttft = [(r.first_t - r.arrival) * 1e3 for r in sorted(reqs, key=lambda r: r.arrival)]
+    assert ttft == pytest.approx([11.0, 20.9, 40.8])
+    assert all(g["seconds"] > 0 for g in got)
+
+
+def test_replay_splits_a_long_prompt_behind_the_decodes(bench, tmp_path):
+    """A prompt longer than the budget left after the decodes is chunked over several iterations,
+    each chunk what the decodes leave of max_batch_tokens (transformers: _schedule_request)."""
+    eng, reqs = _hfcb_engine(tmp_path, [(0.0, 50, 6), (0.0001, 700, 2)], max_num_seqs=4, max_batched_tokens=256)
+    steps = [{"t_start": 0.001 + 0.01 * k, "t_end": 0.011 + 0.01 * k} for k in range(6)]
+    got = bench.replay(eng, reqs, steps)
+    # it0: A (50) + B's first 206; then A decodes (1) and B gets 255, 239 (its last)
+    assert [g["chunks"] for g in got[:3]] == [[[0, 50], [0, 206]], [[206, 255]], [[461, 239]]]
+    b = max(reqs, key=lambda r: r.prompt)
+    assert (b.first_t - b.arrival) * 1e3 == pytest.approx(30.9)
+
+
+HFCB_R18 = ROOT / "benchmarks" / "data" / "serve_h100-sxm" / "serve" / "meta-llama__Llama-3.1-8B" / "hf-cb-r18"
+
+
+@pytest.mark.skipif(not (HFCB_R18 / "steps.jsonl").exists(), reason="measured hf-cb run not in the tree")
+def test_replay_of_a_measured_run_is_the_engine(bench, tmp_path):
+    """On a measured transformers run at 18 req/s (the queue for the 32 slots grows to 25), the
+    simulator's hf-cb policy driven by the measured iteration boundaries fills every iteration as the
+    engine did and gives the measured TTFT: what the free-running simulation gets wrong there is the
+    iteration times, not the policy."""
+    run = next(r for r in bench.load_runs(HFCB_R18.parent) if r["dir"] == HFCB_R18)
+    rp = bench.replay_policy(run, None, tmp_path)
+    assert rp["identical"] == rp["iterations"] == len(run["steps"]) and rp["first_difference"] is None
+    assert rp["first_tokens"] == rp["requests"] == 360
+    m = run["summary"]["ttft_ms"]
+    assert rp["ttft_ms"]["p50"] == pytest.approx(m["p50"], abs=0.5)
+    assert rp["ttft_ms"]["p90"] == pytest.approx(m["p90"], abs=0.5)

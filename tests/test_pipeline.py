@@ -372,6 +372,10 @@ def test_pipeline_predictions_carry_the_measured_pp_error():
     assert "pipeline" in p.accuracy_basis
     e = predict(L8, "h200", 8, 1024, 1024, pp=2, runtime="eager")
     assert e.prefill_err_p90_pct == table["prefill:eager:pp>1"]["p90_pct"]
-    # TP and PP together, or a GPU nobody measured: no figure
-    assert predict(L8, "h200", 8, 1024, 1024, pp=2, tp=2).decode_err_p90_pct is None
+    # TP and PP together: measured on 4xH200 (cuda-graph decode, eager prefill); a GPU nobody measured: no figure
+    tp = predict(L8, "h200", 8, 1024, 1024, pp=2, tp=2)
+    assert tp.decode_err_p90_pct == table["decode:cuda-graph:tp>1,pp>1"]["p90_pct"] and "TP x PP" in tp.accuracy_basis
+    assert tp.prefill_err_p90_pct is None  # prefill was measured eager only
+    assert predict(L8, "h200", 8, 1024, 1024, pp=2, tp=2, runtime="eager").prefill_err_p90_pct == \
+        table["prefill:eager:tp>1,pp>1"]["p90_pct"]
     assert predict(L8, "a100-80gb", 8, 1024, 1024, pp=2).decode_err_p90_pct is None

@@ -8,6 +8,9 @@
 #            back to back for 100 ms before it is timed (calibrate --sustain-ms 100), with SM clock and
 #            power sampled every 50 ms by nvidia-smi (clocks_power.csv);
 #     int8:  weight-only INT8 GEMMs (torch._weight_int8pack_mm, and dequantize-then-F.linear).
+#   bash benchmarks/device/run_extras.sh mla   # <2 min: a captured stack of DeepSeek MLA attention blocks
+#     (V2-Lite, V3 at TP 8 and whole; decode absorbed, prefill non-absorbed) -> extras_mla/mla_step.jsonl,
+#     compared with predictions by benchmarks/bench_mla.py
 # Writes under $OUT/<gpu_id>/: extras/ calib_gemm/ heldout7/ (packed to .tgz), run_extras.log.
 cd "$(dirname "$0")/../.." || exit 2
 source benchmarks/device/_common.sh
@@ -40,6 +43,7 @@ main() {
       calib_shuf) with_clock_log "$D/clocks_power_calib_shuf.csv" 100 calib_shuf_part ;;
       fp8same) run_part fp8same python3 -m perfcast.measure.extras --out "$D/extras_fp8same" --parts fp8same ;;
       fp8held) run_part fp8held python3 -m perfcast.measure.extras --out "$D/extras_fp8held" --parts fp8held ;;
+      mla) run_part mla python3 -m perfcast.measure.extras --out "$D/extras_mla" --parts mla ;;
       heldout9) run_part heldout9 python3 -m perfcast.measure.calibrate --out "$D/heldout9" --heldout --seed 9 \
         --only gemm --quiet ;;
       gemm_sustain) run_part gemm_sustain python3 -m perfcast.measure.calibrate --out "$D/gemm_sustain" --only gemm \
@@ -47,7 +51,7 @@ main() {
       attn) run_part attn python3 -m perfcast.measure.calibrate --out "$D/calib_attn" --only attention --quiet ;;
       int8c) PART_TIMEOUT=200 run_part int8c python3 -m perfcast.measure.extras --out "$D/extras_int8c" --parts int8c ;;
       int8) run_part int8 python3 -m perfcast.measure.extras --out "$D/extras_int8" --parts int8 ;;
-      *) echo "unknown part '$part' (extras, extras2, calib_gemm, heldout7, power, gridshuf, calib_shuf, fp8same, fp8held, heldout9, gemm_sustain, attn, int8, int8c)"; RC=2 ;;
+      *) echo "unknown part '$part' (extras, extras2, calib_gemm, heldout7, power, gridshuf, calib_shuf, fp8same, fp8held, mla, heldout9, gemm_sustain, attn, int8, int8c)"; RC=2 ;;
     esac
   done
   pack_out "$D"

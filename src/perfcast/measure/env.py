@@ -142,3 +142,18 @@ def classify_sdpa(kernel_names: list[str]) -> str:
     if "fmha" in s or "efficient" in s or "cutlass" in s:
         return "efficient"
     return "math" if s else "unknown"
+
+
+def start_out_dir(torch, out):
+    """Create the output folder ``out`` and write its meta.json (this machine's environment and the
+    command line); returns the folder as a Path."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = collect(torch)
+    meta["command"] = command_line()
+    (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    return out
+

@@ -1,6 +1,6 @@
 """GPU measurements for precision and MoE coverage: FP8 GEMMs and a captured MoE layer stack.
 
-    PYTHONPATH=src python3 -m perfcast.measure.extras --out DIR [--parts fp8,moe] [--quick]
+    PYTHONPATH=src python3 -m perfcast.measure.extras --out DIR [--parts fp8,moe,mla] [--quick] [--cpu]
 
 - ``fp8``: ``torch._scaled_mm`` (e4m3 inputs, per-tensor scales, bf16 out) in F.linear layout
   (x[m,k] @ w[n,k]^T), on a calibration grid (``gemm_fp8.csv``) and on a seeded held-out set off that
@@ -26,6 +26,21 @@
   tokens, gate/up GEMM, SiLU*up, down GEMM, weighted scatter-add) with a fixed uniform random routing,
   captured in one CUDA graph and timed by replay (``moe_step.jsonl``: one line per case with the
   measured ms and the routing's active-expert count).
+- ``mla``: a stack of DeepSeek multi-head latent attention blocks (attention only, no input norm or
+  residual; random bf16 weights at the dims of the shipped DeepSeek-V2-Lite and DeepSeek-V3 configs,
+  V3 at TP 8 (16 heads a GPU) and whole (128 heads, as data-parallel attention runs it)), each layer with
+  its own weights and latent KV cache: q path, kv_a_proj, kv_a RMSNorm, RoPE on the rope dims, the latent
+  and rope key written into the cache (``index_copy_``), then prefill in the non-absorbed form (kv_b_proj
+  expands the latent, causal SDPA with 192-wide q/k and 128-wide v) or decode in the absorbed form
+  (``torch.bmm`` of q_nope with W_UK per head, attention of every head over the shared latent cache as one
+  576-wide KV head with 512-wide values, ``torch.bmm`` with W_UV, o_proj). Two attention implementations
+  per phase (``attn_impl``): prefill ``sdpa`` (v left 128 wide: SDPA's flash kernel refuses unequal head
+  dims, so it runs the memory-efficient or cuDNN kernel) and ``sdpa_vpad`` (v zero-padded to 192 so the
+  flash kernel can run, as Hugging Face does for FlashAttention-2); decode ``sdpa`` (the heads folded into
+  the query rows of one KV head: q [B, 1, H, 576] over k/v views of the cache) and ``matmul``
+  (``baddbmm`` -> softmax -> ``bmm`` over the cache). The SDPA backend PyTorch picks is recorded
+  (``sdpa_backend``). Each case is captured in one CUDA graph and timed by replay (``mla_step.jsonl``);
+  ``--cpu`` runs it eagerly at tiny dims on the CPU (a smoke test).
 """
 
 from __future__ import annotations
@@ -400,21 +415,361 @@ def run_moe(torch, path: Path, quick: bool) -> int:
     return n
 
 
+# ---------------------------------------------------------------------------------------------- MLA
+MLA_MODELS = (  # (model, tp, layers): V3 at TP 8 (16 heads a GPU) and whole (128 heads: data-parallel attention)
+    ("deepseek-ai/DeepSeek-V2-Lite", 1, 4),
+    ("deepseek-ai/DeepSeek-V3", 8, 4),
+    ("deepseek-ai/DeepSeek-V3", 1, 2),
+)
+MLA_DECODE_BATCH = (1, 8, 32, 128)
+MLA_DECODE_CONTEXT = (1024, 4096, 16384)
+MLA_PREFILL_TOKENS = (512, 2048, 8192)
+MLA_IMPLS = {"decode": ("sdpa", "matmul"), "prefill": ("sdpa", "sdpa_vpad")}
+MLA_MEM_LIMIT = 70e9  # bytes a case may need (weights, caches, activations)
+MLA_BUDGET_S = 110.0  # cases left when this much time has passed are skipped (the part must end in 120 s)
+MLA_EPS = 1e-6
+# kernels the measured stack runs that the builder's _mla op list has no op for (glue around the costed ops)
+MLA_GLUE = {
+    "prefill": ["cat(latent, k_pe) before the cache write", "cat(k_nope, k_pe expanded)", "cat(q_nope, q_pe)",
+                "attention output transpose+reshape copy"],
+    "decode": ["cat(latent, k_pe) before the cache write", "cat(q_nope absorbed, q_pe)",
+               "out_absorb output transpose+reshape copy"],
+}
+SDP_BACKENDS = {-1: "error", 0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
+
+
+def mla_dims(spec, tp: int) -> dict:
+    """The dims of one GPU's MLA block (heads split over ``tp``; q_a/kv_a projections are replicated)."""
+    return {"hidden": spec.hidden, "heads": spec.n_heads // tp, "tp": tp, "q_lora_rank": spec.q_lora_rank,
+            "kv_lora_rank": spec.kv_lora_rank, "qk_nope_head_dim": spec.qk_nope_head_dim,
+            "qk_rope_head_dim": spec.qk_rope_head_dim, "v_head_dim": spec.v_head_dim}
+
+
+def mla_tiny_dims(spec) -> dict:
+    """CPU smoke-test dims: the config's structure (q_lora or not) at a few dozen channels."""
+    return {"hidden": 64, "heads": 4, "tp": 1, "q_lora_rank": 24 if spec.q_lora_rank else 0, "kv_lora_rank": 32,
+            "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16}
+
+
+def mla_cases(quick: bool, cpu: bool) -> list[dict]:
+    """(model, dims, layers, phase, batch, q_len, context) of every case, grouped by model then cache."""
+    from perfcast.models import get_model
+
+    out = []
+    for model, tp, layers in MLA_MODELS[:2] if cpu else MLA_MODELS:
+        spec = get_model(model)
+        d = mla_tiny_dims(spec) if cpu else mla_dims(spec, tp)
+        if cpu:
+            layers, batches, ctxs, toks = 2, (1, 2), (8,), (8,)
+        elif quick:
+            batches, ctxs, toks = (1, 32), (1024,), (512,)
+        else:
+            batches, ctxs, toks = MLA_DECODE_BATCH, MLA_DECODE_CONTEXT, MLA_PREFILL_TOKENS
+        for t in toks:
+            out.append({"model": model, "dims": d, "layers": layers, "phase": "prefill", "batch": 1, "q_len": t,
+                        "context": 0})
+        for b in batches:
+            for c in ctxs:
+                out.append({"model": model, "dims": d, "layers": layers, "phase": "decode", "batch": b, "q_len": 1,
+                            "context": c})
+    return out
+
+
+def mla_case_bytes(case: dict) -> float:
+    """Bytes a case holds on the device (bf16): weights, latent caches and the largest activations."""
+    d, L = case["dims"], case["layers"]
+    h, H, ql, r = d["hidden"], d["heads"], d["q_lora_rank"], d["kv_lora_rank"]
+    nope, rope, vd = d["qk_nope_head_dim"], d["qk_rope_head_dim"], d["v_head_dim"]
+    qk = nope + rope
+    w = (ql * h + ql * H * qk) if ql else h * H * qk
+    w += h * (r + rope) + 2 * r * H * (nope + vd) + H * vd * h  # kv_b twice: F.linear form and per-head W_UK/W_UV
+    b, t, s = case["batch"], case["q_len"], case["context"] + case["q_len"]
+    cache = b * s * (r + rope)
+    if case["phase"] == "prefill":
+        act = b * t * H * (3 * qk + nope + vd + qk)  # q, k, padded v, kv_b output, output
+    else:
+        act = 2 * b * H * s * 2 + b * H * (r + rope) * 3  # matmul scores and probabilities, q, outputs
+    return 2.0 * (L * (w + cache) + 2 * act)
+
+
+def mla_case_est_ms(case: dict) -> float:
+    """A rough step time on an H100 (for the time estimate only): FLOPs at 300 TFLOP/s, weights and caches
+    at 2 TB/s (the folded decode SDPA's cache stream at its few CTAs' share of it), 5 us a kernel."""
+    d, L = case["dims"], case["layers"]
+    h, H, ql, r = d["hidden"], d["heads"], d["q_lora_rank"], d["kv_lora_rank"]
+    nope, rope, vd = d["qk_nope_head_dim"], d["qk_rope_head_dim"], d["v_head_dim"]
+    b, t, s = case["batch"], case["q_len"], case["context"] + case["q_len"]
+    tok = b * t
+    qk = nope + rope
+    w = ((ql * h + ql * H * qk) if ql else h * H * qk) + h * (r + rope) + H * vd * h + r * H * (nope + vd)
+    if case["phase"] == "prefill":
+        flops = 2 * tok * w + 2 * b * H * t * t / 2 * (qk + vd)
+        t_mem = 2 * (w + tok * H * qk * 6) / 2e12
+    else:
+        flops = 2 * tok * w + 2 * b * H * s * (2 * r + rope)
+        t_mem = 2 * w / 2e12 + 2 * b * s * (2 * r + rope) / (2e12 * min(1.0, b * max(1, H // 32) / 132))
+    return L * (max(flops / 300e12, t_mem) * 1e3 + 25 * 5e-3)
+
+
+def _rot(torch, x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def mla_weights(torch, d: dict, device: str) -> dict:
+    """Random bf16 weights of one MLA block (F.linear layout, [out, in])."""
+    bf = torch.bfloat16
+    h, H, ql, r = d["hidden"], d["heads"], d["q_lora_rank"], d["kv_lora_rank"]
+    nope, rope, vd = d["qk_nope_head_dim"], d["qk_rope_head_dim"], d["v_head_dim"]
+
+    def w(*shape):
+        return torch.randn(*shape, device=device, dtype=bf) * 0.02
+
+    W = {}
+    if ql:
+        W["q_a"], W["q_a_norm"], W["q_b"] = w(ql, h), torch.ones(ql, device=device, dtype=bf), w(H * (nope + rope), ql)
+    else:
+        W["q"] = w(H * (nope + rope), h)
+    W["kv_a"], W["kv_a_norm"] = w(r + rope, h), torch.ones(r, device=device, dtype=bf)
+    W["kv_b"] = w(H * (nope + vd), r)
+    kv_b = W["kv_b"].view(H, nope + vd, r)
+    W["uk"] = kv_b[:, :nope, :].contiguous()  # [H, nope, r]: q_nope @ W_UK -> the query in latent space
+    W["uv"] = kv_b[:, nope:, :].transpose(1, 2).contiguous()  # [H, r, v]: latent output -> per-head values
+    W["o"] = w(h, H * vd)
+    return W
+
+
+def mla_block(torch, F, d: dict, W: dict, x, cache, pos, cos, sin, phase: str, impl: str, batch: int):
+    """One MLA attention block on ``x`` [tokens, hidden]; writes the new latents into ``cache``
+    [batch, positions, kv_lora_rank + rope] at ``pos`` and attends over every cached position."""
+    H, ql, r = d["heads"], d["q_lora_rank"], d["kv_lora_rank"]
+    nope, rope, vd = d["qk_nope_head_dim"], d["qk_rope_head_dim"], d["v_head_dim"]
+    T = x.shape[0]
+    scale = (nope + rope) ** -0.5
+    if ql:
+        q = F.linear(F.rms_norm(F.linear(x, W["q_a"]), (ql,), W["q_a_norm"], MLA_EPS), W["q_b"])
+    else:
+        q = F.linear(x, W["q"])
+    q = q.view(T, H, nope + rope)
+    q_nope, q_pe = q[..., :nope], q[..., nope:]
+    kv_a = F.linear(x, W["kv_a"])
+    latent = F.rms_norm(kv_a[:, :r], (r,), W["kv_a_norm"], MLA_EPS)
+    k_pe = kv_a[:, r:].unsqueeze(1)  # [T, 1, rope]
+    c, s = cos.unsqueeze(1), sin.unsqueeze(1)  # rotate_half RoPE (Hugging Face apply_rotary_pos_emb)
+    q_pe = q_pe * c + _rot(torch, q_pe) * s
+    k_pe = k_pe * c + _rot(torch, k_pe) * s
+    cache.index_copy_(1, pos, torch.cat((latent, k_pe.squeeze(1)), dim=-1).view(batch, T // batch, r + rope))
+    if phase == "prefill":  # non-absorbed: expand the latent into per-head keys and values
+        kv = F.linear(latent, W["kv_b"]).view(T, H, nope + vd)
+        k = torch.cat((kv[..., :nope], k_pe.expand(T, H, rope)), dim=-1)
+        v = kv[..., nope:]
+        qf = torch.cat((q_nope, q_pe), dim=-1)
+        if impl == "sdpa_vpad":
+            v = F.pad(v, (0, nope + rope - vd))
+
+        def bhsd(t):
+            return t.view(batch, T // batch, H, t.shape[-1]).transpose(1, 2)
+
+        o = F.scaled_dot_product_attention(bhsd(qf), bhsd(k), bhsd(v), is_causal=True, scale=scale)
+        o = o[..., :vd].transpose(1, 2).reshape(T, H * vd)
+    else:  # absorbed: W_UK into the query, attention over the latent cache, W_UV into the output
+        ql_nope = torch.bmm(q_nope.transpose(0, 1), W["uk"])  # [H, B, r]
+        qf = torch.cat((ql_nope.transpose(0, 1), q_pe), dim=-1)  # [B, H, r + rope]
+        kc = cache  # [B, S, r + rope]: the key; its first r channels the value
+        if impl == "sdpa":  # the heads as the query rows of one KV head
+            o = F.scaled_dot_product_attention(qf.unsqueeze(1), kc.unsqueeze(1), kc[..., :r].unsqueeze(1),
+                                               scale=scale).squeeze(1)
+        else:
+            scores = torch.baddbmm(qf.new_empty(T, H, kc.shape[1]), qf, kc.transpose(1, 2), beta=0.0, alpha=scale)
+            o = torch.bmm(torch.softmax(scores, dim=-1), kc[..., :r])  # [B, H, r]
+        o = torch.bmm(o.transpose(0, 1), W["uv"]).transpose(0, 1).reshape(T, H * vd)  # [H, B, v] -> [B, H*v]
+    return F.linear(o, W["o"])
+
+
+def mla_stack(torch, F, d: dict, Ws: list, caches: list, x, pos, cos, sin, phase: str, impl: str, batch: int):
+    """A closure running the layers one after another (each layer's output is the next one's input)."""
+    def step():
+        y = x
+        for W, cache in zip(Ws, caches):
+            y = mla_block(torch, F, d, W, y, cache, pos, cos, sin, phase, impl, batch)
+        return y
+
+    return step
+
+
+def _rope_tables(torch, positions, rope: int, device: str):
+    inv = 1.0 / (10000.0 ** (torch.arange(0, rope, 2, dtype=torch.float32) / rope))
+    ang = positions.to(torch.float32)[:, None] * inv[None, :]
+    emb = torch.cat((ang, ang), dim=-1)
+    return emb.cos().to(device, torch.bfloat16), emb.sin().to(device, torch.bfloat16)
+
+
+def sdpa_choice(torch, q, k, v, causal: bool, scale: float) -> str:
+    """The backend SDPA dispatches these inputs to (torch._fused_sdp_choice), by name."""
+    try:
+        return SDP_BACKENDS.get(int(torch._fused_sdp_choice(q, k, v, None, 0.0, causal, scale=scale)), "unknown")
+    except Exception as e:  # a private API: record why it failed rather than stop the part
+        return f"unknown ({type(e).__name__})"
+
+
+def mla_sdpa_backend(torch, d: dict, phase: str, impl: str, batch: int, t: int, cache) -> str:
+    """The SDPA backend of a case's attention call, asked on inputs of the case's shapes and strides
+    (decode: views of the case's latent ``cache`` [batch, positions, kv_lora_rank + rope])."""
+    if impl == "matmul":
+        return "none"
+    bf, dev = torch.bfloat16, cache.device
+    H, r = d["heads"], d["kv_lora_rank"]
+    nope, rope, vd = d["qk_nope_head_dim"], d["qk_rope_head_dim"], d["v_head_dim"]
+    scale = (nope + rope) ** -0.5
+    if phase == "decode":
+        q = torch.empty(batch, 1, H, r + rope, device=dev, dtype=bf)
+        return sdpa_choice(torch, q, cache.unsqueeze(1), cache[..., :r].unsqueeze(1), False, scale)
+    q = torch.empty(batch, t, H, nope + rope, device=dev, dtype=bf).transpose(1, 2)
+    kv = torch.empty(batch, t, H, nope + vd, device=dev, dtype=bf)
+    v = kv[..., nope:] if impl == "sdpa" else torch.empty(batch, t, H, nope + rope, device=dev, dtype=bf)
+    return sdpa_choice(torch, q, q, v.transpose(1, 2), True, scale)
+
+
+def _cpu_times_ms(step, reps: int = 3) -> list[float]:
+    step()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)
+
+
+def run_mla(torch, path: Path, quick: bool = False, device: str = "cuda") -> tuple[int, dict]:
+    """The ``mla`` part: one jsonl line per (case, attention implementation); returns (lines, info)."""
+    t_start = time.time()
+    torch.manual_seed(0)
+    if device != "cpu":
+        props = torch.cuda.get_device_properties(0)
+        cap = min(MLA_MEM_LIMIT, 0.9 * props.total_memory)
+        return _run_mla(torch, path, quick, device, t_start, props.name,
+                        gpu_id_guess(props.name, props.total_memory), cap)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny dims: one thread is fastest, and immune to a busy host
+    try:
+        return _run_mla(torch, path, quick, device, t_start, "cpu", "cpu", float("inf"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _eager_times_ms(torch, step, reps: int = 20) -> list[float]:
+    """``step`` run eagerly, each rep between CUDA events (the fallback when graph capture fails)."""
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        step()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)
+
+
+def _run_mla(torch, path: Path, quick: bool, device: str, t_start: float, name: str, gid: str, cap: float):
+    import torch.nn.functional as F
+
+    cpu = device == "cpu"
+    cases = mla_cases(quick, cpu)
+    fits = [c for c in cases if mla_case_bytes(c) <= cap]
+    info = {"skipped_memory": [_mla_label(c) for c in cases if mla_case_bytes(c) > cap], "skipped_time": []}
+    runs = sum(len(MLA_IMPLS[c["phase"]]) for c in fits)
+    est = sum(len(MLA_IMPLS[c["phase"]]) * (0.3 + 27 * mla_case_est_ms(c) / 1e3) for c in fits)
+    print(f"mla: {runs} runs ({len(fits)} cases x attention implementations), estimated {est:.0f} s on an H100"
+          + (f"; {len(info['skipped_memory'])} cases over {cap / 1e9:.0f} GB skipped" if info["skipped_memory"] else ""))
+    info["estimate_s"] = round(est, 1)
+    cudnn = torch.backends.cudnn.version() if not cpu else None
+    n = 0
+    weights: dict = {}
+    with open(path, "w") as f:
+        for case in fits:
+            d, L, phase, b = case["dims"], case["layers"], case["phase"], case["batch"]
+            t, ctx = case["q_len"], case["context"]
+            s = ctx + t
+            est_case = len(MLA_IMPLS[phase]) * (0.3 + 27 * mla_case_est_ms(case) / 1e3)
+            if not cpu and time.time() - t_start + est_case > MLA_BUDGET_S:
+                info["skipped_time"].append(_mla_label(case))
+                print(f"mla {_mla_label(case)}: skipped (time budget)")
+                continue
+            key = (case["model"], d["heads"], L)
+            if key not in weights:
+                weights.clear()
+                if not cpu:
+                    torch.cuda.empty_cache()
+                weights[key] = [mla_weights(torch, d, device) for _ in range(L)]
+            Ws = weights[key]
+            r, rope = d["kv_lora_rank"], d["qk_rope_head_dim"]
+            caches = [torch.randn(b, s, r + rope, device=device, dtype=torch.bfloat16) for _ in range(L)]
+            x = torch.randn(b * t, d["hidden"], device=device, dtype=torch.bfloat16)
+            positions = torch.arange(ctx, ctx + t).repeat(b)
+            cos, sin = _rope_tables(torch, positions, rope, device)
+            pos = torch.arange(ctx, ctx + t, device=device)
+            for impl in MLA_IMPLS[phase]:
+                step = mla_stack(torch, F, d, Ws, caches, x, pos, cos, sin, phase, impl, b)
+                backend = mla_sdpa_backend(torch, d, phase, impl, b, t, caches[0])
+                g, error = None, None
+                if cpu:
+                    times, runtime = _cpu_times_ms(step), "eager-cpu"
+                else:
+                    try:
+                        g, times = capture_and_time(torch, step)
+                        runtime = "cuda-graph"
+                    except Exception as e:  # keep the part going: time it eagerly, and say why
+                        error = f"{type(e).__name__}: {e}"[:300]
+                        print(f"mla {_mla_label(case)} {impl}: graph capture failed ({error}); timed eagerly")
+                        torch.cuda.synchronize()
+                        times, runtime = _eager_times_ms(torch, step), "eager"
+                rec = {"gpu_id": gid, "gpu": name, "torch": torch.__version__, "cudnn": cudnn, "device": device,
+                       "model": case["model"], **d, "layers": L, "phase": phase, "batch": b, "q_len": t,
+                       "tokens": b * t, "context": ctx, "kv_len": s,
+                       "form": "non-absorbed" if phase == "prefill" else "absorbed", "attn_impl": impl,
+                       "sdpa_backend": backend, "glue": MLA_GLUE[phase], "runtime": runtime,
+                       "ms": times[len(times) // 2], "min_ms": times[0], "reps": len(times)}
+                if error:
+                    rec["capture_error"] = error
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+                print(f"mla {_mla_label(case)} {impl} ({backend}): {rec['ms']:.3f} ms")
+                n += 1
+                del g, step
+            del caches, x
+            if not cpu:
+                torch.cuda.empty_cache()
+    info["elapsed_s"] = round(time.time() - t_start, 1)
+    return n, info
+
+
+def _mla_label(c: dict) -> str:
+    d = c["dims"]
+    what = f"tokens={c['q_len']}" if c["phase"] == "prefill" else f"batch={c['batch']} context={c['context']}"
+    return f"{c['model']} heads={d['heads']} {c['phase']} {what}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m perfcast.measure.extras", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--parts", default="fp8,moe")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cpu", action="store_true", help="run the mla part eagerly on the CPU at tiny dims (a smoke test)")
     a = ap.parse_args(argv)
     torch = import_torch()
-    if not torch.cuda.is_available():
+    parts = a.parts.split(",")
+    if a.cpu and parts != ["mla"]:
+        raise SystemExit("perfcast: --cpu runs the mla part only (--parts mla)")
+    if not a.cpu and not torch.cuda.is_available():
         raise SystemExit("perfcast: the extras need a CUDA GPU")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = collect(torch)
+    meta = collect(torch, "cpu" if a.cpu else "cuda")
     meta.update({"command": command_line(), "parts": a.parts, "elapsed_s": {}})
-    timer = CudaTimer(torch)
-    parts = a.parts.split(",")
+    timer = CudaTimer(torch) if not a.cpu else None
     if "fp8" in parts:
         t0 = time.time()
         meta["fp8_rows"] = run_fp8(torch, timer, out / "gemm_fp8.csv", heldout=False)
@@ -466,6 +821,10 @@ def main(argv=None) -> int:
         t0 = time.time()
         meta["moe_rows"] = run_moe(torch, out / "moe_step.jsonl", a.quick)
         meta["elapsed_s"]["moe"] = round(time.time() - t0, 1)
+    if "mla" in parts:
+        t0 = time.time()
+        meta["mla_rows"], meta["mla"] = run_mla(torch, out / "mla_step.jsonl", a.quick, "cpu" if a.cpu else "cuda")
+        meta["elapsed_s"]["mla"] = round(time.time() - t0, 1)
     (out / "extras_meta.json").write_text(json.dumps(meta, indent=1, default=str))
     print(json.dumps({k: meta[k] for k in meta if k.endswith("rows") or k == "elapsed_s"}))
     return 0

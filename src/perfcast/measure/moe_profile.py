@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from perfcast.measure.env import collect, command_line
+from perfcast.measure.env import start_out_dir
 from perfcast.measure.extras import MOE_CASES, capture_and_time, moe_layer
-from perfcast.measure.timing import import_torch
+from perfcast.measure.timing import import_torch, kernel_profile
 
 
 def profile_case(torch, F, label, h, inter, experts, top_k, layers, tokens, reps=10):
@@ -32,27 +31,12 @@ def profile_case(torch, F, label, h, inter, experts, top_k, layers, tokens, reps
             fn(x, out)
 
     g, times = capture_and_time(torch, step)
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            g.replay()
-        torch.cuda.synchronize()
-    by: dict[str, list] = {}
-    n = 0
-    for e in prof.key_averages():
-        d = float(getattr(e, "self_device_time_total", 0.0) or getattr(e, "self_cuda_time_total", 0.0) or 0.0)
-        if d <= 0.0 or "CUDA" not in str(getattr(e, "device_type", "CUDA")):
-            continue
-        by[e.key] = [int(e.count), d]  # us over all reps
-        n += int(e.count)
-    total_us = sum(v[1] for v in by.values()) / reps
-    top = sorted(by.items(), key=lambda kv: -kv[1][1])[:12]
+    kp = kernel_profile(torch, g, reps)
+    top = sorted(kp["by_name"].items(), key=lambda kv: -kv[1][1])[:12]
     return {"model": label, "tokens": tokens, "layers": layers, "experts": experts, "top_k": top_k,
             "active_experts": [a for _, a in fns], "graph_ms": times[len(times) // 2],
-            "kernels_per_step": n / reps, "kernel_time_ms": total_us / 1e3,
-            "top": [{"name": k[:160], "count_per_step": v[0] / reps, "ms_per_step": v[1] / reps / 1e3}
-                    for k, v in top]}
+            "kernels_per_step": kp["kernels_per_step"], "kernel_time_ms": kp["kernel_time_ms"],
+            "top": [{"name": k[:160], "count_per_step": v[0], "ms_per_step": v[1]} for k, v in top]}
 
 
 def main(argv=None) -> int:
@@ -63,11 +47,7 @@ def main(argv=None) -> int:
     torch = import_torch()
     import torch.nn.functional as F
 
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = collect(torch)
-    meta["command"] = command_line()
-    (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    out = start_out_dir(torch, a.out)
     with open(out / "moe_profile.jsonl", "w") as f:
         for label, h, inter, experts, top_k, layers in MOE_CASES:
             for t in (int(v) for v in a.tokens.split(",")):

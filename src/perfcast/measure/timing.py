@@ -242,3 +242,24 @@ class Progress:
         if self.enabled:
             sys.stderr.write("\r" + " " * 79 + "\r")
             sys.stderr.flush()
+
+
+def kernel_profile(torch, g, reps: int = 10) -> dict:
+    """Replay CUDA graph ``g`` ``reps`` times under ``torch.profiler`` (CUDA activity) and sum the GPU
+    time by kernel name: ``{"kernels_per_step", "kernel_time_ms", "by_name": {name: [count, ms]}}``, all
+    per replay. Graph replay time minus ``kernel_time_ms`` is the gap between kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            g.replay()
+        torch.cuda.synchronize()
+    by: dict[str, list] = {}
+    for e in prof.key_averages():
+        d = float(getattr(e, "self_device_time_total", 0.0) or getattr(e, "self_cuda_time_total", 0.0) or 0.0)
+        if d <= 0.0 or "CUDA" not in str(getattr(e, "device_type", "CUDA")):
+            continue
+        by[e.key] = [int(e.count) / reps, d / reps / 1e3]  # per replay: calls, ms
+    return {"kernels_per_step": sum(v[0] for v in by.values()),
+            "kernel_time_ms": sum(v[1] for v in by.values()), "by_name": by}
+

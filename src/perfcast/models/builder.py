@@ -262,9 +262,12 @@ def stage_sliding_layers(spec: ModelSpec, stage: range) -> int:
 
 
 def _mla(spec: ModelSpec, shape: StepShape, tp, dtype, kv_dtype, gemm, elem, ops, L):
-    """DeepSeek multi-head latent attention. Prefill: the latent is expanded (non-absorbed form) and
-    attention runs with 192-wide keys and 128-wide values; decode: the absorbed form attends over the
-    shared latent cache (one "KV head" of kv_lora_rank + rope dims) from every query head."""
+    """DeepSeek multi-head latent attention, as a serving engine runs it (one fused attention kernel per layer).
+    Prefill: the latent is expanded (non-absorbed form) and attention runs with 192-wide keys and 128-wide
+    values; decode: the absorbed form attends over the shared latent cache (one "KV head" of kv_lora_rank +
+    rope dims, whose first kv_lora_rank channels are also the values: ``kv_shared``, read once) from every
+    query head (FlashMLA-style). The per-head absorbed projections are each ONE batched kernel (torch.bmm
+    over the heads: ``groups=H, batched=True``)."""
     h = spec.hidden
     H = spec.n_heads // tp
     qk = spec.qk_nope_head_dim + spec.qk_rope_head_dim
@@ -291,8 +294,8 @@ def _mla(spec: ModelSpec, shape: StepShape, tp, dtype, kv_dtype, gemm, elem, ops
         gemm("q_absorb", spec.kv_lora_rank, spec.qk_nope_head_dim, groups=H, batched=True)
         ops.append(Op("attention", "attention", {
             "batch": B, "heads": H, "kv_heads": 1, "head_dim": spec.kv_lora_rank + spec.qk_rope_head_dim,
-            "v_head_dim": spec.kv_lora_rank, "q_len": shape.q_len, "kv_len": shape.kv_len, "causal": False,
-            "window": None}, L, dtype, None, "layer", host_ops=3.0, meta={"kv_dtype": kv_dtype}))
+            "v_head_dim": spec.kv_lora_rank, "kv_shared": True, "q_len": shape.q_len, "kv_len": shape.kv_len,
+            "causal": False, "window": None}, L, dtype, None, "layer", host_ops=3.0, meta={"kv_dtype": kv_dtype}))
         gemm("out_absorb", spec.v_head_dim, spec.kv_lora_rank, groups=H, batched=True)
     gemm("o_proj", h, H * spec.v_head_dim)
     del T

@@ -152,11 +152,11 @@ class CPUModel:
         return ramp * w / self.stream_bw
 
     def attention(self, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window=None,
-                  dtype="bf16", kv_dtype=None):
+                  dtype="bf16", kv_dtype=None, v_head_dim=None, kv_shared=False):
         dc = dtype_class(dtype)
-        flops = rl.attention_flops(batch, heads, head_dim, q_len, kv_len, causal, window)
+        flops = rl.attention_flops(batch, heads, head_dim, q_len, kv_len, causal, window, v_head_dim)
         nbytes = rl.attention_bytes(batch, heads, kv_heads, head_dim, q_len, kv_len,
-                                    "fp32" if dc == "fp32" else "bf16", kv_dtype, window)
+                                    "fp32" if dc == "fp32" else "bf16", kv_dtype, window, v_head_dim, kv_shared)
         rate = self.attn_flops.get(dc) or self.gemm_flops[dc] * self.eff.attn_compute
         tc = flops / rate
         tm = nbytes / (self.gemv_bw[dc] * self.eff.attn_memory)
@@ -182,7 +182,7 @@ class CPUModel:
         elif op.kind == "attention":
             t, b = self.attention(d["batch"], d["heads"], d["kv_heads"], d["head_dim"], d["q_len"],
                                   d["kv_len"], bool(d["causal"]), d.get("window"), op.dtype,
-                                  op.meta.get("kv_dtype"))
+                                  op.meta.get("kv_dtype"), d.get("v_head_dim"), bool(d.get("kv_shared", False)))
         elif op.kind == "elementwise":
             t, b = self.elementwise(d["op"], d["tokens"], d["width"], op.dtype)
         elif op.kind in ("collective", "p2p"):
@@ -190,7 +190,9 @@ class CPUModel:
         else:
             raise ValueError(f"the CPU model has no cost for op kind {op.kind!r}")
         t = np.asarray(t, dtype=float) * np.asarray(op.meta.get("repeat", 1.0), dtype=float)
-        if op.kind == "gemm" and d.get("groups") is not None:  # several launches per layer (MoE experts)
+        # several launches per layer (MoE experts), or one batched kernel (MLA's per-head bmm): either way the
+        # groups' throughput times add up on a CPU (self.gemm has no per-launch floor; dispatch is host_ops)
+        if op.kind == "gemm" and d.get("groups") is not None:
             t = t * np.asarray(d["groups"], dtype=float)
         over = op.host_ops * self.op_overhead_s  # host_ops already counts repeated launches
         return t + over, np.where(t < over, LATENCY, b)

@@ -59,14 +59,17 @@ def _candidates(k: int):
     return out
 
 
-def gemm_compute_time(gpu: GPUSpec, m, n: int, k: int, dtype: str, eff: Efficiency):
-    """Tensor-core time with wave quantization: the best of a few tile shapes and split-K factors."""
+def gemm_compute_time(gpu: GPUSpec, m, n: int, k: int, dtype: str, eff: Efficiency, groups: int = 1):
+    """Tensor-core time with wave quantization: the best of a few tile shapes and split-K factors.
+
+    ``groups``: a batched GEMM (one kernel over ``groups`` independent (m, n, k) problems, as torch.bmm
+    runs): its output tiles are those of one problem times ``groups``, all scheduled in the same waves."""
     m = np.asarray(m, dtype=float)
     per_sm = gpu.flops(dtype) * eff.gemm_compute / gpu.sm_count
     cand = _candidates(int(k))
     one = _unsplit(int(k))
     if m.size < 256 or one.size == cand[0].size:
-        return _best_tiling(m, n, k, gpu.sm_count, per_sm, cand)
+        return _best_tiling(m, n, k, gpu.sm_count, per_sm, cand, groups)
     # Split-K only pays when a tile shape leaves the GPU's last wave short. With q = tiles / SMs, split
     # sp of a tile takes 1.05 ceil(q sp) / (sp ceil(q)) > 1.05 q / (q + 1) of its unsplit time: more once
     # q >= 21 (by 0.2%, far above rounding). Where every tile shape has q >= 21 the best unsplit time is
@@ -75,23 +78,27 @@ def gemm_compute_time(gpu: GPUSpec, m, n: int, k: int, dtype: str, eff: Efficien
     unsplit = tuple(c[one] for c in cand)
     tiles = np.ceil(m / unsplit[0].reshape((-1,) + (1,) * m.ndim)) * np.ceil(n / unsplit[1]).reshape(
         (-1,) + (1,) * m.ndim)
+    if groups != 1:
+        tiles = tiles * groups
     short = (tiles < 21 * gpu.sm_count).any(axis=0)
     if not short.any():
-        return _best_tiling(m, n, k, gpu.sm_count, per_sm, unsplit)
+        return _best_tiling(m, n, k, gpu.sm_count, per_sm, unsplit, groups)
     if short.all():
-        return _best_tiling(m, n, k, gpu.sm_count, per_sm, cand)
+        return _best_tiling(m, n, k, gpu.sm_count, per_sm, cand, groups)
     best = np.empty(m.shape)
-    best[short] = _best_tiling(m[short], n, k, gpu.sm_count, per_sm, cand)
+    best[short] = _best_tiling(m[short], n, k, gpu.sm_count, per_sm, cand, groups)
     long = ~short
-    best[long] = _best_tiling(m[long], n, k, gpu.sm_count, per_sm, unsplit)
+    best[long] = _best_tiling(m[long], n, k, gpu.sm_count, per_sm, unsplit, groups)
     return best
 
 
-def _best_tiling(m, n, k, sm_count, per_sm, cand):
+def _best_tiling(m, n, k, sm_count, per_sm, cand, groups: int = 1):
     """The fastest of the candidate kernels at each point (candidates along a leading axis, so that the
-    minimum is taken elementwise, candidate after candidate)."""
+    minimum is taken elementwise, candidate after candidate); ``groups`` problems in one batched kernel."""
     tm, tn, te, sp = (c.reshape((-1,) + (1,) * m.ndim) for c in cand)
     tiles = np.ceil(m / tm) * np.ceil(n / tn)
+    if groups != 1:
+        tiles = tiles * groups
     waves = np.ceil(tiles * sp / sm_count)
     t = waves * (2.0 * tm * tn * (k / sp)) / (per_sm * te) * np.where(sp > 1, 1.05, 1.0)  # split-K reduction
     return t.min(axis=0)
@@ -104,10 +111,15 @@ def _unsplit(k: int) -> np.ndarray:
 
 
 def gemm_cost(gpu: GPUSpec, m, n: int, k: int, dtype: str = "bf16", wdtype: str | None = None,
-              eff: Efficiency = PRIOR) -> OpCost:
+              eff: Efficiency = PRIOR, groups: int = 1) -> OpCost:
+    """One GEMM kernel. ``groups`` > 1: one batched kernel (torch.bmm, cuBLAS strided-batched) over that many
+    independent (m, n, k) problems, each with its own activations and weights: ``groups`` times the FLOPs
+    and bytes, the tiles of all problems scheduled together, and the kernel's floor paid once."""
     flops = rl.gemm_flops(m, n, k)
     nbytes = rl.gemm_bytes(m, n, k, dtype, wdtype)
-    tc = gemm_compute_time(gpu, m, n, k, dtype if dtype not in ("int4", "int8") or wdtype else dtype, eff)
+    if groups != 1:
+        flops, nbytes = flops * groups, nbytes * groups
+    tc = gemm_compute_time(gpu, m, n, k, dtype if dtype not in ("int4", "int8") or wdtype else dtype, eff, groups)
     tm = nbytes / (gpu.mem_bw_bytes_per_s * eff.gemm_memory)
     t = np.maximum(tc, tm)
     bound = np.where(tc >= tm, COMPUTE, MEMORY)
@@ -119,21 +131,35 @@ def gemm_cost(gpu: GPUSpec, m, n: int, k: int, dtype: str = "bf16", wdtype: str 
 def attention_cost(gpu: GPUSpec, batch, heads: int, kv_heads: int, head_dim: int, q_len, kv_len,
                    causal: bool, window: int | None = None, dtype: str = "bf16",
                    kv_dtype: str | None = None, v_head_dim: int | None = None,
-                   eff: Efficiency = PRIOR) -> OpCost:
+                   eff: Efficiency = PRIOR, kv_shared: bool = False) -> OpCost:
+    """One fused attention kernel. ``kv_shared``: V is a view of K (MLA's absorbed decode over the latent
+    cache): the cache is read once, and the kernel splits each sequence's keys over CTAs."""
     flops = rl.attention_flops(batch, heads, head_dim, q_len, kv_len, causal, window, v_head_dim)
     nbytes = rl.attention_bytes(batch, heads, kv_heads, head_dim, q_len, kv_len, dtype, kv_dtype,
-                                window, v_head_dim)
-    # occupancy: flash kernels run one CTA per (sequence, head, 128-query block)
-    q = np.asarray(q_len, dtype=float)
-    ctas = np.asarray(batch, dtype=float) * heads * np.ceil(q / 128.0)
-    occ = np.minimum(1.0, ctas / gpu.sm_count)
-    peak = gpu.flops(dtype if dtype in ("bf16", "fp16", "fp8") else "bf16")
-    tc = flops / (peak * eff.attn_compute * np.maximum(occ, 1.0 / gpu.sm_count))
+                                window, v_head_dim, kv_shared)
+    tc = attention_compute_seconds(gpu, flops, batch, heads, q_len, kv_len, dtype, eff, kv_shared)
     tm = nbytes / (gpu.mem_bw_bytes_per_s * eff.attn_memory)
     t = np.maximum(tc, tm)
     bound = np.where(tc >= tm, COMPUTE, MEMORY)
     bound = np.where(t < eff.attn_floor_s, LATENCY, bound)
     return OpCost.of(np.maximum(t, eff.attn_floor_s), bound, ANALYTICAL, flops, nbytes)
+
+
+def attention_compute_seconds(gpu: GPUSpec, flops, batch, heads: int, q_len, kv_len, dtype: str = "bf16",
+                              eff: Efficiency = PRIOR, split_kv: bool = False):
+    """Tensor-core time of an attention kernel's ``flops`` at the attention efficiency, over its occupancy.
+
+    Flash kernels run one CTA per (sequence, head, 128-query block). ``split_kv``: a decode kernel over a
+    shared latent (FlashMLA, FlashInfer's MLA decode) holds every query head of a sequence in one CTA's rows
+    and splits the sequence's keys over CTAs: up to one CTA per key block (FLASH_BLOCK_N keys)."""
+    if split_kv:
+        ctas = np.asarray(batch, dtype=float) * np.ceil(np.asarray(kv_len, dtype=float) / FLASH_BLOCK_N)
+    else:
+        q = np.asarray(q_len, dtype=float)
+        ctas = np.asarray(batch, dtype=float) * heads * np.ceil(q / 128.0)
+    occ = np.minimum(1.0, ctas / gpu.sm_count)
+    peak = gpu.flops(dtype if dtype in ("bf16", "fp16", "fp8") else "bf16")
+    return flops / (peak * eff.attn_compute * np.maximum(occ, 1.0 / gpu.sm_count))
 
 
 # flash-attention forward tiling (FlashAttention-2 on sm80/sm90): one CTA per (sequence, head, 128-query tile),

@@ -25,7 +25,9 @@ class Op:
     """One kernel launched ``count`` times per step on one GPU.
 
     ``dims`` holds the op's shape (see CONTRACT.md for the meaning of each field):
-    gemm ``m, n, k``; attention ``batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window``;
+    gemm ``m, n, k`` (``groups``: launches per layer, or with ``meta["batched"]`` problems of one batched
+    kernel); attention ``batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window`` (MLA:
+    ``v_head_dim``, and ``kv_shared`` when V is a view of K);
     elementwise ``op, tokens, width``; collective ``coll, bytes, gpus``; p2p ``bytes``.
     """
 

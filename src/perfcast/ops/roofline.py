@@ -24,7 +24,8 @@ def gemm_flops(m, n, k):
 
 
 def gemm_bytes(m, n, k, dtype: str = "bf16", wdtype: str | None = None):
-    """Each operand read once and the output written once."""
+    """Each operand read once and the output written once (a batched GEMM of G groups, each with its own
+    activations and weights, moves G times this)."""
     a = DTYPE_BYTES[dtype]
     w = DTYPE_BYTES[wdtype or dtype]
     out = 2.0 if dtype in ("fp8", "int8", "int4", "fp4") else a  # low-precision GEMMs emit bf16
@@ -63,8 +64,12 @@ def attention_flops(batch, heads, head_dim, q_len, kv_len, causal, window=None, 
 
 
 def attention_bytes(batch, heads, kv_heads, head_dim, q_len, kv_len, dtype="bf16", kv_dtype=None,
-                    window=None, v_head_dim=None):
-    """Q read, K and V read once (window-limited), O written."""
+                    window=None, v_head_dim=None, kv_shared=False):
+    """Q read (``head_dim`` wide), K and V read once (window-limited), O written (``v_head_dim`` wide).
+
+    ``kv_shared``: V is a view of the first ``v_head_dim`` channels of K (MLA's absorbed decode attends over
+    the latent cache, whose first kv_lora_rank channels are both key and value): the cache is read once,
+    ``head_dim`` wide per key."""
     a = DTYPE_BYTES[dtype]
     kvb = DTYPE_BYTES[kv_dtype or dtype]
     vd = head_dim if v_head_dim is None else v_head_dim
@@ -73,7 +78,8 @@ def attention_bytes(batch, heads, kv_heads, head_dim, q_len, kv_len, dtype="bf16
     q = np.asarray(q_len, dtype=float)
     if window is not None:
         kv = np.minimum(kv, q + window)
-    return b * (heads * q * (head_dim + vd) * a + kv_heads * kv * (head_dim + vd) * kvb)
+    per_key = head_dim if kv_shared else head_dim + vd
+    return b * (heads * q * (head_dim + vd) * a + kv_heads * kv * per_key * kvb)
 
 
 # ---------------------------------------------------------------- memory-bound kernels

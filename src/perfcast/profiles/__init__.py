@@ -126,13 +126,30 @@ class Profile:
             dtype, wdtype = "bf16", KERNEL_TABLES[dtype]
         return an.gemm_cost(self.gpu, m, n, k, dtype, wdtype, self.eff)
 
+    def batched_gemm(self, groups: int, m, n, k, dtype="bf16", wdtype=None) -> OpCost:
+        """One batched GEMM kernel (torch.bmm) over ``groups`` independent (m, n, k) problems, each with its
+        own activations and weights (MLA's per-head absorbed projections): one launch, one floor.
+
+        The profile's time of the GEMM with the same output tiles and weight stream, (m, groups * n, k),
+        scaled by the batched kernel's roofline over that GEMM's (this profile's efficiencies): the batched
+        kernel also reads ``groups`` activation blocks where that GEMM reads one. FLOPs and bytes are the
+        batched kernel's own: ``groups`` times those of one (m, n, k) GEMM."""
+        g = int(groups)
+        eq = self.gemm(m, g * int(n), k, dtype, wdtype)
+        if g == 1:
+            return eq
+        dt, wd = (("bf16", KERNEL_TABLES[dtype]) if dtype in KERNEL_TABLES else (dtype, wdtype))
+        bat = an.gemm_cost(self.gpu, m, n, k, dt, wd, self.eff, groups=g)
+        ref = an.gemm_cost(self.gpu, m, g * int(n), k, dt, wd, self.eff)
+        return OpCost.of(eq.seconds * (bat.seconds / ref.seconds), bat.bound, eq.source, bat.flops, bat.bytes)
+
     def attention(self, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window=None,
-                  dtype="bf16", kv_dtype=None, v_head_dim=None) -> OpCost:
+                  dtype="bf16", kv_dtype=None, v_head_dim=None, kv_shared=False) -> OpCost:
         if self.tables is not None:
             return self.tables.attention(self, batch, heads, kv_heads, head_dim, q_len, kv_len, causal,
-                                         window, dtype, kv_dtype, v_head_dim)
+                                         window, dtype, kv_dtype, v_head_dim, kv_shared)
         return an.attention_cost(self.gpu, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window,
-                                 dtype, kv_dtype, v_head_dim, self.eff)
+                                 dtype, kv_dtype, v_head_dim, self.eff, kv_shared)
 
     def elementwise(self, op, tokens, width, dtype="bf16") -> OpCost:
         tokens = np.asarray(tokens)

@@ -337,9 +337,16 @@ class Tables:
         return min(cands, key=dist), False
 
     def attention(self, prof, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window=None,
-                  dtype="bf16", kv_dtype=None, v_head_dim=None) -> OpCost:
+                  dtype="bf16", kv_dtype=None, v_head_dim=None, kv_shared=False) -> OpCost:
+        """Attention from the measured grids. Widths the grids do not hold (MLA: q/k 192 and v 128 in prefill;
+        576-wide keys over a shared latent whose first 512 channels are the values in decode) are carried by
+        the same references: prefill by the tile schedule with the op's own per-block FLOPs (q/k and v
+        widths), decode by the op's own bytes (the latent once) at the fitted decode floor and bandwidth,
+        with the pooled ratio at (sequences x KV streams, keys). A decode with many query heads per KV stream
+        (MLA: 16-128, the grids at most 8) can be tensor-core bound, which no measured decode was: its
+        physics compute time (the profile's fitted attention efficiency) is a lower bound."""
         base = an.attention_cost(prof.gpu, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window,
-                                 dtype, kv_dtype, v_head_dim, IDEAL)
+                                 dtype, kv_dtype, v_head_dim, IDEAL, kv_shared)
         shape = base.seconds.shape
         q = np.broadcast_to(np.asarray(q_len), shape)
         b = np.broadcast_to(np.asarray(batch, dtype=float), shape)
@@ -350,11 +357,12 @@ class Tables:
         ref = base.seconds
         src = np.full(shape, ANALYTICAL, dtype=np.int8)
         fallback = np.zeros(shape, dtype=bool)
+        floor_t = None  # decode of an unmeasured width: the compute lower bound
         for phase, sel in (("decode", q == 1), ("prefill", q != 1)):
             if not sel.any():
                 continue
             key, _ = self._attn_key(dtype, phase, heads, kv_heads, head_dim)
-            if key is None or v_head_dim is not None:
+            if key is None or (kv_shared and phase == "prefill"):
                 fallback |= sel
                 continue
             if phase == "prefill":
@@ -362,22 +370,30 @@ class Tables:
                 work = np.zeros(shape)
                 work[sel] = an.flash_makespan(prof.gpu, b[sel], heads, q[sel], kv[sel], bool(causal), window)
                 work = work * an.flash_block_seconds(prof.gpu, head_dim, dtype if dtype in ("bf16", "fp16", "fp8")
-                                                     else "bf16")
+                                                     else "bf16", v_head_dim)
                 ref = np.where(sel, _floor_scale_reference(self.attn_ref[key], work), ref)
                 val, inside = self.attn[key].lookup(b * heads, kv_eff)
             else:
                 # the K/V stream on this GPU at the floor and bandwidth fitted on every measured decode config;
                 # the ratio pooled over configs by (batch x kv_heads, keys)
                 dk = key[0]
-                work = _decode_work(prof.gpu, b, heads, kv_heads, head_dim, kv_eff, dtype, kv_dtype)
+                work = _decode_work(prof.gpu, b, heads, kv_heads, head_dim, kv_eff, dtype, kv_dtype, v_head_dim,
+                                    kv_shared)
                 ref = np.where(sel, _floor_scale_reference(self.dec_ref[dk], work), ref)
                 val, inside = self.dec[dk].lookup(b * kv_heads, kv_eff)
+                if v_head_dim is not None or kv_shared:
+                    tc = an.attention_compute_seconds(prof.gpu, base.flops, b, heads, q, kv_eff, dtype, prof.eff,
+                                                      kv_shared)
+                    floor_t = np.where(sel, tc, 0.0)
             lr = np.where(sel, val, lr)
             src = np.where(sel, np.where(inside, INTERPOLATED, ANALYTICAL), src)
         t = ref * np.exp(lr)
+        if floor_t is not None:
+            src = np.where(floor_t > t, ANALYTICAL, src)
+            t = np.maximum(t, floor_t)
         if fallback.any():
             phys = an.attention_cost(prof.gpu, batch, heads, kv_heads, head_dim, q_len, kv_len, causal, window,
-                                     dtype, kv_dtype, v_head_dim, prof.eff)
+                                     dtype, kv_dtype, v_head_dim, prof.eff, kv_shared)
             t = np.where(fallback, np.broadcast_to(phys.seconds, shape), t)
         return OpCost.of(t, base.bound, self._src(prof, src), base.flops, base.bytes)
 
@@ -504,9 +520,12 @@ def _fit_floor_and_scale(work, t):
     return float(floor), float(scale)
 
 
-def _decode_work(gpu, batch, heads, kv_heads, head_dim, kv, dtype="bf16", kv_dtype=None):
-    """Seconds to stream a decode's bytes (K and V of every key tile read, Q and O) at the datasheet bandwidth."""
-    return rl.attention_bytes(batch, heads, kv_heads, head_dim, 1, kv, dtype, kv_dtype) / gpu.mem_bw_bytes_per_s
+def _decode_work(gpu, batch, heads, kv_heads, head_dim, kv, dtype="bf16", kv_dtype=None, v_head_dim=None,
+                 kv_shared=False):
+    """Seconds to stream a decode's bytes (K and V of every key tile read, Q and O) at the datasheet bandwidth
+    (``kv_shared``: V a view of K, the latent read once)."""
+    return rl.attention_bytes(batch, heads, kv_heads, head_dim, 1, kv, dtype, kv_dtype, None, v_head_dim,
+                              kv_shared) / gpu.mem_bw_bytes_per_s
 
 
 def _floor_scale_reference(params, work):

@@ -38,6 +38,14 @@ def op_cost(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
 @cost_fn("gemm")
 def _gemm(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
     d = op.dims
+    g = d.get("groups")
+    if g is not None and op.meta.get("batched"):
+        # the groups run in ONE kernel (torch.bmm: MLA's per-head absorbed projections): one launch and one
+        # floor, the FLOPs and bytes of every group (not ``groups`` launches of one group's GEMM)
+        if d.get("m_quantiles") is not None:
+            raise ValueError(f"{op.name}: a batched GEMM has one row count per group (no m_quantiles)")
+        return prof.sustained(prof.batched_gemm(g, d["m"], d["n"], d["k"], op.dtype, op.wdtype), op.dtype,
+                              op.wdtype)
     # kernels run back to back inside a step: each is slowed by the power cap (prof.sustained)
     c = prof.sustained(prof.gemm(d["m"], d["n"], d["k"], op.dtype, op.wdtype), op.dtype, op.wdtype)
     mq = d.get("m_quantiles")
@@ -46,10 +54,9 @@ def _gemm(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
         sec = np.asarray(cq.seconds, dtype=float).mean(axis=-1)
         c = OpCost.of(sec.reshape(np.shape(c.seconds)) if np.ndim(c.seconds) else sec, c.bound, c.source,
                       c.flops, c.bytes)
-    g = d.get("groups")
     if g is None:
         return c
-    g = np.asarray(g, dtype=float)  # several launches per layer (MoE experts, per-head batched GEMMs)
+    g = np.asarray(g, dtype=float)  # several launches per layer (MoE experts: one GEMM per expert hit)
     return OpCost.of(c.seconds * g, c.bound, c.source, c.flops * g, c.bytes * g)
 
 
@@ -57,7 +64,8 @@ def _gemm(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
 def _attention(op: Op, gpu: GPUSpec, prof: Profile) -> OpCost:
     d = op.dims
     c = prof.attention(d["batch"], d["heads"], d["kv_heads"], d["head_dim"], d["q_len"], d["kv_len"],
-                       bool(d["causal"]), d.get("window"), op.dtype, op.meta.get("kv_dtype"), d.get("v_head_dim"))
+                       bool(d["causal"]), d.get("window"), op.dtype, op.meta.get("kv_dtype"), d.get("v_head_dim"),
+                       bool(d.get("kv_shared", False)))
     return prof.sustained(c, op.dtype)
 
 

@@ -524,12 +524,15 @@ def accuracy_of(cfg: StepConfig, profile_name: str) -> tuple[float | None, float
     if cfg.model.is_moe or cfg.model.is_mla or cfg.dtype not in ("bf16", "fp16"):
         return None, None, "not validated (MoE, MLA or quantized steps were not measured end to end)"
     own = profile_name.startswith("measured:")
-    if cfg.pp > 1:  # measured at tp 1 with the GPU's own profile only (benchmarks/bench_pp.py)
-        pre = table.get("own", {}).get(f"prefill:{cfg.runtime}:pp>1") if own and cfg.tp == 1 else None
-        dec = table.get("own", {}).get(f"decode:{cfg.runtime}:pp>1") if own and cfg.tp == 1 else None
+    if cfg.pp > 1:  # measured with the GPU's own profile only, at tp 1 and tp 2 (benchmarks/bench_pp.py)
+        kind = "pp>1" if cfg.tp == 1 else "tp>1,pp>1"
+        pre = table.get("own", {}).get(f"prefill:{cfg.runtime}:{kind}") if own else None
+        dec = table.get("own", {}).get(f"decode:{cfg.runtime}:{kind}") if own else None
         if pre is None and dec is None:
-            return None, None, "not validated (pipeline parallelism was measured at tp 1 on a measured GPU only)"
-        basis = (f"own profile, measured pipeline-parallel steps ({(pre or {}).get('n', 0)} prefill, "
+            return None, None, ("not validated (pipeline parallelism was measured on a measured GPU only, at tp 1 "
+                                "and, with cuda-graph decode and eager prefill, at tp 2)")
+        what = "pipeline-parallel" if cfg.tp == 1 else "TP x PP"
+        basis = (f"own profile, measured {what} steps ({(pre or {}).get('n', 0)} prefill, "
                  f"{(dec or {}).get('n', 0)} decode cases)")
         return (pre or {}).get("p90_pct"), (dec or {}).get("p90_pct"), basis
     if not own and cfg.gpu.architecture != "hopper":

@@ -20,6 +20,13 @@ that the ``vllm`` scheduler does not have:
 When the cache is full, transformers offloads or re-queues requests; here they are preempted and
 recomputed as in the ``vllm`` scheduler. Every iteration goes through the event queue (no
 fast-forward).
+
+Source: transformers 5.17.0, ``generation/continuous_batching/scheduler.py`` (``FIFOScheduler.
+schedule_batch``, ``Scheduler._process_candidates``, ``_schedule_request``). Checked on the engine:
+driven with the iteration boundaries of 12 measured runs (3 to 18 req/s, 4 hosts), this scheduler
+fills every one of their 10,373 iterations as transformers did (``benchmarks/bench_serving_real.py``,
+``replay``). Not modelled, and not binding in those runs: transformers' block allocation one token
+ahead at a block boundary, and CPU offloading instead of recomputation.
 """
 
 from __future__ import annotations

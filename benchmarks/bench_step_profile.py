@@ -1,0 +1,82 @@
+"""Where a step's error sits: measured kernel time per family against perfcast's per-op prediction.
+
+For every ``benchmarks/data/*/step_profile/step_profile.jsonl`` (``perfcast.measure.step_profile``: a
+model step captured in one CUDA graph, replayed under torch.profiler), print per case the measured graph
+time and the summed GPU time of its GEMM, attention and elementwise kernels, beside perfcast's
+prediction of the same step (``perfcast.predict(..., breakdown=True)``, ops summed by kind). The
+"other" column is the graph time not inside any kernel (measured) and the step time outside the op
+costs (predicted).
+
+    python benchmarks/bench_step_profile.py [--profile auto|none|DIR] [--kernels N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import perfcast
+
+ROOT = Path(__file__).resolve().parent / "data"
+FAMILIES = ("gemm", "attention", "elementwise")
+
+
+def records(root: Path = ROOT):
+    for path in sorted(root.glob("*/step_profile*/step_profile.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if "error" not in rec:
+                    yield path.parent.parent.name, rec
+
+
+def predicted(rec: dict, profile: str = "auto") -> dict:
+    """perfcast's prediction of the profiled step: total ms and ms per op kind (phase ``measure``)."""
+    phase = rec.get("measure", "decode")
+    p = perfcast.predict(model=rec["model"], gpu=rec["gpu_id"], batch=int(rec["batch"]), prompt=int(rec["prompt"]),
+                         context=int(rec["context"]), runtime="cuda-graph", profile=profile, breakdown=True)
+    fam = dict.fromkeys(FAMILIES, 0.0)
+    for op in p.breakdown:
+        if op["phase"] == phase:
+            fam[op["kind"]] = fam.get(op["kind"], 0.0) + float(op["ms"])
+    total = float(p.prefill_ms if phase == "prefill" else p.decode_ms)
+    return {"total_ms": total, "family_ms": fam, "other_ms": total - sum(fam.values())}
+
+
+def compare(rec: dict, profile: str = "auto") -> dict:
+    pred = predicted(rec, profile)
+    meas_fam = {f: float(rec["family_ms"].get(f, 0.0)) for f in FAMILIES}
+    return {"measured_ms": float(rec["graph_ms"]), "predicted_ms": pred["total_ms"],
+            "measured_family_ms": meas_fam, "predicted_family_ms": pred["family_ms"],
+            "measured_other_ms": float(rec["graph_ms"]) - sum(meas_fam.values()),
+            "predicted_other_ms": pred["other_ms"]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="auto")
+    ap.add_argument("--kernels", type=int, default=0, help="also list each case's N slowest kernels")
+    a = ap.parse_args(argv)
+    head = (f"{'run':12s} {'model':24s} {'phase':7s} {'b':>4s} {'step ms meas/pred':>18s} {'err':>6s} "
+            + " ".join(f"{f + ' meas/pred':>20s}" for f in FAMILIES + ("other",)))
+    print(head)
+    n = 0
+    for run, rec in records():
+        c = compare(rec, a.profile)
+        err = (c["predicted_ms"] - c["measured_ms"]) / c["measured_ms"] * 100
+        cols = [f"{c['measured_family_ms'][f]:9.3f}/{c['predicted_family_ms'][f]:<9.3f}" for f in FAMILIES]
+        cols.append(f"{c['measured_other_ms']:9.3f}/{c['predicted_other_ms']:<9.3f}")
+        print(f"{run:12s} {rec['model'][-24:]:24s} {rec.get('measure', 'decode'):7s} {rec['batch']:>4} "
+              f"{c['measured_ms']:8.3f}/{c['predicted_ms']:<9.3f} {err:+5.1f}% " + " ".join(f"{x:>20s}" for x in cols))
+        for k in rec.get("kernels", [])[:a.kernels]:
+            print(f"    {k['family']:11s} {k['calls']:6.1f} calls {k['ms']:8.4f} ms  {k['name'][:110]}")
+        n += 1
+    if not n:
+        print("no step_profile.jsonl under benchmarks/data (run perfcast.measure.step_profile on a GPU)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

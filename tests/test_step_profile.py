@@ -1,0 +1,47 @@
+"""The step profiler's kernel families and the profile-vs-prediction comparison (no GPU needed)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from perfcast.measure.step_profile import kernel_family
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name,fam", [
+    ("nvjet_tst_128x64_64x8_1x2_h_bz_coopB_NTN", "gemm"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "gemm"),
+    ("void cublasLt::splitKreduce_kernel<32, 16, int, float>", "gemm"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x128", "attention"),
+    ("void cudnn::fusion::lean_reduction_kernel<false, false, false>", "attention"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<c10::BFloat16>>", "elementwise"),
+    ("void at::native::index_copy_kernel_impl", "elementwise"),
+])
+def test_kernel_family(name, fam):
+    assert kernel_family(name) == fam
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_step_profile", ROOT / "benchmarks" / "bench_step_profile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_sums_families_and_keeps_the_rest_as_other():
+    bench = _bench()
+    rec = {"model": "meta-llama/Llama-3.1-8B", "gpu_id": "h100-sxm", "batch": 1, "prompt": 2048, "context": 2048,
+           "measure": "decode", "graph_ms": 7.0, "family_ms": {"gemm": 5.0, "attention": 0.5, "elementwise": 1.0}}
+    c = bench.compare(rec)
+    assert c["measured_other_ms"] == pytest.approx(0.5)
+    pf = c["predicted_family_ms"]
+    assert set(pf) == {"gemm", "attention", "elementwise"}
+    assert all(v > 0 for v in pf.values())
+    # the kinds plus the rest make up the predicted step
+    assert sum(pf.values()) + c["predicted_other_ms"] == pytest.approx(c["predicted_ms"])
+    # an 8B decode step at batch 1 is GEMM (weight reads) first
+    assert pf["gemm"] > pf["elementwise"] > 0 and pf["gemm"] > 0.6 * c["predicted_ms"]
+    json.dumps(c)  # plain numbers only
