@@ -665,7 +665,7 @@ def _fit_fp8_reference(gpu, weights) -> tuple[float, float, float]:
     seconds)} of measured FP8 weights.
 
     Why: a torch._scaled_mm kernel computes whole tiles of 128 rows of M, so on the dense grid an M just
-    above a multiple of 128 runs slower than the smooth trend and a multiple of 128 faster (by 5-6%
+    above a multiple of 128 runs slower than the smooth trend and a multiple of 128 faster (by 4-6%
     below M = 1024 on H100 and H200); and every FP8 GEMM pays a fixed 5-7 us (its scales and epilogue,
     launch) on top of the bytes and FLOPs, so a ratio over a floor-less roofline varies 5x across weight
     shapes at small M. ``pad`` is the exponent in [0, 1] whose reference leaves the weights' log ratios
