@@ -17,10 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-import perfcast
+from perfcast.measure.step_profile import FAMILIES, compare
 
 ROOT = Path(__file__).resolve().parent / "data"
-FAMILIES = ("gemm", "attention", "elementwise")
 
 
 def records(root: Path = ROOT):
@@ -30,28 +29,6 @@ def records(root: Path = ROOT):
                 rec = json.loads(line)
                 if "error" not in rec:
                     yield path.parent.parent.name, rec
-
-
-def predicted(rec: dict, profile: str = "auto") -> dict:
-    """perfcast's prediction of the profiled step: total ms and ms per op kind (phase ``measure``)."""
-    phase = rec.get("measure", "decode")
-    p = perfcast.predict(model=rec["model"], gpu=rec["gpu_id"], batch=int(rec["batch"]), prompt=int(rec["prompt"]),
-                         context=int(rec["context"]), runtime="cuda-graph", profile=profile, breakdown=True)
-    fam = dict.fromkeys(FAMILIES, 0.0)
-    for op in p.breakdown:
-        if op["phase"] == phase:
-            fam[op["kind"]] = fam.get(op["kind"], 0.0) + float(op["ms"])
-    total = float(p.prefill_ms if phase == "prefill" else p.decode_ms)
-    return {"total_ms": total, "family_ms": fam, "other_ms": total - sum(fam.values())}
-
-
-def compare(rec: dict, profile: str = "auto") -> dict:
-    pred = predicted(rec, profile)
-    meas_fam = {f: float(rec["family_ms"].get(f, 0.0)) for f in FAMILIES}
-    return {"measured_ms": float(rec["graph_ms"]), "predicted_ms": pred["total_ms"],
-            "measured_family_ms": meas_fam, "predicted_family_ms": pred["family_ms"],
-            "measured_other_ms": float(rec["graph_ms"]) - sum(meas_fam.values()),
-            "predicted_other_ms": pred["other_ms"]}
 
 
 def main(argv=None) -> int:

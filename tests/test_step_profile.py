@@ -24,15 +24,8 @@ def test_kernel_family(name, fam):
     assert kernel_family(name) == fam
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_step_profile", ROOT / "benchmarks" / "bench_step_profile.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_compare_sums_families_and_keeps_the_rest_as_other():
-    bench = _bench()
+    from perfcast.measure import step_profile as bench
     rec = {"model": "meta-llama/Llama-3.1-8B", "gpu_id": "h100-sxm", "batch": 1, "prompt": 2048, "context": 2048,
            "measure": "decode", "graph_ms": 7.0, "family_ms": {"gemm": 5.0, "attention": 0.5, "elementwise": 1.0}}
     c = bench.compare(rec)
@@ -45,3 +38,26 @@ def test_compare_sums_families_and_keeps_the_rest_as_other():
     # an 8B decode step at batch 1 is GEMM (weight reads) first
     assert pf["gemm"] > pf["elementwise"] > 0 and pf["gemm"] > 0.6 * c["predicted_ms"]
     json.dumps(c)  # plain numbers only
+    lines = bench.compare_lines(rec)
+    assert lines[0].startswith("meta-llama/Llama-3.1-8B decode b1 p2048 c2048 on h100-sxm")
+    step = next(x for x in lines if x.strip().startswith("step"))
+    assert "7.000" in step and f"{c['predicted_ms']:.3f}" in step
+
+
+def test_bench_lists_every_shipped_profile():
+    spec = importlib.util.spec_from_file_location("bench_step_profile", ROOT / "benchmarks" / "bench_step_profile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs = {run for run, _ in mod.records()}
+    assert {"h200-run8", "h100-run11", "h100-run12"} <= runs
+
+
+def test_profile_step_cli_help_and_bad_input():
+    from click.testing import CliRunner
+
+    from perfcast.cli import main
+
+    r = CliRunner().invoke(main, ["profile-step", "--help"])
+    assert r.exit_code == 0 and "--measure" in r.output and "--model" in r.output
+    r = CliRunner().invoke(main, ["profile-step", "--model", "meta-llama/Llama-3.2-1B", "--batch", "0"])
+    assert r.exit_code == 2 and "must be positive" in r.output

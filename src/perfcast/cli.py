@@ -421,5 +421,16 @@ def measure(ctx):
     sys.exit(model_step.main(list(ctx.args)) or 0)
 
 
+@main.command("profile-step", add_help_option=False,
+              context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def profile_step(ctx):
+    """Profile a real model step kernel by kernel on this GPU and set it beside the per-op prediction
+    (needs perfcast[gpu])."""
+    from perfcast.measure import step_profile
+
+    sys.exit(step_profile.main(list(ctx.args)) or 0)
+
+
 if __name__ == "__main__":
     main()

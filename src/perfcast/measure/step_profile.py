@@ -1,5 +1,6 @@
 """Kernel-by-kernel profile of whole model steps (the plain decoder, captured in one CUDA graph).
 
+    perfcast profile-step --model meta-llama/Llama-3.1-8B --batch 8 --prompt 2048 [--measure decode]
     PYTHONPATH=src python3 -m perfcast.measure.step_profile --out DIR [--cases FILE.jsonl]
 
 Each case (``model``, ``batch``, ``prompt``, ``context``, ``measure``: ``decode`` or ``prefill``) is built
@@ -30,6 +31,7 @@ DEFAULT_CASES = (
     {"model": "meta-llama/Llama-3.1-8B", "batch": 1, "prompt": 2048, "context": 2048, "measure": "prefill"},
 )
 
+FAMILIES = ("gemm", "attention", "elementwise")
 _ATTN = ("flash", "fmha", "sdpa", "attention", "cudnn")
 _GEMM = ("gemm", "xmma", "cutlass", "nvjet", "cublas", "splitk", "sm90_", "sm80_", "ampere_", "hopper")
 
@@ -43,6 +45,48 @@ def kernel_family(name: str) -> str:
     if any(t in n for t in _GEMM):
         return "gemm"
     return "elementwise"
+
+
+def predicted(rec: dict, profile: str = "auto") -> dict:
+    """perfcast's prediction of a profiled step (``rec``: a step_profile line, or any dict with model,
+    gpu_id, batch, prompt, context, measure): total ms and ms per op kind of that phase."""
+    from perfcast.step.predict import predict
+
+    phase = rec.get("measure", "decode")
+    p = predict(model=rec["model"], gpu=rec["gpu_id"], batch=int(rec["batch"]), prompt=int(rec["prompt"]),
+                context=int(rec["context"]), runtime="cuda-graph", profile=profile, breakdown=True)
+    fam = dict.fromkeys(FAMILIES, 0.0)
+    for op in p.breakdown:
+        if op["phase"] == phase:
+            fam[op["kind"]] = fam.get(op["kind"], 0.0) + float(op["ms"])
+    total = float(p.prefill_ms if phase == "prefill" else p.decode_ms)
+    return {"total_ms": total, "family_ms": fam, "other_ms": total - sum(fam.values())}
+
+
+def compare(rec: dict, profile: str = "auto") -> dict:
+    """A profiled step beside its prediction: step ms, ms per kernel family (GEMM, attention,
+    elementwise) and the rest ("other": graph time outside any kernel, measured; step time outside the
+    op costs, predicted)."""
+    pred = predicted(rec, profile)
+    meas_fam = {f: float(rec["family_ms"].get(f, 0.0)) for f in FAMILIES}
+    return {"measured_ms": float(rec["graph_ms"]), "predicted_ms": pred["total_ms"],
+            "measured_family_ms": meas_fam, "predicted_family_ms": pred["family_ms"],
+            "measured_other_ms": float(rec["graph_ms"]) - sum(meas_fam.values()),
+            "predicted_other_ms": pred["other_ms"]}
+
+
+def compare_lines(rec: dict, profile: str = "auto") -> list[str]:
+    """``compare`` as a small table: one line per family, measured, predicted and the difference."""
+    c = compare(rec, profile)
+    rows = [("step", c["measured_ms"], c["predicted_ms"])]
+    rows += [(f, c["measured_family_ms"][f], c["predicted_family_ms"][f]) for f in FAMILIES]
+    rows.append(("other", c["measured_other_ms"], c["predicted_other_ms"]))
+    out = [f"{rec['model']} {rec.get('measure', 'decode')} b{rec['batch']} p{rec['prompt']} c{rec['context']} "
+           f"on {rec['gpu_id']} (cuda-graph)", f"  {'':12s} {'measured ms':>12s} {'predicted ms':>13s} {'diff':>8s}"]
+    for name, m, p in rows:
+        diff = f"{(p - m) / m * 100:+7.1f}%" if m > 0 and name != "other" else ""
+        out.append(f"  {name:12s} {m:12.3f} {p:13.3f} {diff:>8s}")
+    return out
 
 
 def profile_case(case: dict, reps: int = 10) -> dict:
@@ -75,10 +119,18 @@ def profile_case(case: dict, reps: int = 10) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m perfcast.measure.step_profile", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--cases", default=None, help="JSON Lines of cases (default: a built-in set of 7)")
+    ap = argparse.ArgumentParser(prog="perfcast profile-step", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="step_profile", help="output folder (default: ./step_profile)")
+    ap.add_argument("--cases", default=None, help="JSON Lines of cases (default: --model, or a built-in set of 7)")
+    ap.add_argument("--model", default=None, help="one case: a shipped model id or a config.json")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--prompt", type=int, default=2048)
+    ap.add_argument("--context", type=int, default=None, help="default: --prompt")
+    ap.add_argument("--measure", choices=("decode", "prefill"), default="decode")
+    ap.add_argument("--profile", default="auto", help="the profile the comparison predicts with")
     a = ap.parse_args(argv)
+    if min(a.batch, a.prompt, a.context or a.prompt) < 1:
+        ap.error("--batch, --prompt and --context must be positive")
     from perfcast.measure.timing import import_torch
 
     torch = import_torch()
@@ -87,6 +139,9 @@ def main(argv=None) -> int:
     cases = DEFAULT_CASES
     if a.cases:
         cases = [json.loads(line) for line in Path(a.cases).read_text().splitlines() if line.strip()]
+    elif a.model:
+        cases = [{"model": a.model, "batch": a.batch, "prompt": a.prompt, "context": a.context or a.prompt,
+                  "measure": a.measure}]
     out = start_out_dir(torch, a.out)
     with open(out / "step_profile.jsonl", "w") as f:
         for c in cases:
@@ -96,8 +151,13 @@ def main(argv=None) -> int:
                 rec = {**c, "error": f"{type(e).__name__}: {str(e)[:200]}"}
             f.write(json.dumps(rec) + "\n")
             f.flush()
-            print(json.dumps({k: rec.get(k) for k in ("model", "batch", "measure", "graph_ms", "kernels_per_step",
-                                                       "kernel_time_ms", "family_ms", "error")}))
+            if "error" in rec:
+                print(f"{c.get('model')}: {rec['error']}", file=sys.stderr)
+            else:
+                try:
+                    print("\n".join(compare_lines(rec, a.profile)))
+                except ValueError as e:  # a GPU or model perfcast cannot predict: the profile is still written
+                    print(f"{c.get('model')}: measured {rec['graph_ms']:.3f} ms; no prediction ({e})")
             torch.cuda.empty_cache()
     return 0
 
