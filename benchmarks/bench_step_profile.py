@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent / "data"
 
 
 def records(root: Path = ROOT):
-    for path in sorted(root.glob("*/step_profile*/step_profile.jsonl")):
+    for path in sorted(root.glob("*/*profile*/step_profile.jsonl")):
         for line in path.read_text().splitlines():
             if line.strip():
                 rec = json.loads(line)
