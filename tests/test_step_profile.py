@@ -61,3 +61,21 @@ def test_profile_step_cli_help_and_bad_input():
     assert r.exit_code == 0 and "--measure" in r.output and "--model" in r.output
     r = CliRunner().invoke(main, ["profile-step", "--model", "meta-llama/Llama-3.2-1B", "--batch", "0"])
     assert r.exit_code == 2 and "must be positive" in r.output
+
+
+def test_qk_norm_on_fused_views_costs_the_copies_rms_norm_makes():
+    """The plain decoder's q/k are strided views of the fused QKV output, and F.rms_norm copies each to a
+    contiguous tensor first: per layer 2 copies + 2 norm kernels (profiled: h100-run11, Qwen3-8B decode
+    runs 4 layer_norm and 2 direct_copy kernels per layer for q/k). HF's separate projections do not."""
+    from perfcast.models import get_model
+    from perfcast.models.builder import GRAPH_LAYOUT, HF_LAYOUT, StepShape, build_ops
+
+    spec = get_model("Qwen/Qwen3-8B")
+    shape = StepShape("decode", 8, 1, 2048)
+    ops = {o.name: o for o in build_ops(spec, shape, 1, "bf16", GRAPH_LAYOUT)}
+    cp = ops["qk_norm_copy"]
+    assert cp.dims["op"] == "copy" and cp.meta["kernels"] == 2 and cp.count == 36
+    assert cp.dims["width"] == (32 + 8) * 128 and cp.host_ops == 0.0
+    assert "qk_norm_copy" not in {o.name for o in build_ops(spec, shape, 1, "bf16", HF_LAYOUT)}
+    assert "qk_norm_copy" not in {o.name for o in build_ops(get_model("meta-llama/Llama-3.1-8B"), shape, 1, "bf16",
+                                                             GRAPH_LAYOUT)}

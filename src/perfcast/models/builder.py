@@ -184,6 +184,8 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
             gemm("v_proj", kvh * hd, h, host_ops=2.0)
         if spec.qk_norm:
             elem("qk_norm", norm, (heads + kvh) * hd, host_ops=2 * norm_ops, kernels=2)
+            if layout.fused_qkv:  # q and k are strided views of the fused output: rms_norm copies each first
+                elem("qk_norm_copy", "copy", (heads + kvh) * hd, host_ops=0.0, kernels=2)
         elem("rope", "rope", (heads + kvh) * hd, host_ops=14.0, kernels=10,  # q*cos + rotate_half(q)*sin
              strided=layout.fused_qkv)
         kv_op = layout.kv_write_op + ("_decode" if shape.phase == "decode" else "")
