@@ -117,3 +117,19 @@ def test_input_pool_views_are_contiguous_and_distinct():
     big = r.rand("a", 16, 8)  # larger than the pool buffer: allocated on its own
     assert big.shape == (16, 8) and big.data_ptr() != r.pool[("a", "bf16")].data_ptr()
     assert r.rand("c", 3).shape == (3,)  # no such buffer: allocated on its own
+
+
+def test_calibrate_timeline_lists_every_timed_row_in_time_order(tmp_path):
+    pytest.importorskip("torch")
+    from perfcast.measure.calibrate import calibrate
+
+    meta = calibrate(out_dir=tmp_path, quick=True, device="cpu", progress=False, only="gemm,elementwise",
+                     timeline=True)
+    with open(tmp_path / "timeline.csv", newline="") as f:
+        tl = list(csv.DictReader(f))
+    assert "timeline" in meta
+    for fam in ("gemm", "elementwise"):
+        rows = [r for r in tl if r["family"] == fam]
+        assert [int(r["row"]) for r in rows] == list(range(meta["cases"][fam]))  # one line per CSV row
+    starts = [float(r["start_unix_s"]) for r in tl]
+    assert starts == sorted(starts) and all(float(r["end_unix_s"]) >= float(r["start_unix_s"]) for r in tl)

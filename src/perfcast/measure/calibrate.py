@@ -82,6 +82,8 @@ class _Run:
         self.oom = getattr(torch.cuda, "OutOfMemoryError", MemoryError)
         self.pool: dict = {}
         self.shuffle_seed: int | None = None
+        self.timeline = None  # csv.writer of (family, row, start, end) wall times, with --timeline
+        self.family = ""
 
     def order(self, cases: list) -> list:
         """The cases as given, or in a seeded random order (``--shuffle``: each kernel follows unrelated
@@ -120,7 +122,11 @@ class _Run:
         fn = None
         try:
             fn = build()
-            out.row(case, self.timer.bench(fn))
+            t0 = time.time()
+            st = self.timer.bench(fn)
+            if self.timeline is not None:  # which kernel ran when, to join with a clock log afterwards
+                self.timeline.writerow([self.family, out.rows, f"{t0:.3f}", f"{time.time():.3f}"])
+            out.row(case, st)
         except self.oom:
             self.skipped += 1
         except RuntimeError as e:  # an unsupported shape must not end a long run
@@ -323,7 +329,8 @@ def _warm_gpu(torch, seconds: float = 1.0) -> None:
 
 def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, device: str = "cuda",
               progress: bool = True, seed: int = 0, tiny: bool | None = None, preheat_s: float = 1.0,
-              sustain_ms: float = 0.0, subset: float = 1.0, shuffle: bool = True, power: bool = False) -> dict:
+              sustain_ms: float = 0.0, subset: float = 1.0, shuffle: bool = True, power: bool = False,
+              timeline: bool = False) -> dict:
     """Measure kernels on ``device`` and write a profile directory; returns its meta.json dict.
 
     ``preheat_s``: seconds of large GEMMs before the first measurement (clocks up; a long pre-heat
@@ -381,13 +388,19 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
         meta["clocks_after_preheat"] = env.clocks_now(torch)
     r = _Run(torch, device, timer, progress)
     r.shuffle_seed = seed if shuffle else None
+    tl = None
+    if timeline:
+        tl = open(out / "timeline.csv", "w", newline="")
+        r.timeline = csv.writer(tl, lineterminator="\n")
+        r.timeline.writerow(["family", "row", "start_unix_s", "end_unix_s"])
+        meta["timeline"] = "timeline.csv: each timed case's wall-clock start and end (row = its index in <family>.csv)"
     t_all = time.perf_counter()
     for fam in fams:
         cases = grids.get(fam, [])
         t0 = time.perf_counter()
         f = _Csv(out / f"{fam}.csv", COLUMNS[fam])
         bar = Progress(fam, len(cases) if fam != "launch" else 11, enabled=progress)
-        r.skipped, r.errors = 0, []
+        r.skipped, r.errors, r.family = 0, [], fam
         try:
             RUNNERS[fam](r, cases, f, bar)
         finally:
@@ -404,6 +417,8 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
             print(f"perfcast calibrate: {fam}: {f.rows} cases, {r.skipped} skipped, "
                   f"{meta['elapsed_s'][fam]:.1f} s", file=sys.stderr)
         _write_meta(out, meta)
+    if tl is not None:
+        tl.close()
     meta["elapsed_s"]["total"] = round(time.perf_counter() - t_all, 2)
     if cuda:
         meta["clocks_end"] = env.clocks_now(torch)
@@ -469,12 +484,15 @@ def main(argv=None) -> int:
     p.add_argument("--shuffle", action="store_true", help=argparse.SUPPRESS)  # the default since run 8
     p.add_argument("--power", action="store_true",
                    help="also time 10%% of the GEMM grid sustained and fit power.json (about 90 s more)")
+    p.add_argument("--timeline", action="store_true",
+                   help="also write timeline.csv: each case's wall-clock start and end, to join with a clock log")
     p.add_argument("--tiny", action="store_true", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     try:
         meta = calibrate(a.out, quick=a.quick, heldout=a.heldout, only=a.only, device=a.device,
                          progress=not a.quiet, seed=a.seed, tiny=a.tiny, preheat_s=a.preheat_s,
-                         sustain_ms=a.sustain_ms, subset=a.subset, shuffle=not a.grid_order, power=a.power)
+                         sustain_ms=a.sustain_ms, subset=a.subset, shuffle=not a.grid_order, power=a.power,
+                         timeline=a.timeline)
     except (ValueError, RuntimeError) as e:
         print(f"perfcast calibrate: {e}", file=sys.stderr)
         return 2
