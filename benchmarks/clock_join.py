@@ -4,34 +4,68 @@ the SM clock and board power each kernel was timed at, by kernel family and alon
     python benchmarks/clock_join.py benchmarks/data/h200-run11
 (the folder holds clocks_power_10ms.csv and clock_alone/{timeline,gemm,attention}.csv)
 """
+
+from __future__ import annotations
+
 import csv
 import datetime as dt
-import numpy as np
 import sys
-D=sys.argv[1]
-smi=[]
-for r in list(csv.reader(open(f'{D}/clocks_power_10ms.csv')))[1:]:
-    if len(r)<4: continue
-    t=dt.datetime.strptime(r[0].strip(),'%Y/%m/%d %H:%M:%S.%f').replace(tzinfo=dt.UTC).timestamp()
-    smi.append((t,float(r[1].split()[0]),float(r[2].split()[0])))
-smi=np.array(smi)
-tl=list(csv.DictReader(open(f'{D}/clock_alone/timeline.csv')))
-rows={f:list(csv.DictReader(open(f'{D}/clock_alone/{f}.csv'))) for f in ('gemm','attention')}
-out=[]
-for t in tl:
-    s,e=float(t['start_unix_s']),float(t['end_unix_s'])
-    m=(smi[:,0]>=s)&(smi[:,0]<=e)
-    if m.sum()<2: continue
-    r=rows[t['family']][int(t['row'])]
-    ms=float(r['median_ms'])
-    if t['family']=='gemm': fl=2*int(r['m'])*int(r['n'])*int(r['k'])
-    else:
-        b,h,hd,q,kv=int(r['batch']),int(r['heads']),int(r['head_dim']),int(r['q_len']),int(r['kv_len'])
-        fl=4*b*h*hd*q*kv*(0.5 if r['causal'] in ('True','true','1') and q==kv else 1)
-    out.append((t['family'], fl/ms/1e9, np.median(smi[m,1]), np.median(smi[m,2]), ms))
-o=np.array([(x[1],x[2],x[3],x[4]) for x in out]); fam=np.array([x[0] for x in out])
-print('cases with >=2 clock samples:',len(out))
-for f in ('gemm','attention'):
-    for lo,hi in [(0,200),(200,400),(400,550),(550,650),(650,750),(750,2000)]:
-        m=(fam==f)&(o[:,0]>=lo)&(o[:,0]<hi)
-        if m.sum(): print(f"{f:9s} {lo:4d}-{hi:<4d} TFLOP/s n={m.sum():3d} clock median {np.median(o[m,1]):6.0f} MHz  power {np.median(o[m,2]):5.0f} W")
+from pathlib import Path
+
+import numpy as np
+
+BANDS = ((0, 200), (200, 400), (400, 550), (550, 650), (650, 750), (750, 2000))
+
+
+def clock_log(path: Path) -> np.ndarray:
+    """(unix seconds, SM MHz, W) per sample of ``nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw``
+    (its timestamps are the host's UTC wall clock)."""
+    out = []
+    for r in list(csv.reader(open(path)))[1:]:
+        if len(r) < 3:
+            continue
+        t = dt.datetime.strptime(r[0].strip(), "%Y/%m/%d %H:%M:%S.%f").replace(tzinfo=dt.UTC).timestamp()
+        out.append((t, float(r[1].split()[0]), float(r[2].split()[0])))
+    return np.array(out)
+
+
+def flops(family: str, r: dict) -> float:
+    if family == "gemm":
+        return 2.0 * int(r["m"]) * int(r["n"]) * int(r["k"])
+    b, h, hd, q, kv = (int(r[k]) for k in ("batch", "heads", "head_dim", "q_len", "kv_len"))
+    causal = str(r["causal"]).lower() in ("true", "1") and q == kv
+    return 4.0 * b * h * hd * q * kv * (0.5 if causal else 1.0)
+
+
+def join(run: Path) -> list[tuple[str, float, float, float]]:
+    """(family, alone TFLOP/s, median SM MHz, median W) of every timed case with two or more samples."""
+    smi = clock_log(run / "clocks_power_10ms.csv")
+    cal = run / "clock_alone"
+    rows = {f: list(csv.DictReader(open(cal / f"{f}.csv"))) for f in ("gemm", "attention")}
+    out = []
+    for t in csv.DictReader(open(cal / "timeline.csv")):
+        s, e = float(t["start_unix_s"]), float(t["end_unix_s"])
+        m = (smi[:, 0] >= s) & (smi[:, 0] <= e)
+        if m.sum() < 2 or t["family"] not in rows:
+            continue
+        r = rows[t["family"]][int(t["row"])]
+        rate = flops(t["family"], r) / float(r["median_ms"]) / 1e9
+        out.append((t["family"], rate, float(np.median(smi[m, 1])), float(np.median(smi[m, 2]))))
+    return out
+
+
+def main(argv=None) -> int:
+    run = Path((argv or sys.argv[1:] or ["benchmarks/data/h200-run11"])[0])
+    pts = join(run)
+    print(f"{run.name}: {len(pts)} timed cases with >= 2 clock samples")
+    for fam in ("gemm", "attention"):
+        for lo, hi in BANDS:
+            sel = [p for p in pts if p[0] == fam and lo <= p[1] < hi]
+            if sel:
+                print(f"{fam:9s} {lo:4d}-{hi:<4d} TFLOP/s alone  n={len(sel):3d}  SM clock median "
+                      f"{np.median([p[2] for p in sel]):6.0f} MHz  power median {np.median([p[3] for p in sel]):5.0f} W")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

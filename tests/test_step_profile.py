@@ -79,3 +79,18 @@ def test_qk_norm_on_fused_views_costs_the_copies_rms_norm_makes():
     assert "qk_norm_copy" not in {o.name for o in build_ops(spec, shape, 1, "bf16", HF_LAYOUT)}
     assert "qk_norm_copy" not in {o.name for o in build_ops(get_model("meta-llama/Llama-3.1-8B"), shape, 1, "bf16",
                                                              GRAPH_LAYOUT)}
+
+
+def test_clock_join_reads_the_shipped_h200_alone_clocks():
+    spec = importlib.util.spec_from_file_location("clock_join", ROOT / "benchmarks" / "clock_join.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.flops("gemm", {"m": 2, "n": 3, "k": 5}) == 60.0
+    assert mod.flops("attention", {"batch": 1, "heads": 2, "head_dim": 4, "q_len": 8, "kv_len": 8,
+                                   "causal": "True"}) == 4 * 2 * 4 * 8 * 8 * 0.5
+    pts = mod.join(ROOT / "benchmarks" / "data" / "h200-run11")
+    assert len(pts) > 800
+    attn = [p[2] for p in pts if p[0] == "attention"]
+    gemm = [p[2] for p in pts if p[0] == "gemm"]
+    # measured: attention alone at the 1,980 MHz boost clock, GEMMs alone below it
+    assert sorted(attn)[len(attn) // 2] == 1980.0 and sorted(gemm)[len(gemm) // 2] < 1950.0
