@@ -186,7 +186,7 @@ def load(paths):
 
 def main(paths=None):
     warnings.simplefilter("ignore")
-    paths = list(paths) if paths else sorted(str(p) for p in DATA.glob("*/*/mla_step.jsonl"))
+    paths = list(paths) if paths else sorted(str(p) for p in DATA.glob("*/*/mla_step*.jsonl"))
     if not paths:
         print("no mla_step.jsonl under benchmarks/data (run: perfcast.measure.extras --parts mla)")
         return {}

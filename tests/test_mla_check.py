@@ -79,7 +79,7 @@ def test_absorbed_decode_is_the_attention_of_the_expanded_latent():
     pos = torch.tensor([ctx])
     cache0 = torch.randn(B, ctx + 1, r + rope)
     outs = {}
-    for impl in ("sdpa", "matmul"):
+    for impl in ("sdpa", "matmul", "flex"):
         cache = cache0.clone()
         outs[impl] = extras.mla_block(torch, F, d, W, x, cache, pos, cos, sin, "decode", impl, B)
     # reference: expand the (updated) latent cache into per-head keys and values

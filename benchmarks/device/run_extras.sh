@@ -43,6 +43,7 @@ main() {
       calib_shuf) with_clock_log "$D/clocks_power_calib_shuf.csv" 100 calib_shuf_part ;;
       fp8same) run_part fp8same python3 -m perfcast.measure.extras --out "$D/extras_fp8same" --parts fp8same ;;
       fp8held) run_part fp8held python3 -m perfcast.measure.extras --out "$D/extras_fp8held" --parts fp8held ;;
+      mlaflex) PART_TIMEOUT=330 run_part mlaflex python3 -m perfcast.measure.extras --out "$D/extras_mla" --parts mlaflex ;;
       mla) run_part mla python3 -m perfcast.measure.extras --out "$D/extras_mla" --parts mla ;;
       heldout9) run_part heldout9 python3 -m perfcast.measure.calibrate --out "$D/heldout9" --heldout --seed 9 \
         --only gemm --quiet ;;
@@ -51,7 +52,7 @@ main() {
       attn) run_part attn python3 -m perfcast.measure.calibrate --out "$D/calib_attn" --only attention --quiet ;;
       int8c) PART_TIMEOUT=200 run_part int8c python3 -m perfcast.measure.extras --out "$D/extras_int8c" --parts int8c ;;
       int8) run_part int8 python3 -m perfcast.measure.extras --out "$D/extras_int8" --parts int8 ;;
-      *) echo "unknown part '$part' (extras, extras2, calib_gemm, heldout7, power, gridshuf, calib_shuf, fp8same, fp8held, mla, heldout9, gemm_sustain, attn, int8, int8c)"; RC=2 ;;
+      *) echo "unknown part '$part' (extras, extras2, calib_gemm, heldout7, power, gridshuf, calib_shuf, fp8same, fp8held, mla, mlaflex, heldout9, gemm_sustain, attn, int8, int8c)"; RC=2 ;;
     esac
   done
   pack_out "$D"

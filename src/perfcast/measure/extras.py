@@ -40,7 +40,9 @@
   dims, so it runs the memory-efficient or cuDNN kernel) and ``sdpa_vpad`` (v zero-padded to 192 so the
   flash kernel can run, as Hugging Face does for FlashAttention-2); decode ``sdpa`` (the heads folded into
   the query rows of one KV head: q [B, 1, H, 576] over k/v views of the cache) and ``matmul``
-  (``baddbmm`` -> softmax -> ``bmm`` over the cache). The SDPA backend PyTorch picks is recorded
+  (``baddbmm`` -> softmax -> ``bmm`` over the cache); the ``mlaflex`` part adds decode ``flex``
+  (``torch.compile``'d FlexAttention: a split-KV decode kernel over the shared latent,
+  ``mla_step_flex.jsonl``). The SDPA backend PyTorch picks is recorded
   (``sdpa_backend``). Each case is captured in one CUDA graph and timed by replay (``mla_step.jsonl``);
   ``--cpu`` runs it eagerly at tiny dims on the CPU (a smoke test).
 """
@@ -484,6 +486,21 @@ MLA_GLUE = {
 SDP_BACKENDS = {-1: "error", 0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
 
 
+MLA_FLEX = {"models": ("deepseek-ai/DeepSeek-V2-Lite", "deepseek-ai/DeepSeek-V3"), "batches": (1, 32, 128),
+            "contexts": (1024, 16384), "budget_s": 240.0}
+_FLEX = {}
+
+
+def _flex_attention(torch):
+    """torch.compile'd flex_attention (one compiled callable per process; its decode path is a split-KV
+    Triton kernel, what FlashMLA-style engines run), or plain flex_attention on the CPU (the smoke test)."""
+    if "fn" not in _FLEX:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX["fn"] = torch.compile(flex_attention) if torch.cuda.is_available() else flex_attention
+    return _FLEX["fn"]
+
+
 def mla_dims(spec, tp: int) -> dict:
     """The dims of one GPU's MLA block (heads split over ``tp``; q_a/kv_a projections are replicated)."""
     return {"hidden": spec.hidden, "heads": spec.n_heads // tp, "tp": tp, "q_lora_rank": spec.q_lora_rank,
@@ -497,20 +514,27 @@ def mla_tiny_dims(spec) -> dict:
             "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16}
 
 
-def mla_cases(quick: bool, cpu: bool) -> list[dict]:
-    """(model, dims, layers, phase, batch, q_len, context) of every case, grouped by model then cache."""
+def mla_cases(quick: bool, cpu: bool, flex: bool = False) -> list[dict]:
+    """(model, dims, layers, phase, batch, q_len, context) of every case, grouped by model then cache.
+    ``flex``: the decode cases of the ``mlaflex`` part only (``MLA_FLEX``)."""
     from perfcast.models import get_model
 
     out = []
     for model, tp, layers in MLA_MODELS[:2] if cpu else MLA_MODELS:
+        if flex and model not in MLA_FLEX["models"]:
+            continue
         spec = get_model(model)
         d = mla_tiny_dims(spec) if cpu else mla_dims(spec, tp)
         if cpu:
             layers, batches, ctxs, toks = 2, (1, 2), (8,), (8,)
         elif quick:
             batches, ctxs, toks = (1, 32), (1024,), (512,)
+        elif flex:
+            batches, ctxs, toks = MLA_FLEX["batches"], MLA_FLEX["contexts"], ()
         else:
             batches, ctxs, toks = MLA_DECODE_BATCH, MLA_DECODE_CONTEXT, MLA_PREFILL_TOKENS
+        if flex:
+            toks = ()
         for t in toks:
             out.append({"model": model, "dims": d, "layers": layers, "phase": "prefill", "batch": 1, "q_len": t,
                         "context": 0})
@@ -625,6 +649,9 @@ def mla_block(torch, F, d: dict, W: dict, x, cache, pos, cos, sin, phase: str, i
         if impl == "sdpa":  # the heads as the query rows of one KV head
             o = F.scaled_dot_product_attention(qf.unsqueeze(1), kc.unsqueeze(1), kc[..., :r].unsqueeze(1),
                                                scale=scale).squeeze(1)
+        elif impl == "flex":  # FlexAttention's compiled decode kernel: split over keys, all heads on one KV head
+            o = _flex_attention(torch)(qf.unsqueeze(2), kc.unsqueeze(1), kc[..., :r].unsqueeze(1), scale=scale,
+                                       enable_gqa=True).squeeze(2)
         else:
             scores = torch.baddbmm(qf.new_empty(T, H, kc.shape[1]), qf, kc.transpose(1, 2), beta=0.0, alpha=scale)
             o = torch.bmm(torch.softmax(scores, dim=-1), kc[..., :r])  # [B, H, r]
@@ -663,6 +690,8 @@ def mla_sdpa_backend(torch, d: dict, phase: str, impl: str, batch: int, t: int, 
     (decode: views of the case's latent ``cache`` [batch, positions, kv_lora_rank + rope])."""
     if impl == "matmul":
         return "none"
+    if impl == "flex":
+        return "flex (torch.compile)"
     bf, dev = torch.bfloat16, cache.device
     H, r = d["heads"], d["kv_lora_rank"]
     nope, rope, vd = d["qk_nope_head_dim"], d["qk_rope_head_dim"], d["v_head_dim"]
@@ -686,19 +715,22 @@ def _cpu_times_ms(step, reps: int = 3) -> list[float]:
     return sorted(times)
 
 
-def run_mla(torch, path: Path, quick: bool = False, device: str = "cuda") -> tuple[int, dict]:
-    """The ``mla`` part: one jsonl line per (case, attention implementation); returns (lines, info)."""
+def run_mla(torch, path: Path, quick: bool = False, device: str = "cuda", flex: bool = False) -> tuple[int, dict]:
+    """The ``mla`` part (``flex``: the ``mlaflex`` part, decode through FlexAttention only): one jsonl line
+    per (case, attention implementation); returns (lines, info)."""
     t_start = time.time()
     torch.manual_seed(0)
+    impls = {"decode": ("flex",), "prefill": ()} if flex else MLA_IMPLS
+    budget = MLA_FLEX["budget_s"] if flex else MLA_BUDGET_S
     if device != "cpu":
         props = torch.cuda.get_device_properties(0)
         cap = min(MLA_MEM_LIMIT, 0.9 * props.total_memory)
         return _run_mla(torch, path, quick, device, t_start, props.name,
-                        gpu_id_guess(props.name, props.total_memory), cap)
+                        gpu_id_guess(props.name, props.total_memory), cap, flex, impls, budget)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny dims: one thread is fastest, and immune to a busy host
     try:
-        return _run_mla(torch, path, quick, device, t_start, "cpu", "cpu", float("inf"))
+        return _run_mla(torch, path, quick, device, t_start, "cpu", "cpu", float("inf"), flex, impls, budget)
     finally:
         torch.set_num_threads(threads)
 
@@ -719,15 +751,16 @@ def _eager_times_ms(torch, step, reps: int = 20) -> list[float]:
     return sorted(times)
 
 
-def _run_mla(torch, path: Path, quick: bool, device: str, t_start: float, name: str, gid: str, cap: float):
+def _run_mla(torch, path: Path, quick: bool, device: str, t_start: float, name: str, gid: str, cap: float,
+             flex: bool = False, impls: dict = MLA_IMPLS, budget: float = MLA_BUDGET_S):
     import torch.nn.functional as F
 
     cpu = device == "cpu"
-    cases = mla_cases(quick, cpu)
+    cases = mla_cases(quick, cpu, flex)
     fits = [c for c in cases if mla_case_bytes(c) <= cap]
     info = {"skipped_memory": [_mla_label(c) for c in cases if mla_case_bytes(c) > cap], "skipped_time": []}
-    runs = sum(len(MLA_IMPLS[c["phase"]]) for c in fits)
-    est = sum(len(MLA_IMPLS[c["phase"]]) * (0.3 + 27 * mla_case_est_ms(c) / 1e3) for c in fits)
+    runs = sum(len(impls[c["phase"]]) for c in fits)
+    est = sum(len(impls[c["phase"]]) * (0.3 + 27 * mla_case_est_ms(c) / 1e3) for c in fits)
     print(f"mla: {runs} runs ({len(fits)} cases x attention implementations), estimated {est:.0f} s on an H100"
           + (f"; {len(info['skipped_memory'])} cases over {cap / 1e9:.0f} GB skipped" if info["skipped_memory"] else ""))
     info["estimate_s"] = round(est, 1)
@@ -739,8 +772,8 @@ def _run_mla(torch, path: Path, quick: bool, device: str, t_start: float, name: 
             d, L, phase, b = case["dims"], case["layers"], case["phase"], case["batch"]
             t, ctx = case["q_len"], case["context"]
             s = ctx + t
-            est_case = len(MLA_IMPLS[phase]) * (0.3 + 27 * mla_case_est_ms(case) / 1e3)
-            if not cpu and time.time() - t_start + est_case > MLA_BUDGET_S:
+            est_case = len(impls[phase]) * (0.3 + 27 * mla_case_est_ms(case) / 1e3)
+            if not cpu and time.time() - t_start + est_case > budget:
                 info["skipped_time"].append(_mla_label(case))
                 print(f"mla {_mla_label(case)}: skipped (time budget)")
                 continue
@@ -757,7 +790,7 @@ def _run_mla(torch, path: Path, quick: bool, device: str, t_start: float, name: 
             positions = torch.arange(ctx, ctx + t).repeat(b)
             cos, sin = _rope_tables(torch, positions, rope, device)
             pos = torch.arange(ctx, ctx + t, device=device)
-            for impl in MLA_IMPLS[phase]:
+            for impl in impls[phase]:
                 step = mla_stack(torch, F, d, Ws, caches, x, pos, cos, sin, phase, impl, b)
                 backend = mla_sdpa_backend(torch, d, phase, impl, b, t, caches[0])
                 g, error = None, None
@@ -871,6 +904,11 @@ def main(argv=None) -> int:
         t0 = time.time()
         meta["moe_rows"] = run_moe(torch, out / "moe_step.jsonl", a.quick)
         meta["elapsed_s"]["moe"] = round(time.time() - t0, 1)
+    if "mlaflex" in parts:
+        t0 = time.time()
+        meta["mlaflex_rows"], meta["mlaflex"] = run_mla(torch, out / "mla_step_flex.jsonl", a.quick,
+                                                        "cpu" if a.cpu else "cuda", flex=True)
+        meta["elapsed_s"]["mlaflex"] = round(time.time() - t0, 1)
     if "mla" in parts:
         t0 = time.time()
         meta["mla_rows"], meta["mla"] = run_mla(torch, out / "mla_step.jsonl", a.quick, "cpu" if a.cpu else "cuda")
