@@ -501,6 +501,11 @@ def _flex_attention(torch):
     return _FLEX["fn"]
 
 
+# Triton block options tried in turn: the defaults need more shared memory than an H100 has at 576-wide
+# keys (360 KB against 227 KB), so smaller key blocks and fewer pipeline stages follow
+FLEX_OPTIONS = (None, {"num_stages": 1}, {"num_stages": 1, "BLOCK_N": 32}, {"num_stages": 1, "BLOCK_N": 16})
+
+
 def mla_dims(spec, tp: int) -> dict:
     """The dims of one GPU's MLA block (heads split over ``tp``; q_a/kv_a projections are replicated)."""
     return {"hidden": spec.hidden, "heads": spec.n_heads // tp, "tp": tp, "q_lora_rank": spec.q_lora_rank,
@@ -651,7 +656,7 @@ def mla_block(torch, F, d: dict, W: dict, x, cache, pos, cos, sin, phase: str, i
                                                scale=scale).squeeze(1)
         elif impl == "flex":  # FlexAttention's compiled decode kernel: split over keys, all heads on one KV head
             o = _flex_attention(torch)(qf.unsqueeze(2), kc.unsqueeze(1), kc[..., :r].unsqueeze(1), scale=scale,
-                                       enable_gqa=True).squeeze(2)
+                                       enable_gqa=True, kernel_options=_FLEX.get("options")).squeeze(2)
         else:
             scores = torch.baddbmm(qf.new_empty(T, H, kc.shape[1]), qf, kc.transpose(1, 2), beta=0.0, alpha=scale)
             o = torch.bmm(torch.softmax(scores, dim=-1), kc[..., :r])  # [B, H, r]
@@ -751,6 +756,32 @@ def _eager_times_ms(torch, step, reps: int = 20) -> list[float]:
     return sorted(times)
 
 
+def _flex_times(torch, step):
+    """(graph, sorted times, runtime, error) of a flex case: each of ``FLEX_OPTIONS`` in turn until one
+    compiles (kept for the following cases), captured in a CUDA graph, else timed eagerly; (None, None,
+    None, error) when no option compiles."""
+    error = None
+    start = FLEX_OPTIONS.index(_FLEX["options"]) if _FLEX.get("options", None) in FLEX_OPTIONS else 0
+    options = list(FLEX_OPTIONS[start:])
+    for opt in options:
+        _FLEX["options"] = opt
+        try:
+            step()
+            torch.cuda.synchronize()
+        except Exception as e:  # out of shared memory for these blocks: try smaller ones
+            error = f"{type(e).__name__}: {e}"[-300:]
+            _FLEX.pop("options", None)
+            continue
+        try:
+            g, times = capture_and_time(torch, step)
+            return g, times, "cuda-graph", None
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"[:300]
+            torch.cuda.synchronize()
+            return None, _eager_times_ms(torch, step), "eager", error
+    return None, None, None, error
+
+
 def _run_mla(torch, path: Path, quick: bool, device: str, t_start: float, name: str, gid: str, cap: float,
              flex: bool = False, impls: dict = MLA_IMPLS, budget: float = MLA_BUDGET_S):
     import torch.nn.functional as F
@@ -796,6 +827,12 @@ def _run_mla(torch, path: Path, quick: bool, device: str, t_start: float, name: 
                 g, error = None, None
                 if cpu:
                     times, runtime = _cpu_times_ms(step), "eager-cpu"
+                elif impl == "flex":
+                    g, times, runtime, error = _flex_times(torch, step)
+                    if g is None and times is None:
+                        print(f"mla {_mla_label(case)} flex: no block options compiled ({error})")
+                        info.setdefault("flex_failed", []).append(_mla_label(case))
+                        continue
                 else:
                     try:
                         g, times = capture_and_time(torch, step)
@@ -805,6 +842,8 @@ def _run_mla(torch, path: Path, quick: bool, device: str, t_start: float, name: 
                         print(f"mla {_mla_label(case)} {impl}: graph capture failed ({error}); timed eagerly")
                         torch.cuda.synchronize()
                         times, runtime = _eager_times_ms(torch, step), "eager"
+                if impl == "flex":
+                    info["flex_options"] = _FLEX.get("options")
                 rec = {"gpu_id": gid, "gpu": name, "torch": torch.__version__, "cudnn": cudnn, "device": device,
                        "model": case["model"], **d, "layers": L, "phase": phase, "batch": b, "q_len": t,
                        "tokens": b * t, "context": ctx, "kv_len": s,
