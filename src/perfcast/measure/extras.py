@@ -761,7 +761,7 @@ def _flex_times(torch, step):
     compiles (kept for the following cases), captured in a CUDA graph, else timed eagerly; (None, None,
     None, error) when no option compiles."""
     error = None
-    start = FLEX_OPTIONS.index(_FLEX["options"]) if _FLEX.get("options", None) in FLEX_OPTIONS else 0
+    start = FLEX_OPTIONS.index(_FLEX["options"]) if _FLEX.get("options", 0) in FLEX_OPTIONS else 0
     options = list(FLEX_OPTIONS[start:])
     for opt in options:
         _FLEX["options"] = opt
