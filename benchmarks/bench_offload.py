@@ -166,8 +166,9 @@ def choice(ok: list[dict], src: str = "profile") -> None:
                 faster += best["decode_meas"] <= mem_first["decode_meas"]
                 tied += mem_first["decode_meas"] < best["decode_meas"] <= 1.05 * mem_first["decode_meas"]
                 print(f"  budget {ref[f'gpu_gib_{src}']:.2f} GiB, {ref['file']} {ref['model']}: picks {best['plan']} "
-                      f"(measured {best['decode_meas']:.2f} ms) over memory-first {mem_first['plan']} "
-                      f"({mem_first['decode_meas']:.2f} ms)")
+                      f"(measured {best['decode_meas']:.2f} ms, predicted {best[f'decode_{src}']:.2f}) over "
+                      f"memory-first {mem_first['plan']} ({mem_first['decode_meas']:.2f} ms, predicted "
+                      f"{mem_first[f'decode_{src}']:.2f})")
     if budgets:
         print(f"plan choice ({src}): {budgets} VRAM budgets; the predicted-best plan differs from memory-first in "
               f"{differ}; of those it is measured faster in {faster}, within 5% in {tied}, slower in "
