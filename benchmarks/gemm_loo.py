@@ -8,10 +8,18 @@ sets are not read.
     PYTHONPATH=src python benchmarks/gemm_loo.py
 
 With ``--m``: leave-one-M-out instead, the path a held-out row of a measured weight takes. For every
-aligned bf16/fp16 weight on the grid, each interior M in turn is dropped and predicted, on the GPU's own
-tables, from that weight's other rows (``measured._gemm_own_curve``); ``--m --line`` gives the former
-predictor (the line through the neighbours in log time, padding envelope) for comparison. Prints MAPE /
-p90 / signed mean per GPU and m bucket.
+aligned bf16/fp16 weight on the grid, each interior M in turn is dropped (every row at it) and predicted, on the GPU's own
+tables, from that weight's other rows: the bf16 reference (``measured._gemm_reference``, fitted on the
+grid's other weights) times the local fit of the weight's ratio over it, clipped to the neighbouring grid M's times
+(``measured._reference_times``).
+``--m --smooth`` gives the former predictor (``measured._gemm_own_curve``: local fit over the smooth
+roofline, padding envelope), ``--m --line`` the one before (the line through the neighbours in log time,
+padding envelope). Prints MAPE / p90 / signed mean per GPU and m bucket.
+
+``--pad TILE`` (64 or 128; both checks): the bf16 reference with M padded to whole TILE-row tiles
+(exponent 1); ``--pad-fit TILE``: the exponent fitted in [0, 1] as for FP8. In the leave-one-weight-out
+check the reference's two pooled parameters (overhead, scale) are fitted on every weight, the held-out
+one included.
 """
 
 from __future__ import annotations
@@ -62,7 +70,9 @@ def loo(gpu_id: str):
     return out
 
 
-def loo_m(gpu_id: str, line: bool = False):
+def loo_m(gpu_id: str, mode: str = "shipped"):
+    """(m, signed error %) of every interior grid M of every aligned bf16/fp16 weight; ``mode``:
+    "shipped", "smooth" or "line" (see the module docstring)."""
     gpu = get_gpu(gpu_id)
     rows = [r for r in csv.DictReader(open(DATA / gpu_id / "gemm.csv")) if r.get("median_ms")]
     by: dict[tuple, list] = {}
@@ -70,25 +80,33 @@ def loo_m(gpu_id: str, line: bool = False):
         n, k = int(r["n"]), int(r["k"])
         if r["dtype"] in ("bf16", "fp16") and ms._aligned(n, k):
             by.setdefault((r["dtype"], n, k), []).append((float(r["m"]), float(r["median_ms"]) * 1e-3))
+    grid = {key: tuple(np.array(c) for c in zip(*sorted(pts))) for key, pts in by.items()}
+    logs = {key: ms._unique_log(m, t) for key, (m, t) in grid.items()}
     out = []  # (m, signed error %)
-    for (dt, n, k), pts in by.items():
-        m, t = (np.array(c) for c in zip(*sorted(pts)))
-        for i in range(1, m.size - 1):
-            keep = np.arange(m.size) != i
-            if line:
+    for (dt, n, k), (m, t) in grid.items():
+        if mode == "shipped":  # the pooled reference fitted without this weight
+            params = ms._fit_reference(gpu, "bf16", {w: v for w, v in logs.items() if w != (dt, n, k)})
+        for mm in np.unique(m)[1:-1]:  # every row at that M dropped (some M were timed in two runs)
+            keep = m != mm
+            if mode == "line":
                 lt = np.minimum.accumulate(np.log(t[keep])[::-1])[::-1]
-                pred = np.exp(np.interp(np.log(m[i]), np.log(m[keep]), lt))
-            else:
+                pred = np.exp(np.interp(np.log(mm), np.log(m[keep]), lt))
+            elif mode == "smooth":
                 md, lt = ms._gemm_own_curve(gpu, dt, n, k, m[keep], t[keep])
-                pred = np.exp(np.interp(np.log(m[i]), np.log(md), lt))
-            out.append((m[i], (pred / t[i] - 1) * 100))
+                pred = np.exp(np.interp(np.log(mm), np.log(md), lt))
+            else:
+                um, lt = ms._unique_log(m[keep], t[keep])
+                fit = ms._local_line(np.log(um), lt - np.log(ms._gemm_reference(gpu, dt, um, n, k, params)),
+                                     ms._OWN_HALF)
+                pred = np.exp(ms._reference_times(gpu, dt, n, k, params, um, lt, fit)(mm))
+            out += [(mm, (pred / tt - 1) * 100) for tt in t[~keep]]
     return out
 
 
-def main_m(line: bool):
+def main_m(mode: str):
     print(f"{'gpu':9s} {'m bucket':14s} {'n':>5s} {'MAPE%':>7s} {'p90%':>6s} {'bias%':>6s}")
     for gid in ("h100-sxm", "h200"):
-        res = loo_m(gid, line)
+        res = loo_m(gid, mode)
         for lo, hi in ((1, 1 << 30),) + BUCKETS:
             e = np.array([r[1] for r in res if lo <= r[0] <= hi])
             name = "all" if hi == 1 << 30 and lo == 1 else f"{lo}-{hi}"
@@ -115,5 +133,16 @@ def main():
     return 0
 
 
+def _set_pad(argv):
+    """--pad TILE / --pad-fit TILE: pad the bf16 reference's M to whole TILE-row tiles (module settings)."""
+    for flag, pads in (("--pad", np.array([1.0])), ("--pad-fit", ms._FP8_PADS)):
+        if flag in argv:
+            tile = int(argv[argv.index(flag) + 1])
+            ms._REF_TILE_M.update(bf16=tile, fp16=tile)
+            ms._REF_PADS["bf16"] = pads
+
+
 if __name__ == "__main__":
-    sys.exit(main_m("--line" in sys.argv) if "--m" in sys.argv else main())
+    _set_pad(sys.argv)
+    mode = "line" if "--line" in sys.argv else "smooth" if "--smooth" in sys.argv else "shipped"
+    sys.exit(main_m(mode) if "--m" in sys.argv else main())

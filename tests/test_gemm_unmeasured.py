@@ -2,7 +2,8 @@
 
 Blending ratios over the wave-quantized IDEAL roofline by inverse distance gave 5.7% MAPE on aligned
 bf16/fp16 weights (fp16 alone 15.7%: blended from the 37 fp16 rows only); the smooth reference with per-m
-local linear fits, fp16 pooling the bf16 weights, gives 5.0% (fp16 4.0%).
+local linear fits, fp16 pooling the bf16 weights, gave 5.0% (fp16 4.0%); over the fitted bf16 reference (a
+fixed overhead, measured weights' local fits) 4.6% (fp16 4.3%).
 """
 
 import importlib.util
@@ -28,8 +29,8 @@ def test_leave_one_weight_out_accuracy():
     al = np.array([e for dt, aligned, m, e in res if aligned])
     fp16 = np.array([e for dt, aligned, m, e in res if aligned and dt == "fp16"])
     assert len(al) > 6000
-    assert np.mean(al) < 5.3
-    assert np.percentile(al, 90) < 11.5
+    assert np.mean(al) < 4.8
+    assert np.percentile(al, 90) < 10.5
     assert np.mean(fp16) < 8.0
 
 

@@ -96,11 +96,16 @@ class Tables:
         by: dict[tuple, list] = {}
         for r in self._gemm_rows:
             by.setdefault((r["dtype"], int(r["n"]), int(r["k"])), []).append(r)
-        # FP8 weights: (unique m, mean log seconds), and the FP8 reference fitted on all of them
-        fp8 = {(n, k): _unique_log(_num(rows, "m"), _num(rows, "median_ms") * 1e-3)
-               for (dt, n, k), rows in by.items() if _padded_class(dt, n, k)}
-        self._fp8_ref = _fit_fp8_reference(self.gpu, fp8) if fp8 else None
-        fp8_fit = {}  # (n, k) -> local-fit log ratio over that reference at each unique m
+        # weights over a fitted reference (FP8, aligned bf16/fp16): (unique m, mean log seconds) by
+        # reference group, and each group's reference fitted on all of its weights
+        groups: dict[str, dict] = {}
+        for (dt, n, k), rows in by.items():
+            if _padded_class(dt, n, k):
+                groups.setdefault(_ref_group(dt), {})[(dt, n, k)] = _unique_log(_num(rows, "m"),
+                                                                                _num(rows, "median_ms") * 1e-3)
+        self._refs = {g: _fit_reference(self.gpu, g, w) for g, w in groups.items()}
+        self._fp8_ref = self._refs.get("fp8")
+        ref_fit = {}  # (dt, n, k) -> local-fit log ratio over that reference at each unique m
         for (dt, n, k), rows in by.items():
             m = _num(rows, "m")
             t = _num(rows, "median_ms") * 1e-3
@@ -108,12 +113,11 @@ class Tables:
             lr = monotone_log_ratio(m, np.log(t / base), base)
             self.gemm_curves[(dt, n, k)] = Curve(m, lr)
             if _padded_class(dt, n, k):
-                um, lt = fp8[(n, k)]
-                ref = _fp8_reference(self.gpu, um, n, k, self._fp8_ref)
-                fp8_fit[(n, k)] = _local_line(np.log(um), lt - np.log(ref), _OWN_HALF)
-                self.gemm_time[(dt, n, k)] = _ReferenceTimes(self.gpu, n, k, self._fp8_ref, um, lt, fp8_fit[(n, k)])
-            elif _smooth_class(dt, n, k):
-                self.gemm_time[(dt, n, k)] = _SmoothedTimes(m, *_gemm_own_curve(self.gpu, dt, n, k, m, t))
+                params = self._refs[_ref_group(dt)]
+                um, lt = groups[_ref_group(dt)][(dt, n, k)]
+                ref = _gemm_reference(self.gpu, dt, um, n, k, params)
+                ref_fit[(dt, n, k)] = _local_line(np.log(um), lt - np.log(ref), _OWN_HALF)
+                self.gemm_time[(dt, n, k)] = _reference_times(self.gpu, dt, n, k, params, um, lt, ref_fit[(dt, n, k)])
             else:
                 self.gemm_time[(dt, n, k)] = Curve(m, lr + np.log(base))
         self._gemm_keys = {}
@@ -123,13 +127,11 @@ class Tables:
         self._gemm_pts: dict[tuple, list] = {}
         for (dt, n, k), rows in by.items():
             m = _num(rows, "m")
-            if _padded_class(dt, n, k):  # FP8: each weight's local fit over the FP8 reference (_gemm_blend_smooth)
-                m, lr = fp8[(n, k)][0], fp8_fit[(n, k)]
+            if _padded_class(dt, n, k):  # each weight's local fit over its reference (_gemm_blend_smooth)
+                m, lr = groups[_ref_group(dt)][(dt, n, k)][0], ref_fit[(dt, n, k)]
             else:
                 lr = self.gemm_curves[(dt, n, k)](m)
             f = np.stack([np.log(m), np.full(m.shape, np.log(n)), np.full(m.shape, np.log(k))], axis=1)
-            if _smooth_class(dt, n, k):  # blended over the smooth roofline (see _gemm_blend_smooth)
-                lr = lr + np.log(_ideal_gemm(self.gpu, m, n, k, dt).seconds / _smooth_gemm(self.gpu, m, n, k, dt))
             self._gemm_pts.setdefault((dt, _aligned(n, k)), []).append((n, k, f, lr))
         self._blend_cache: dict[tuple, Curve] = {}
 
@@ -180,28 +182,24 @@ class Tables:
         (``base_s``: its IDEAL roofline time at ``m``)."""
         if _padded_class(dt, n, k):
             lr, inside = self._gemm_blend_smooth(dt, m, n, k)
-            return _fp8_reference(gpu, m, n, k, self._fp8_ref) * np.exp(lr), inside
-        if _smooth_class(dt, n, k):
-            lr, inside = self._gemm_blend_smooth(dt, m, n, k)
-            return _smooth_gemm(gpu, m, n, k, dt) * np.exp(lr), inside
+            return _gemm_reference(gpu, dt, m, n, k, self._refs[_ref_group(dt)]) * np.exp(lr), inside
         lr, inside = self._gemm_blend(dt, m, n, k)
         return base_s * np.exp(lr), inside
 
     def _gemm_blend_smooth(self, dt, m, n, k):
-        """An aligned bf16/fp16 weight shape nobody measured: log ratio over the smooth roofline
-        (:func:`_smooth_gemm`) vs log m, each point a local linear fit in (log n, log k) of the nearest
-        measured weights' own curves at that m.
+        """An aligned bf16/fp16 or FP8 weight shape nobody measured: log ratio over the dtype's fitted
+        reference (:func:`_gemm_reference`) vs log m, each point a local linear fit in (log n, log k) of
+        the nearest measured weights' curves at that m, each measured weight's curve its local fit
+        (:func:`_local_line`) of its ratio over that reference rather than its raw grid times.
 
         Why not the IDEAL reference: its best-tile wave quantization jumps with n at a given m where
         cuBLAS (which picks among many more kernels) does not, so ratios over it are rough across weight
-        shapes; ratios over a reference without quantization vary smoothly (leave-one-weight-out on the
-        shipped grids, benchmarks/gemm_loo.py). A local plane follows the trend in n and k that an
-        inverse-distance mean flattens; it is ridge-damped and clamped to the neighbours' range so that
-        it never extrapolates. fp16 pools the bf16 weights (the same tensor-core kernels).
-
-        FP8 weights blend the same way, over their own reference (:func:`_fp8_reference`) instead, each
-        measured weight's curve its local fit (:func:`_local_line`) rather than its raw grid times: chosen
-        by leave-one-weight-out on the shipped FP8 grids (benchmarks/fp8_loo.py)."""
+        shapes; ratios over a reference without quantization, with a fitted fixed overhead, vary smoothly
+        (leave-one-weight-out on the shipped grids, benchmarks/gemm_loo.py and benchmarks/fp8_loo.py:
+        bf16/fp16 4.96 -> 4.58% on H100, 5.27 -> 4.73% on H200 against the former smooth roofline with
+        a 2 us floor and each weight's padding envelope). A local plane follows the trend in n and k that
+        an inverse-distance mean flattens; it is ridge-damped and clamped to the neighbours' range so
+        that it never extrapolates. fp16 pools the bf16 weights (the same tensor-core kernels)."""
         key = ("smooth", dt, int(n), int(k))
         curve = self._blend_cache.get(key)
         if curve is None:
@@ -559,11 +557,6 @@ def _ideal_gemm(gpu, m, n, k, dt):
     return an.gemm_cost(gpu, m, n, k, dt, None, IDEAL)
 
 
-def _smooth_class(dt, n, k) -> bool:
-    """Unmeasured shapes of this class are blended over the smooth roofline (aligned bf16/fp16)."""
-    return dt in ("bf16", "fp16") and _aligned(n, k)
-
-
 def _smooth_gemm(gpu, m, n, k, dt):
     """Smooth GEMM reference seconds: the 4-norm of the datasheet compute time, the memory time and the
     2 us floor (a soft maximum: no wave quantization, no kink at the roofline knee)."""
@@ -578,7 +571,10 @@ _OWN_DENSE = 8  # interpolated points per grid interval of that curve (its shape
 
 
 def _gemm_own_curve(gpu, dt, n, k, m, t):
-    """(m, log seconds) of a measured aligned bf16/fp16 weight on its own GPU, dense in m.
+    """(m, log seconds) of a measured aligned bf16/fp16 weight on its own GPU, dense in m: the former
+    predictor, kept for comparison (``benchmarks/gemm_loo.py --m --smooth``); the shipped one is
+    :class:`_ReferenceTimes` over the fitted bf16 reference (leave-one-M-out 4.88 -> 4.65% on H100,
+    5.11 -> 4.80% on H200).
 
     The grid's times carry timing noise (a few %) and cuBLAS's kernel choices, which jump between
     neighbouring M (a multiple of 1024 often faster than the M below it); a time at an M between grid
@@ -634,96 +630,136 @@ def _unique_log(m, t):
 
 
 def _padded_class(dt, n, k) -> bool:
-    """Measured weights of this class are predicted over the FP8 reference (:func:`_fp8_reference`)."""
-    return dt == "fp8" and _aligned(n, k)
+    """Measured weights of this class are predicted over a fitted reference (:func:`_gemm_reference`):
+    FP8 and aligned bf16/fp16."""
+    return dt in _REF_TILE_M and _aligned(n, k)
 
 
-_FP8_TILE_M = 128  # rows of the output tiles of the FP8 GEMM kernels cuBLAS runs on sm90 (torch._scaled_mm)
-_FP8_PADS = np.linspace(0.0, 1.0, 21)  # tile padding exponents tried by _fit_fp8_reference
+def _ref_group(dt) -> str:
+    """The reference a dtype's weights share: fp16 runs on bf16's tensor cores and pools bf16's weights."""
+    return "bf16" if dt == "fp16" else dt
 
 
-def _fp8_work(gpu, m, n, k, pad):
-    """FP8 GEMM seconds before the fixed overhead: the 4-norm (a soft maximum) of the datasheet compute
-    time and the memory time, the compute time of M rounded up to whole ``_FP8_TILE_M``-row tiles to the
-    power ``pad`` (1: every padded row computed; 0: none)."""
+# rows of M per output tile of the reference's padded compute time, by dtype: the FP8 GEMM kernels cuBLAS
+# runs on sm90 (torch._scaled_mm) compute whole 128-row tiles. bf16/fp16 (many more kernels, tiles of 64
+# to 256 rows) are not padded (exponent 0, the tile unused): padding 64-row tiles changed leave-one-M-out
+# and leave-one-weight-out by 0.01 point, 128-row tiles worsened H200's (4.8 -> 5.0%; benchmarks/gemm_loo.py)
+_REF_TILE_M = {"fp8": 128, "bf16": 64, "fp16": 64}
+_FP8_TILE_M = _REF_TILE_M["fp8"]
+_FP8_PADS = np.linspace(0.0, 1.0, 21)  # tile padding exponents tried by _fit_reference
+_REF_PADS = {"fp8": _FP8_PADS, "bf16": np.array([0.0])}
+
+
+def _gemm_work(gpu, dt, m, n, k, pad):
+    """GEMM seconds before the fixed overhead: the 4-norm (a soft maximum) of the datasheet compute
+    time and the memory time, the compute time of M rounded up to whole ``_REF_TILE_M[dt]``-row tiles to
+    the power ``pad`` (1: every padded row computed; 0: none)."""
     m = np.asarray(m, dtype=float)
-    tiles = np.ceil(m / _FP8_TILE_M - 1e-9) * _FP8_TILE_M  # (an m from exp(log m) may be a hair above)
-    tc = 2.0 * m * n * k / gpu.flops("fp8") * (tiles / m) ** pad
-    tm = rl.gemm_bytes(m, n, k, "fp8") / gpu.mem_bw_bytes_per_s
+    tile = _REF_TILE_M[dt]
+    tiles = np.ceil(m / tile - 1e-9) * tile  # (an m from exp(log m) may be a hair above)
+    tc = 2.0 * m * n * k / gpu.flops(dt) * (tiles / m) ** pad
+    tm = rl.gemm_bytes(m, n, k, dt) / gpu.mem_bw_bytes_per_s
     return (tc ** 4 + tm ** 4) ** 0.25
 
 
-def _fp8_reference(gpu, m, n, k, params):
-    """FP8 GEMM reference seconds: a fixed overhead plus :func:`_fp8_work` times a scale
-    (``params`` = (pad, floor, scale), fitted on a profile's FP8 tables by :func:`_fit_fp8_reference`)."""
+def _fp8_work(gpu, m, n, k, pad):
+    """:func:`_gemm_work` of an FP8 GEMM."""
+    return _gemm_work(gpu, "fp8", m, n, k, pad)
+
+
+def _gemm_reference(gpu, dt, m, n, k, params):
+    """GEMM reference seconds: a fixed overhead plus :func:`_gemm_work` times a scale (``params`` = (pad,
+    floor, scale), fitted on a profile's tables of the dtype's group by :func:`_fit_reference`)."""
     pad, floor, scale = params
-    return floor + scale * _fp8_work(gpu, m, n, k, pad)
+    return floor + scale * _gemm_work(gpu, dt, m, n, k, pad)
 
 
-def _fit_fp8_reference(gpu, weights) -> tuple[float, float, float]:
-    """(pad, floor seconds, scale) of :func:`_fp8_reference` on ``weights``: {(n, k): (sorted m, log
-    seconds)} of measured FP8 weights.
+def _fp8_reference(gpu, m, n, k, params):
+    """:func:`_gemm_reference` of an FP8 GEMM."""
+    return _gemm_reference(gpu, "fp8", m, n, k, params)
 
-    Why: a torch._scaled_mm kernel computes whole tiles of 128 rows of M, so on the dense grid an M just
-    above a multiple of 128 runs slower than the smooth trend and a multiple of 128 faster (by 4-6%
-    below M = 1024 on H100 and H200); and every FP8 GEMM pays a fixed 5-7 us (its scales and epilogue,
-    launch) on top of the bytes and FLOPs, so a ratio over a floor-less roofline varies 5x across weight
-    shapes at small M. ``pad`` is the exponent in [0, 1] whose reference leaves the weights' log ratios
-    smoothest (least residual around the :func:`_local_line` fit of each weight), floor and scale at
-    each exponent the least-squares fit in relative error of t ~ floor + scale * work (as for attention,
-    :func:`_fit_floor_and_scale`). Chosen by leave-one-M-out and leave-one-weight-out on the shipped
-    FP8 grids (benchmarks/fp8_loo.py)."""
-    fitted = [(n, k, um, lt) for (n, k), (um, lt) in weights.items()]
+
+def _fit_reference(gpu, group, weights) -> tuple[float, float, float]:
+    """(pad, floor seconds, scale) of :func:`_gemm_reference` on ``weights``: {(dt, n, k) or (n, k): (sorted
+    m, log seconds)} of measured weights of one reference group ("fp8" or "bf16"; an (n, k) key is of the
+    group's dtype).
+
+    Why: a kernel computes whole tiles of rows of M, so an M just above a multiple of the tile runs slower
+    than the smooth trend (FP8: by 4-6% below M = 1024 on H100 and H200); and every GEMM pays a fixed few
+    us (launch, epilogue; FP8: its scales) on top of the bytes and FLOPs, so a ratio over a floor-less
+    roofline varies several-fold across weight shapes at small M. ``pad`` is the exponent among
+    ``_REF_PADS[group]`` whose reference leaves the weights' log ratios smoothest (least residual around
+    the :func:`_local_line` fit of each weight), floor and scale at each exponent the least-squares fit
+    in relative error of t ~ floor + scale * work (as for attention, :func:`_fit_floor_and_scale`).
+    Chosen by leave-one-M-out and leave-one-weight-out on the shipped grids (benchmarks/fp8_loo.py,
+    benchmarks/gemm_loo.py)."""
+    fitted = [(key[0] if len(key) == 3 else group, key[-2], key[-1], um, lt) for key, (um, lt) in weights.items()]
     t = np.exp(np.concatenate([lt for *_, lt in fitted]))
+    pads = _REF_PADS[group]
     best = None
-    for pad in _FP8_PADS:
-        works = [_fp8_work(gpu, um, n, k, pad) for n, k, um, _ in fitted]
+    for pad in pads:
+        works = [_gemm_work(gpu, dt, um, n, k, pad) for dt, n, k, um, _ in fitted]
         floor, scale = _fit_floor_and_scale(np.concatenate(works), t)
         rough = 0.0
-        for (_, _, um, lt), work in zip(fitted, works):
-            y = lt - np.log(floor + scale * work)
-            r = y - _local_line(np.log(um), y, _OWN_HALF)
-            rough += float(r @ r)
+        if len(pads) > 1:
+            for (*_, um, lt), work in zip(fitted, works):
+                y = lt - np.log(floor + scale * work)
+                r = y - _local_line(np.log(um), y, _OWN_HALF)
+                rough += float(r @ r)
         if best is None or rough < best[0]:
             best = (rough, float(pad), floor, scale)
     return best[1:]
 
 
+def _fit_fp8_reference(gpu, weights) -> tuple[float, float, float]:
+    """:func:`_fit_reference` of FP8 weights {(n, k): (sorted m, log seconds)}."""
+    return _fit_reference(gpu, "fp8", weights)
+
+
+def _reference_times(gpu, dt, n, k, params, m, log_t, log_fit) -> _ReferenceTimes:
+    """A measured weight's :class:`_ReferenceTimes` (``m`` sorted, distinct). bf16/fp16: at a measured M the
+    padding envelope of the measured times (a time never falls as m grows, as the former predictor's), and
+    between grid M the reference-times-fit value clipped to the neighbouring grid M's times (so that the
+    curve never falls either: a step's time grows with its tokens)."""
+    if dt == "fp8":
+        return _ReferenceTimes(gpu, n, k, params, m, log_t, log_fit, dt)
+    env = np.minimum.accumulate(np.asarray(log_t, dtype=float)[::-1])[::-1]
+    return _ReferenceTimes(gpu, n, k, params, m, env, log_fit, dt, bounded=True)
+
+
 class _ReferenceTimes(Curve):
-    """Log time vs log m of a measured FP8 weight on its own GPU: at a measured M its measured time
-    (cuBLAS picks its kernel per exact M); between measured M the FP8 reference (:func:`_fp8_reference`,
-    tile padding included) times the ratio of the local fit (:func:`_local_line`) at the neighbouring
-    grid M, interpolated linearly in log m.
+    """Log time vs log m of a measured FP8 or aligned bf16/fp16 weight (``dt``) on its own GPU: at a
+    measured M its measured time (``log_t``; cuBLAS picks its kernel per exact M); between measured M the
+    dtype's reference (:func:`_gemm_reference`; FP8: tile padding included) times the ratio of the local
+    fit (:func:`_local_line`) at the neighbouring grid M, interpolated linearly in log m.
 
     Why not the line through the two neighbouring grid times (the former predictor): the grid's times
     jitter by kernel choice and timing noise, and M between grid points mostly pays a partial 128-row
     tile that round grid M do not; the padding envelope (time never falls as m grows) took the faster
-    of noisy neighbours and biased predictions low (leave-one-M-out, benchmarks/fp8_loo.py)."""
+    of noisy neighbours and biased predictions low (leave-one-M-out, benchmarks/fp8_loo.py). bf16/fp16:
+    the same, over a reference with a fitted fixed overhead and no padding (leave-one-M-out,
+    benchmarks/gemm_loo.py --m); their ``log_t`` at a measured M is the padding envelope of the measured
+    times, as the former predictor's was there."""
 
-    def __init__(self, gpu, n, k, params, m, log_t, log_fit):
+    def __init__(self, gpu, n, k, params, m, log_t, log_fit, dt="fp8", bounded=False):
         super().__init__(m, log_t)  # m: sorted, distinct
         self._fit = np.asarray(log_fit, dtype=float)
-        self._ref = (gpu, int(n), int(k), params)
+        self._ref = (gpu, dt, int(n), int(k), params)
+        self._bounded = bounded  # between grid M: clipped to the neighbouring grid M's (non-decreasing) times
 
     def __call__(self, q):
         return self.at_log(np.log(np.asarray(q, dtype=float)))
 
     def at_log(self, lq):
         lq = np.asarray(lq, dtype=float)
-        gpu, n, k, params = self._ref
-        between = np.interp(lq, self.x, self._fit) + np.log(_fp8_reference(gpu, np.exp(lq), n, k, params))
+        gpu, dt, n, k, params = self._ref
+        between = np.interp(lq, self.x, self._fit) + np.log(_gemm_reference(gpu, dt, np.exp(lq), n, k, params))
+        if self._bounded:
+            j = np.searchsorted(self.x, lq)
+            lo = np.where(j > 0, self.y[np.maximum(j - 1, 0)], -np.inf)
+            hi = np.where(j < self.y.size, self.y[np.minimum(j, self.y.size - 1)], np.inf)
+            between = np.clip(between, lo, hi)
         return np.where(self.on_grid_log(lq), np.interp(lq, self.x, self.y), between)
-
-
-class _SmoothedTimes(Curve):
-    """Log time vs log m on a dense grid (values), with the measured M for ``on_grid`` and the range."""
-
-    def __init__(self, m_measured, m_dense, log_t):
-        super().__init__(m_dense, log_t)
-        self._measured = Curve(m_measured, np.zeros(len(m_measured)))
-
-    def on_grid_log(self, lq):
-        return self._measured.on_grid_log(lq)
 
 
 _BLEND_SHAPES = 24  # weights considered (nearest in log n, log k)
