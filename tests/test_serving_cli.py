@@ -74,7 +74,11 @@ def test_simulate_sensitivity_band_and_its_errors(tmp_path):
     out = json.loads(r.stdout)
     b = out["sensitivity"]
     assert b["service_time_pct"] == 5.0
-    assert b["faster"]["ttft_ms"]["p90"] < out["ttft_ms"]["p90"] < b["slower"]["ttft_ms"]["p90"]
+    # the band is two time-dilated re-runs: at this low load a request's TTFT is its prefill step, and which
+    # requests share a step can change with the dilation, so the band holds within 1% of the base run
+    f5, s5, base = b["faster"]["ttft_ms"]["p90"], b["slower"]["ttft_ms"]["p90"], out["ttft_ms"]["p90"]
+    assert f5 < s5 and f5 <= 1.01 * base and s5 >= 0.99 * base
+    assert 0.9 * base < f5 and s5 < 1.15 * base  # about the 5% asked for, not a different regime
     r = run(["simulate", "--config", str(f), "--sensitivity", "3"])  # the table
     assert r.returncode == 0 and "if every iteration took 3% less / more time" in r.stdout
     r = run(["simulate", "--config", str(f), "--sensitivity", "150"])
