@@ -4,7 +4,6 @@ M is that reference times its local-fit ratio clipped to the neighbouring grid M
 padding envelope of its measured times,
 and a weight nobody measured blends the measured weights' local fits (benchmarks/gemm_loo.py)."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 from perfcast.hardware import get_gpu
 from perfcast.ops import roofline as rl
 from perfcast.profiles import measured as ms
+from benchmod import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = get_gpu("h100-sxm")
@@ -82,10 +82,7 @@ def test_reference_times_bounded_clips_between_neighbours():
 
 
 def _gemm_loo():
-    spec = importlib.util.spec_from_file_location("gemm_loo", ROOT / "benchmarks" / "gemm_loo.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("gemm_loo")
 
 
 def test_leave_one_m_out_no_worse_than_the_former_smooth_own_curve():

@@ -2,7 +2,6 @@
 (M padded to whole 128-row tiles, to a fitted power) and the memory time, times a scale; a measured
 weight's time between grid M is that reference times its local-fit ratio (benchmarks/fp8_loo.py)."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 from perfcast.hardware import get_gpu
 from perfcast.ops import roofline as rl
 from perfcast.profiles import measured as ms
+from benchmod import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = get_gpu("h100-sxm")
@@ -87,10 +87,7 @@ def test_shipped_fp8_tables_use_the_reference():
 
 
 def _fp8_loo():
-    spec = importlib.util.spec_from_file_location("fp8_loo", ROOT / "benchmarks" / "fp8_loo.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("fp8_loo")
 
 
 def test_fp8_leave_out_accuracy_on_the_shipped_grids():
