@@ -56,21 +56,21 @@ def smooth_ref(gpu, weights):
 
 def padded_ref(gpu, weights):
     """Tile padding fitted as in the shipped reference, the 2 us floor of the smooth roofline, no scale."""
-    pad = ms._fit_fp8_reference(gpu, weights)[0]
-    return lambda g, m, n, k: np.maximum(ms._fp8_work(g, m, n, k, pad), ms.IDEAL.gemm_floor_s)
+    pad = ms._fit_reference(gpu, "fp8", weights)[0]
+    return lambda g, m, n, k: np.maximum(ms._gemm_work(g, "fp8", m, n, k, pad), ms.IDEAL.gemm_floor_s)
 
 
 def overhead_ref(gpu, weights):
     """Fixed overhead and scale fitted as in the shipped reference, without tile padding."""
-    work = np.concatenate([ms._fp8_work(gpu, um, n, k, 0.0) for (n, k), (um, _) in weights.items()])
+    work = np.concatenate([ms._gemm_work(gpu, "fp8", um, n, k, 0.0) for (n, k), (um, _) in weights.items()])
     t = np.exp(np.concatenate([lt for _, lt in weights.values()]))
     params = (0.0, *ms._fit_floor_and_scale(work, t))
-    return lambda g, m, n, k: ms._fp8_reference(g, m, n, k, params)
+    return lambda g, m, n, k: ms._gemm_reference(g, "fp8", m, n, k, params)
 
 
 def shipped_ref(gpu, weights):
-    params = ms._fit_fp8_reference(gpu, weights)
-    return lambda g, m, n, k: ms._fp8_reference(g, m, n, k, params)
+    params = ms._fit_reference(gpu, "fp8", weights)
+    return lambda g, m, n, k: ms._gemm_reference(g, "fp8", m, n, k, params)
 
 
 # ------------------------------------------------------------------ predictors

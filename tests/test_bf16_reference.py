@@ -29,8 +29,11 @@ def test_gemm_work_bf16_is_the_soft_max_without_padding_at_exponent_0():
     assert ms._gemm_work(GPU, "bf16", 129, n, k, 1.0) == pytest.approx((full ** 4 + tm ** 4) ** 0.25, rel=1e-12)
     assert ms._gemm_reference(GPU, "fp16", 129, n, k, (0.0, 7e-6, 1.2)) == pytest.approx(
         7e-6 + 1.2 * ms._gemm_work(GPU, "bf16", 129, n, k, 0.0), rel=1e-12)
-    # FP8 goes through the same functions
-    assert ms._fp8_work(GPU, 300, n, k, 0.5) == ms._gemm_work(GPU, "fp8", 300, n, k, 0.5)
+    # FP8 goes through the same functions, with its own 128-row tiles (129 rows compute as 256)
+    tc8 = 2.0 * 129 * n * k / GPU.flops("fp8")
+    tm8 = rl.gemm_bytes(129, n, k, "fp8") / GPU.mem_bw_bytes_per_s
+    assert ms._gemm_work(GPU, "fp8", 129, n, k, 1.0) == pytest.approx(((tc8 * 256 / 129) ** 4 + tm8 ** 4) ** 0.25,
+                                                                        rel=1e-12)
 
 
 def test_fit_reference_bf16_group_recovers_overhead_and_scale():

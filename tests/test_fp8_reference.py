@@ -41,22 +41,22 @@ def test_fp8_work_pads_m_to_whole_tiles():
     peak, bw = GPU.flops("fp8"), GPU.mem_bw_bytes_per_s
     tm = (129 * 4096 + 4096 * 4096 + 2 * 129 * 4096) / bw  # fp8 operands, bf16 output
     full = 2 * 256 * n * k / peak  # 129 rows computed as two 128-row tiles
-    assert ms._fp8_work(GPU, 129, n, k, 1.0) == pytest.approx((full ** 4 + tm ** 4) ** 0.25, rel=1e-12)
+    assert ms._gemm_work(GPU, "fp8", 129, n, k, 1.0) == pytest.approx((full ** 4 + tm ** 4) ** 0.25, rel=1e-12)
     half = 2 * 129 * n * k / peak * (256 / 129) ** 0.5
-    assert ms._fp8_work(GPU, 129, n, k, 0.5) == pytest.approx((half ** 4 + tm ** 4) ** 0.25, rel=1e-12)
+    assert ms._gemm_work(GPU, "fp8", 129, n, k, 0.5) == pytest.approx((half ** 4 + tm ** 4) ** 0.25, rel=1e-12)
     # a multiple of 128 pays no padding, also when it comes back from exp(log m) a hair above
-    assert ms._fp8_work(GPU, np.exp(np.log(1024.0)), n, k, 1.0) == pytest.approx(
-        ms._fp8_work(GPU, 1024.0, n, k, 0.0), rel=1e-9)
-    assert ms._fp8_reference(GPU, 129, n, k, (1.0, 6e-6, 1.5)) == pytest.approx(
-        6e-6 + 1.5 * ms._fp8_work(GPU, 129, n, k, 1.0), rel=1e-12)
+    assert ms._gemm_work(GPU, "fp8", np.exp(np.log(1024.0)), n, k, 1.0) == pytest.approx(
+        ms._gemm_work(GPU, "fp8", 1024.0, n, k, 0.0), rel=1e-9)
+    assert ms._gemm_reference(GPU, "fp8", 129, n, k, (1.0, 6e-6, 1.5)) == pytest.approx(
+        6e-6 + 1.5 * ms._gemm_work(GPU, "fp8", 129, n, k, 1.0), rel=1e-12)
     assert tm == pytest.approx(rl.gemm_bytes(129, n, k, "fp8") / bw, rel=1e-12)
 
 
 def test_fit_fp8_reference_recovers_its_parameters():
     m = np.concatenate([np.arange(32, 1024, 32), np.arange(1024, 4097, 128)]).astype(float)
-    weights = {(n, k): (m, np.log(6e-6 + 1.4 * ms._fp8_work(GPU, m, n, k, 0.5)))
+    weights = {(n, k): (m, np.log(6e-6 + 1.4 * ms._gemm_work(GPU, "fp8", m, n, k, 0.5)))
                for n, k in ((4096, 4096), (8192, 8192), (28672, 4096), (1024, 8192))}
-    pad, floor, scale = ms._fit_fp8_reference(GPU, weights)
+    pad, floor, scale = ms._fit_reference(GPU, "fp8", weights)
     assert pad == pytest.approx(0.5) and floor == pytest.approx(6e-6, rel=1e-6)
     assert scale == pytest.approx(1.4, rel=1e-6)
 
@@ -64,20 +64,20 @@ def test_fit_fp8_reference_recovers_its_parameters():
 def test_reference_times_measured_on_grid_reference_times_fit_between():
     n, k, params = 4096, 4096, (1.0, 6e-6, 1.4)
     m = np.array([256.0, 384.0, 512.0, 640.0])
-    lt = np.log(ms._fp8_reference(GPU, m, n, k, params)) + np.array([0.1, 0.3, 0.1, 0.2])
+    lt = np.log(ms._gemm_reference(GPU, "fp8", m, n, k, params)) + np.array([0.1, 0.3, 0.1, 0.2])
     fit = np.array([0.15, 0.2, 0.25, 0.2])
     c = ms._ReferenceTimes(GPU, n, k, params, m, lt, fit)
     np.testing.assert_allclose(c(m), lt)  # a measured M: its own time
     assert c.on_grid(384.0) and not c.on_grid(400.0)
     # 400 = 3 tiles + 16 rows: the reference at 400 (4 tiles) times the fit interpolated in log m
     w = np.log(400 / 384) / np.log(512 / 384)
-    want = np.log(ms._fp8_reference(GPU, 400.0, n, k, params)) + 0.2 + w * 0.05
+    want = np.log(ms._gemm_reference(GPU, "fp8", 400.0, n, k, params)) + 0.2 + w * 0.05
     assert c(400.0) == pytest.approx(want, rel=1e-12)
 
 
 def test_shipped_fp8_tables_use_the_reference():
     t = ms.Tables(ms.Path(ms.__file__).resolve().parent / "data" / "h100-sxm", GPU)
-    pad, floor, scale = t._fp8_ref
+    pad, floor, scale = t._refs["fp8"]
     assert 0.0 <= pad <= 1.0 and 0 < floor < 20e-6 and scale >= 1.0
     assert isinstance(t.gemm_time[("fp8", 4096, 4096)], ms._ReferenceTimes)
     # a weight nobody measured: the plane over the measured weights' local fits, over the same reference

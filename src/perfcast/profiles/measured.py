@@ -104,7 +104,6 @@ class Tables:
                 groups.setdefault(_ref_group(dt), {})[(dt, n, k)] = _unique_log(_num(rows, "m"),
                                                                                 _num(rows, "median_ms") * 1e-3)
         self._refs = {g: _fit_reference(self.gpu, g, w) for g, w in groups.items()}
-        self._fp8_ref = self._refs.get("fp8")
         ref_fit = {}  # (dt, n, k) -> local-fit log ratio over that reference at each unique m
         for (dt, n, k), rows in by.items():
             m = _num(rows, "m")
@@ -649,7 +648,6 @@ def _ref_group(dt) -> str:
 # to 256 rows) are not padded (exponent 0, the tile unused): padding 64-row tiles changed leave-one-M-out
 # and leave-one-weight-out by 0.01 point, 128-row tiles worsened H200's (4.8 -> 5.0%; benchmarks/gemm_loo.py)
 _REF_TILE_M = {"fp8": 128, "bf16": 64, "fp16": 64}
-_FP8_TILE_M = _REF_TILE_M["fp8"]
 _FP8_PADS = np.linspace(0.0, 1.0, 21)  # tile padding exponents tried by _fit_reference
 _REF_PADS = {"fp8": _FP8_PADS, "bf16": np.array([0.0])}
 
@@ -666,21 +664,11 @@ def _gemm_work(gpu, dt, m, n, k, pad):
     return (tc ** 4 + tm ** 4) ** 0.25
 
 
-def _fp8_work(gpu, m, n, k, pad):
-    """:func:`_gemm_work` of an FP8 GEMM."""
-    return _gemm_work(gpu, "fp8", m, n, k, pad)
-
-
 def _gemm_reference(gpu, dt, m, n, k, params):
     """GEMM reference seconds: a fixed overhead plus :func:`_gemm_work` times a scale (``params`` = (pad,
     floor, scale), fitted on a profile's tables of the dtype's group by :func:`_fit_reference`)."""
     pad, floor, scale = params
     return floor + scale * _gemm_work(gpu, dt, m, n, k, pad)
-
-
-def _fp8_reference(gpu, m, n, k, params):
-    """:func:`_gemm_reference` of an FP8 GEMM."""
-    return _gemm_reference(gpu, "fp8", m, n, k, params)
 
 
 def _fit_reference(gpu, group, weights) -> tuple[float, float, float]:
@@ -713,11 +701,6 @@ def _fit_reference(gpu, group, weights) -> tuple[float, float, float]:
         if best is None or rough < best[0]:
             best = (rough, float(pad), floor, scale)
     return best[1:]
-
-
-def _fit_fp8_reference(gpu, weights) -> tuple[float, float, float]:
-    """:func:`_fit_reference` of FP8 weights {(n, k): (sorted m, log seconds)}."""
-    return _fit_reference(gpu, "fp8", weights)
 
 
 def _reference_times(gpu, dt, n, k, params, m, log_t, log_fit) -> _ReferenceTimes:
