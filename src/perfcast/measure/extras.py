@@ -303,6 +303,7 @@ def run_l2gemm(torch, timer, path: Path, reps: int = 20) -> int:
     copy, the GEMM] (the same graph with L2 cold before each round)."""
     import torch.nn.functional as F
 
+    from perfcast.measure.step_profile import kernel_family
     from perfcast.measure.timing import kernel_profile
 
     n_out = 0
@@ -325,8 +326,7 @@ def run_l2gemm(torch, timer, path: Path, reps: int = 20) -> int:
 
                 g, _ = capture_and_time(torch, rounds, reps=5)
                 kp = kernel_profile(torch, g, 3)
-                gemm = sum(v[1] for name, v in kp["by_name"].items()
-                           if any(t in name.lower() for t in ("gemm", "nvjet", "cutlass", "xmma", "splitk")))
+                gemm = sum(v[1] for name, v in kp["by_name"].items() if kernel_family(name) == "gemm")
                 rec[f"{label}_ms"] = gemm / reps
                 del g
             f.write(json.dumps(rec) + "\n")
