@@ -576,8 +576,8 @@ _OWN_DENSE = 8  # interpolated points per grid interval of that curve (its shape
 def _gemm_own_curve(gpu, dt, n, k, m, t):
     """(m, log seconds) of a measured aligned bf16/fp16 weight on its own GPU, dense in m: the former
     predictor, kept for comparison (``benchmarks/gemm_loo.py --m --smooth``); the shipped one is
-    :class:`_ReferenceTimes` over the fitted bf16 reference (leave-one-M-out 4.88 -> 4.65% on H100,
-    5.11 -> 4.80% on H200).
+    :class:`_ReferenceTimes` over the fitted bf16 reference (leave-one-M-out 4.88 -> 4.86% on H100,
+    5.11 -> 5.07% on H200; leave-one-weight-out 4.96 -> 4.58% and 5.27 -> 4.73%).
 
     The grid's times carry timing noise (a few %) and cuBLAS's kernel choices, which jump between
     neighbouring M (a multiple of 1024 often faster than the M below it); a time at an M between grid
