@@ -116,11 +116,28 @@ def test_model_step_tensor_parallel_on_cpu_gloo(tmp_path, monkeypatch):
     (tmp_path / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cases))
     out = tmp_path / "out.jsonl"
     rc = model_step.main(["--cases", str(tmp_path / "cases.jsonl"), "--out", str(out), "--tp", "2",
-                          "--device", "cpu", "--dtype", "fp32"])
+                          "--device", "cpu", "--dtype", "fp32", "--pin"])
     assert rc == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["tp"] == 2 and rows[0]["impl"] == "plain-decoder"  # tp-1 case skipped
     assert rows[0]["prefill_ms"] > 0 and rows[0]["decode_ms"] > 0
+    # --pin: rank 0 ran bound to its own slice of the cores, and says so
+    assert rows[0]["pinned"] is True
+    assert rows[0]["cpu_affinity"] == len(model_step.pin_slices(__import__("os").sched_getaffinity(0), 2,
+                                                                 model_step._core_of)[0])
+
+
+def test_pin_slices_whole_cores_disjoint_and_even():
+    ht = lambda c: c % 8  # 16 logical CPUs, siblings c and c + 8
+    s = model_step.pin_slices(range(16), 4, ht)
+    assert s == [[0, 8, 1, 9], [2, 10, 3, 11], [4, 12, 5, 13], [6, 14, 7, 15]]
+    s = model_step.pin_slices(range(10), 3)  # 10 cores, 3 ranks: 3 each, one left unused
+    assert s == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    flat = [c for r in model_step.pin_slices(range(32), 4, ht) for c in r]
+    assert len(flat) == len(set(flat))  # disjoint
+    assert model_step.pin_slices([5, 7], 4) == [[5], [7], [5], [7]]  # fewer cores than ranks: shared
+    with pytest.raises(ValueError):
+        model_step.pin_slices([], 2)
 
 
 def test_hf_decode_cache_has_context_tokens():

@@ -92,7 +92,45 @@ def env_info(device: str = "cuda") -> dict:
         tf = None
     return {"gpu": m["gpu_name"], "gpu_id": m["gpu_id"], "torch": m["torch_version"], "cuda": m["cuda_version"],
             "transformers": tf, "driver": m.get("driver_version"), "date": m["date_utc"][:10],
-            "sm_clock_mhz": m.get("clocks", {}).get("sm_clock_mhz")}
+            "sm_clock_mhz": m.get("clocks", {}).get("sm_clock_mhz"),
+            "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "pinned": os.environ.get("PERFCAST_PINNED") == "1"}
+
+
+def _core_of(cpu: int) -> int:
+    """The physical core a logical CPU belongs to (the first CPU of its hyperthread siblings)."""
+    try:
+        with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+            first = f.read().strip().split(",")[0]
+        return int(first.split("-")[0])
+    except (OSError, ValueError):
+        return cpu
+
+
+def pin_slices(cpus, world: int, core_of=None) -> list[list[int]]:
+    """Disjoint CPU sets, one per rank: the physical cores among ``cpus`` (hyperthread siblings kept
+    together, by ``core_of``) split into ``world`` contiguous runs of equal size (the remainder unused).
+    Fewer cores than ranks: whole cores round-robin (ranks then share cores)."""
+    core_of = core_of or (lambda c: c)
+    cores: dict[int, list[int]] = {}
+    for c in sorted(cpus):
+        cores.setdefault(core_of(c), []).append(c)
+    groups = [cores[k] for k in sorted(cores)]
+    if not groups or world < 1:
+        raise ValueError("pin_slices: no CPUs or no ranks")
+    per = len(groups) // world
+    if per == 0:
+        return [groups[r % len(groups)] for r in range(world)]
+    return [[c for g in groups[r * per:(r + 1) * per] for c in g] for r in range(world)]
+
+
+def _pin(local: int, world: int, torch) -> None:
+    """``--pin``: bind this rank to its own slice of physical cores (:func:`pin_slices`) and size torch's
+    CPU thread pool to it, so ranks' Python dispatch threads do not migrate or share cores."""
+    mine = pin_slices(os.sched_getaffinity(0), world, _core_of)[local]
+    os.sched_setaffinity(0, mine)
+    torch.set_num_threads(max(1, len({_core_of(c) for c in mine})))
+    os.environ["PERFCAST_PINNED"] = "1"
 
 
 def summarize(times_ms: list[float]) -> dict:
@@ -713,6 +751,8 @@ def _main_dist(args) -> int:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     timeout = datetime.timedelta(minutes=5)
+    if getattr(args, "pin", False):
+        _pin(local, world, torch)
     if args.device == "cuda":
         torch.cuda.set_device(local)
         dist.init_process_group("nccl", device_id=torch.device("cuda", local), timeout=timeout)
@@ -751,6 +791,8 @@ def main(argv=None) -> int:
     p.add_argument("--microbatches", type=int, default=1, help="single case: micro-batches of a --pp run")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: eager smoke tests only")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    p.add_argument("--pin", action="store_true",
+                   help="tp/pp > 1: bind each rank to its own slice of physical cores (an A/B of host noise)")
     args = p.parse_args(argv)
     if args.cases is None:
         if args.model is None:
