@@ -322,3 +322,17 @@ def test_gemm_table_writes_rows_and_skips_failing_shapes(tmp_path, capsys):
     assert [ln.split(",")[:4] for ln in lines[1:]] == [["w4a16", "2", "4", "8"], ["w4a16", "4", "2", "2"]]
     assert all(float(ln.split(",")[4]) > 0 for ln in lines[1:])
     assert "int4 skip 1x3x8: no kernel for this shape" in capsys.readouterr().err
+
+
+def test_tp_host_noise_reads_the_shipped_ab_run():
+    """The shipped tppin run (h200x4-run7): 16 phases, each with its four medians, as measured."""
+    from benchmod import load_bench
+
+    mod = load_bench("bench_tp_host_noise")
+    rows = mod.medians(mod.DEFAULT)
+    full = {k: v for k, v in rows.items() if all(t in v for t in mod.TAGS)}
+    assert len(full) == 16
+    v = full[(2, "Llama-3.1-8B", "decode", 2048, "decode")]
+    assert v == {"free_r1": pytest.approx(27.02, abs=0.01), "pin_r1": pytest.approx(28.94, abs=0.01),
+                 "pin_r2": pytest.approx(15.24, abs=0.01), "free_r2": pytest.approx(26.56, abs=0.01)}
+    assert mod.main([str(mod.DEFAULT)]) == 0
