@@ -1,0 +1,120 @@
+"""How much of the GEMM error is cuBLAS's kernel choice: every 8th M of a few grid weights, each with the
+kernels it launched (``perfcast.measure.gemm_pick``, ``gemm_pick.csv``).
+
+Per weight (dtype, n, k) and GPU it prints:
+- ``kernel changes``: the share of neighbouring M (8 rows apart) that ran a different kernel set;
+- ``step``: the median |time change| between neighbours 8 apart, when the kernel stayed and when it changed;
+- ``interp dX``: the MAPE of log-log interpolation from the M that are multiples of X (a grid of that
+  spacing) at every other measured M: the error a predictor that only interpolates cannot beat; and
+  ``oracle dX``: the same when it knows which kernel runs and interpolates only among grid points that
+  ran that kernel (where both neighbours did), with the count of points that had such neighbours;
+- ``perfcast``: the shipped profile's prediction at the M that are not on its grid (a held-out set of
+  mid-M shapes on grid weights).
+
+    python benchmarks/gemm_pick.py [benchmarks/data/<run>/gemm_pick/gemm_pick.csv ...]
+    (no argument: every benchmarks/data/*/gemm_pick/gemm_pick.csv)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parent / "data"
+SPACINGS = (32, 64, 128)
+
+
+def load(path: Path) -> dict:
+    """{(dtype, n, k): (m sorted, median ms, kernel-set label)} of one gemm_pick.csv."""
+    by: dict = {}
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            by.setdefault((r["dtype"], int(r["n"]), int(r["k"])), []).append(
+                (int(r["m"]), float(r["median_ms"]), r["kernels"]))
+    out = {}
+    for key, rows in by.items():
+        rows.sort()
+        out[key] = (np.array([x[0] for x in rows]), np.array([x[1] for x in rows]), [x[2] for x in rows])
+    return out
+
+
+def interp_error(m, t, spacing: int, labels=None) -> tuple[float, int]:
+    """(MAPE %, points) of log-log interpolation at every M that is not a multiple of ``spacing`` from the
+    nearest multiples on each side. ``labels``: only from grid points that ran the point's own kernel
+    set (the nearest such on each side); points without one on both sides are left out."""
+    lm, lt = np.log(m), np.log(t)
+    grid = m % spacing == 0
+    errs = []
+    for i in np.flatnonzero(~grid):
+        ok = grid if labels is None else grid & (np.array(labels) == labels[i])
+        lo = np.flatnonzero(ok[:i])
+        hi = np.flatnonzero(ok[i + 1:])
+        if lo.size == 0 or hi.size == 0:
+            continue
+        a, b = lo[-1], i + 1 + hi[0]
+        p = lt[a] + (lt[b] - lt[a]) * (lm[i] - lm[a]) / (lm[b] - lm[a])
+        errs.append(abs(np.exp(p - lt[i]) - 1.0))
+    return (100.0 * float(np.mean(errs)) if errs else float("nan")), len(errs)
+
+
+def summarize(m, t, labels) -> dict:
+    change = np.array([labels[i] != labels[i + 1] for i in range(len(labels) - 1)])
+    step = np.abs(np.diff(np.log(t)))
+    out = {"points": int(m.size), "kernel_sets": len(set(labels)),
+           "change_share": float(change.mean()) if change.size else float("nan"),
+           "step_same_pct": 100.0 * float(np.median(step[~change])) if (~change).any() else float("nan"),
+           "step_change_pct": 100.0 * float(np.median(step[change])) if change.any() else float("nan")}
+    for d in SPACINGS:
+        out[f"interp_d{d}"] = interp_error(m, t, d)
+        out[f"oracle_d{d}"] = interp_error(m, t, d, labels)
+    return out
+
+
+def perfcast_error(gpu_id: str, dtype: str, n: int, k: int, m, t) -> tuple[float, int]:
+    """(MAPE %, points) of the shipped profile at the M off its grid for this weight."""
+    from perfcast.hardware import get_gpu
+    from perfcast.profiles.registry import resolve_profile
+
+    prof = resolve_profile(get_gpu(gpu_id), "auto")
+    table = "gemm_fp8_dense.csv" if dtype == "fp8" else "gemm.csv"
+    root = Path(__file__).resolve().parents[1] / "src" / "perfcast" / "profiles" / "data" / gpu_id / table
+    with open(root) as f:
+        grid_m = {int(r["m"]) for r in csv.DictReader(f)
+                  if r["dtype"] == dtype and int(r["n"]) == n and int(r["k"]) == k}
+    off = np.array([x not in grid_m for x in m])
+    if not off.any():
+        return float("nan"), 0
+    p = np.array([float(prof.gemm(int(x), n, k, dtype).seconds) * 1e3 for x in m[off]])
+    return 100.0 * float(np.mean(np.abs(p / t[off] - 1.0))), int(off.sum())
+
+
+def main(argv=None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    paths = [Path(p) for p in args] or sorted(DATA.glob("*/gemm_pick/gemm_pick.csv"))
+    if not paths:
+        print("no gemm_pick.csv found under benchmarks/data/*/gemm_pick/")
+        return 0
+    for path in paths:
+        meta = json.loads((path.parent / "meta.json").read_text()) if (path.parent / "meta.json").is_file() else {}
+        gpu_id = meta.get("gpu_id", "h100-sxm")
+        print(f"\n== {path.relative_to(DATA) if DATA in path.parents else path} ({meta.get('gpu_name', gpu_id)})")
+        print(f"   {'weight':22s} {'pts':>4s} {'sets':>4s} {'changes':>7s} {'step same':>9s} {'changed':>7s} "
+              + " ".join(f"{'interp d' + str(d):>10s} {'oracle d' + str(d):>14s}" for d in SPACINGS)
+              + f" {'perfcast':>14s}")
+        for (dt, n, k), (m, t, labels) in sorted(load(path).items()):
+            s = summarize(m, t, labels)
+            pe = perfcast_error(gpu_id, dt, n, k, m, t)
+            cols = " ".join(f"{s[f'interp_d{d}'][0]:9.2f}% {s[f'oracle_d{d}'][0]:8.2f}% ({s[f'oracle_d{d}'][1]:3d})"
+                            for d in SPACINGS)
+            print(f"   {dt + ' ' + str(n) + 'x' + str(k):22s} {s['points']:4d} {s['kernel_sets']:4d} "
+                  f"{100 * s['change_share']:6.0f}% {s['step_same_pct']:8.1f}% {s['step_change_pct']:6.1f}% "
+                  f"{cols} {pe[0]:7.2f}% ({pe[1]:3d})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
