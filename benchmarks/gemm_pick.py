@@ -10,6 +10,8 @@ Per weight (dtype, n, k) and GPU it prints:
   ran that kernel (where both neighbours did), with the count of points that had such neighbours;
 - ``perfcast``: the shipped profile's prediction at the M that are not on its grid (a held-out set of
   mid-M shapes on grid weights).
+Then, per run, its times at the shapes the shipped grid also measured (``versus grid``: another GPU or
+run than the grid's), and for two runs on one GPU their agreement and whether they picked the same kernels.
 
     python benchmarks/gemm_pick.py [benchmarks/data/<run>/gemm_pick/gemm_pick.csv ...]
     (no argument: every benchmarks/data/*/gemm_pick/gemm_pick.csv)
@@ -92,6 +94,41 @@ def perfcast_error(gpu_id: str, dtype: str, n: int, k: int, m, t) -> tuple[float
     return 100.0 * float(np.mean(np.abs(p / t[off] - 1.0))), int(off.sum())
 
 
+def _table_times(gpu_id: str) -> dict:
+    """{(dtype, m, n, k): mean median ms} of the shipped bf16 and FP8 grids of ``gpu_id``."""
+    root = Path(__file__).resolve().parents[1] / "src" / "perfcast" / "profiles" / "data" / gpu_id
+    acc: dict = {}
+    for table in ("gemm.csv", "gemm_fp8_dense.csv"):
+        with open(root / table) as f:
+            for r in csv.DictReader(f):
+                acc.setdefault((r["dtype"], int(r["m"]), int(r["n"]), int(r["k"])), []).append(float(r["median_ms"]))
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def _rows(path: Path) -> dict:
+    with open(path) as f:
+        return {(r["dtype"], int(r["m"]), int(r["n"]), int(r["k"])): (float(r["median_ms"]), r["kernels"])
+                for r in csv.DictReader(f)}
+
+
+def deviation(a: dict, b: dict) -> dict:
+    """Per dtype: shapes in both, mean and p90 |b/a - 1| (%), median b/a, and the share with the same
+    kernels (where both record them). ``a``, ``b``: {(dtype, m, n, k): ms or (ms, kernels)}."""
+    out = {}
+    for dt in sorted({k[0] for k in a}):
+        keys = [k for k in a if k[0] == dt and k in b]
+        if not keys:
+            continue
+        ta = np.array([a[k][0] if isinstance(a[k], tuple) else a[k] for k in keys])
+        tb = np.array([b[k][0] if isinstance(b[k], tuple) else b[k] for k in keys])
+        d = tb / ta - 1.0
+        both = [k for k in keys if isinstance(a[k], tuple) and isinstance(b[k], tuple)]
+        out[dt] = {"shapes": len(keys), "mean_pct": 100 * float(np.mean(np.abs(d))),
+                   "p90_pct": 100 * float(np.percentile(np.abs(d), 90)), "median_ratio": float(np.median(tb / ta)),
+                   "same_kernels": float(np.mean([a[k][1] == b[k][1] for k in both])) if both else None}
+    return out
+
+
 def main(argv=None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     paths = [Path(p) for p in args] or sorted(DATA.glob("*/gemm_pick/gemm_pick.csv"))
@@ -113,6 +150,20 @@ def main(argv=None) -> int:
             print(f"   {dt + ' ' + str(n) + 'x' + str(k):22s} {s['points']:4d} {s['kernel_sets']:4d} "
                   f"{100 * s['change_share']:6.0f}% {s['step_same_pct']:8.1f}% {s['step_change_pct']:6.1f}% "
                   f"{cols} {pe[0]:7.2f}% ({pe[1]:3d})")
+        for dt, d in deviation(_table_times(gpu_id), _rows(path)).items():
+            print(f"   versus grid ({dt}, the shipped table's shapes): {d['shapes']} shapes, mean |dev| "
+                  f"{d['mean_pct']:.1f}% (p90 {d['p90_pct']:.1f}%), this run / grid median {d['median_ratio']:.3f}")
+    by_gpu: dict = {}
+    for path in paths:
+        meta = path.parent / "meta.json"
+        uuid = json.loads(meta.read_text()).get("gpu_uuid") if meta.is_file() else None
+        by_gpu.setdefault(uuid, []).append(path)
+    for uuid, ps in by_gpu.items():
+        for a, b in zip(ps, ps[1:]):
+            for dt, d in deviation(_rows(a), _rows(b)).items():
+                print(f"\nrepeat on GPU {str(uuid)[4:12]} ({a.parent.parent.name} -> {b.parent.parent.name}, {dt}): "
+                      f"{d['shapes']} shapes, mean |dev| {d['mean_pct']:.2f}% (p90 {d['p90_pct']:.2f}%), "
+                      f"same kernels {100 * d['same_kernels']:.1f}%")
     return 0
 
 
