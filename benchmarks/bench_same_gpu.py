@@ -1,0 +1,85 @@
+"""Kernel accuracy when the profile comes from the very GPU that is predicted (the ``perfcast calibrate``
+use: a user calibrates their own GPU), against the shipped profile (measured on another GPU of the model).
+
+A same-GPU run (``h100-run18``) holds, from one call on one GPU: the whole bf16/fp16 GEMM grid in random
+order (``calib_gemm``), the dense FP8 grid interleaved with FP8 set 11 (``extras_fp8same``), FP8 set 12
+(``extras_fp8held``), and GEMM held-out sets 13 (new) and 9 (``heldout13``, ``heldout9``), the sets timed
+after the grids. The own profile is the shipped one of that GPU model with ``gemm.csv`` and
+``gemm_fp8_dense.csv`` replaced by the run's grids (attention, elementwise and the rest as shipped).
+Each held-out set is predicted with both profiles; GEMMs are split into aligned (n, k multiples of 8)
+and misaligned, as ``bench_kernels.py`` does.
+
+    python benchmarks/bench_same_gpu.py [benchmarks/data/<run> ...]   (default: every run with both grids)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from bench_kernels import predict_rows, rows
+
+from perfcast.hardware import get_gpu
+from perfcast.profiles.registry import resolve_profile, shipped_profile_dir
+
+DATA = Path(__file__).resolve().parent / "data"
+SETS = (("GEMM set 13", "heldout13/gemm.csv"), ("GEMM set 9", "heldout9/gemm.csv"),
+        ("FP8 set 12", "extras_fp8held/gemm_fp8_heldout12.csv"),
+        ("FP8 set 11 (same process as the grid)", "extras_fp8same/gemm_fp8_heldout11_same.csv"))
+
+
+def runs() -> list[Path]:
+    return sorted(d for d in DATA.iterdir()
+                  if (d / "calib_gemm" / "gemm.csv").is_file() and (d / "extras_fp8same" / "gemm_fp8_dense_same.csv").is_file())
+
+
+def own_profile_dir(run: Path, gpu_id: str, into: Path) -> Path:
+    """The shipped profile of ``gpu_id`` with its GEMM and FP8 grids replaced by ``run``'s."""
+    d = into / gpu_id
+    shutil.copytree(shipped_profile_dir(gpu_id), d)
+    shutil.copy(run / "calib_gemm" / "gemm.csv", d / "gemm.csv")
+    shutil.copy(run / "extras_fp8same" / "gemm_fp8_dense_same.csv", d / "gemm_fp8_dense.csv")
+    return d
+
+
+def stats(preds) -> dict:
+    out = {}
+    for fam, p, m, _ in preds:
+        out.setdefault(fam, []).append(abs(p / m - 1.0) * 100)
+    return {f: (len(e), float(np.mean(e)), float(np.percentile(e, 90))) for f, e in out.items()}
+
+
+def main(argv=None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    todo = [Path(a) for a in args] or runs()
+    if not todo:
+        print("no same-GPU run (calib_gemm/ and extras_fp8same/) under benchmarks/data")
+        return 0
+    for run in todo:
+        meta = json.loads((run / "calib_gemm" / "meta.json").read_text())
+        gpu = get_gpu(meta["gpu_id"])
+        with tempfile.TemporaryDirectory() as tmp:
+            profs = {"own grid": resolve_profile(gpu, str(own_profile_dir(run, gpu.id, Path(tmp)))),
+                     "shipped": resolve_profile(gpu, "auto")}
+            print(f"\n== {run.name} ({meta.get('gpu_name')}): held-out sets predicted from this GPU's own grids "
+                  f"and from the shipped profile (another GPU)")
+            print(f"   {'set':40s} {'family':16s} {'n':>4s} | {'own MAPE':>8s} {'p90':>6s} | {'shipped':>8s} {'p90':>6s}")
+            for label, rel in SETS:
+                rs = rows(run / rel)
+                if not rs:
+                    continue
+                res = {name: stats(predict_rows(gpu, p, "gemm", rs)) for name, p in profs.items()}
+                for fam in sorted(res["own grid"]):
+                    n, mo, po = res["own grid"][fam]
+                    _, ms, ps = res["shipped"][fam]
+                    fam_label = "gemm_fp8" if "FP8" in label else fam
+                    print(f"   {label:40s} {fam_label:16s} {n:4d} | {mo:7.3f}% {po:5.1f}% | {ms:7.3f}% {ps:5.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

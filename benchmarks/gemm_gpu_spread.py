@@ -1,0 +1,92 @@
+"""How well the same kernel shapes reproduce: on the same GPU (a repeat run) and on another GPU of the same
+model (a grid sample against the shipped grid, timed the same way: alone, in random order).
+
+This is the floor under every kernel-accuracy figure of the held-out sets: a predictor that returned the
+shipped grid's own measurement exactly would still be this far from another GPU's measurement of the
+same shape. Pairs (each file's shapes that the other also has; times are medians of reps):
+- shipped grid (``src/perfcast/profiles/data/<gpu>/gemm.csv``, ``attention.csv``, ``gemm_fp8_dense.csv``)
+  against 10% grid samples timed alone in random order on other GPUs (``h100-run7/gridshuf``,
+  ``h100-run13/clock_alone``, ``h200-run11/clock_alone``) and against ``gemm_pick`` (``h100-run16``);
+- same GPU, another run: held-out set 9 on ``b97032b8`` (``h100-run9`` against ``h100-run10``), FP8 set 12
+  likewise, and ``gemm_pick`` on ``7906ffde`` (``h100-run16`` against ``h100-run17``).
+
+    python benchmarks/gemm_gpu_spread.py
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "benchmarks" / "data"
+TIMES = ("median_ms", "min_ms", "p90_ms", "reps", "kernels")
+
+# (label, GPU id, shipped table file, sample file relative to benchmarks/data)
+OTHER_GPU = (
+    ("H100 5e5e5b13, 10% grid sample", "h100-sxm", "gemm.csv", "h100-run7/gridshuf/gemm.csv"),
+    ("H100 00899aad, 10% grid sample", "h100-sxm", "gemm.csv", "h100-run13/clock_alone/gemm.csv"),
+    ("H100 7906ffde, gemm_pick", "h100-sxm", "gemm.csv", "h100-run16/gemm_pick/gemm_pick.csv"),
+    ("H100 7906ffde, gemm_pick", "h100-sxm", "gemm_fp8_dense.csv", "h100-run16/gemm_pick/gemm_pick.csv"),
+    ("H100 5e5e5b13, 10% grid sample", "h100-sxm", "attention.csv", "h100-run7/gridshuf/attention.csv"),
+    ("H100 00899aad, 10% grid sample", "h100-sxm", "attention.csv", "h100-run13/clock_alone/attention.csv"),
+    ("H200 05355a11, 10% grid sample", "h200", "gemm.csv", "h200-run11/clock_alone/gemm.csv"),
+    ("H200 05355a11, 10% grid sample", "h200", "attention.csv", "h200-run11/clock_alone/attention.csv"),
+)
+SAME_GPU = (
+    ("H100 b97032b8, GEMM set 9", "h100-run9/heldout9/gemm.csv", "h100-run10/heldout9/gemm.csv"),
+    ("H100 b97032b8, FP8 set 12", "h100-run9/extras_fp8held/gemm_fp8_heldout12.csv",
+     "h100-run10/extras_fp8held/gemm_fp8_heldout12.csv"),
+    ("H100 7906ffde, gemm_pick", "h100-run16/gemm_pick/gemm_pick.csv", "h100-run17/gemm_pick/gemm_pick.csv"),
+)
+
+
+def table(path: Path) -> dict:
+    """{shape key (every non-timing column): [median ms, ...]} of one measurement CSV."""
+    out: dict = {}
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            key = tuple((k, v) for k, v in r.items() if k not in TIMES)
+            out.setdefault(key, []).append(float(r["median_ms"]))
+    return out
+
+
+def spread(a: dict, b: dict) -> dict | None:
+    """Shapes in both (a shape measured twice in one file counts by its geometric mean): count, mean and
+    p90 of |b/a - 1| in %, and the median b/a."""
+    keys = [k for k in a if k in b]
+    if not keys:
+        return None
+    r = np.array([np.exp(np.mean(np.log(b[k])) - np.mean(np.log(a[k]))) for k in keys])
+    d = np.abs(r - 1.0)
+    return {"shapes": len(keys), "mean_pct": 100 * float(d.mean()), "p90_pct": 100 * float(np.percentile(d, 90)),
+            "median_ratio": float(np.median(r))}
+
+
+def _line(label: str, s: dict | None) -> str:
+    if s is None:
+        return f"{label:58s} no shapes in common"
+    return (f"{label:58s} {s['shapes']:5d} {s['mean_pct']:7.2f}% {s['p90_pct']:7.2f}% {s['median_ratio']:8.3f}")
+
+
+def main(argv=None) -> int:
+    print(f"{'pair':58s} {'shapes':>5s} {'mean':>8s} {'p90':>8s} {'median':>8s}")
+    print("another GPU of the same model against the shipped grid:")
+    for label, gpu, shipped, sample in OTHER_GPU:
+        path = DATA / sample
+        if not path.is_file():
+            continue
+        s = spread(table(ROOT / "src" / "perfcast" / "profiles" / "data" / gpu / shipped), table(path))
+        print(_line(f"  {label} ({shipped})", s))
+    print("the same GPU, another run:")
+    for label, a, b in SAME_GPU:
+        if (DATA / a).is_file() and (DATA / b).is_file():
+            print(_line(f"  {label}", spread(table(DATA / a), table(DATA / b))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
