@@ -20,6 +20,7 @@ run than the grid's), and for two runs on one GPU their agreement and whether th
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
         uuid = json.loads(meta.read_text()).get("gpu_uuid") if meta.is_file() else None
         by_gpu.setdefault(uuid, []).append(path)
     for uuid, ps in by_gpu.items():
-        for a, b in zip(ps, ps[1:]):
+        for a, b in itertools.pairwise(ps):
             for dt, d in deviation(_rows(a), _rows(b)).items():
                 print(f"\nrepeat on GPU {str(uuid)[4:12]} ({a.parent.parent.name} -> {b.parent.parent.name}, {dt}): "
                       f"{d['shapes']} shapes, mean |dev| {d['mean_pct']:.2f}% (p90 {d['p90_pct']:.2f}%), "
