@@ -57,6 +57,7 @@ import sys
 import time
 from pathlib import Path
 
+from perfcast.measure import mla_triton
 from perfcast.measure.env import collect, command_line, gpu_id_guess
 from perfcast.measure.timing import CudaTimer, capture_graph, import_torch, replay_times_ms
 
@@ -489,6 +490,7 @@ SDP_BACKENDS = {-1: "error", 0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 
 MLA_FLEX = {"models": ("deepseek-ai/DeepSeek-V2-Lite", "deepseek-ai/DeepSeek-V3"), "batches": (1, 32, 128),
             "contexts": (1024, 16384), "budget_s": 240.0}
 _FLEX = {}
+_TRITON = {}  # the mla_triton config the ``triton`` impl runs (the case's fastest, set by _triton_check)
 
 
 def _flex_attention(torch):
@@ -657,6 +659,8 @@ def mla_block(torch, F, d: dict, W: dict, x, cache, pos, cos, sin, phase: str, i
         elif impl == "flex":  # FlexAttention's compiled decode kernel: split over keys, all heads on one KV head
             o = _flex_attention(torch)(qf.unsqueeze(2), kc.unsqueeze(1), kc[..., :r].unsqueeze(1), scale=scale,
                                        enable_gqa=True, kernel_options=_FLEX.get("options")).squeeze(2)
+        elif impl == "triton":  # our fused split-KV kernel (mla_triton): FlashMLA-class, the latent read once
+            o = mla_triton.mla_decode(qf, kc, scale, None, _TRITON.get("config"), kv_lora_rank=r)
         else:
             scores = torch.baddbmm(qf.new_empty(T, H, kc.shape[1]), qf, kc.transpose(1, 2), beta=0.0, alpha=scale)
             o = torch.bmm(torch.softmax(scores, dim=-1), kc[..., :r])  # [B, H, r]
