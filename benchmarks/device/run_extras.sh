@@ -12,9 +12,10 @@
 #     (V2-Lite, V3 at TP 8 and whole; decode absorbed, prefill non-absorbed) -> extras_mla/mla_step.jsonl,
 #     compared with predictions by benchmarks/bench_mla.py
 #   bash benchmarks/device/run_extras.sh mlatriton   # <2 min: the mla part's decode cases with the attention
-#     run by perfcast's own fused split-KV Triton kernel (perfcast.measure.mla_triton, FlashMLA-class: the kernel
-#     perfcast models), each case's kernel checked against the matmul form and timed alone too
-#     -> extras_mlatriton/mla_step_triton.jsonl (its own folder: its extras_meta.json), compared with predictions by benchmarks/bench_mla.py
+#     run by perfcast's own fused split-KV Triton kernel (perfcast.measure.mla_triton, FlashMLA-class: the
+#     kernel perfcast models), each case's kernel checked against the matmul form and also timed alone
+#     -> extras_mlatriton/mla_step_triton.jsonl (a folder of its own, for its extras_meta.json), compared
+#     with predictions by benchmarks/bench_mla.py
 # Writes under $OUT/<gpu_id>/: extras/ calib_gemm/ heldout7/ (packed to .tgz), run_extras.log.
 cd "$(dirname "$0")/../.." || exit 2
 source benchmarks/device/_common.sh
