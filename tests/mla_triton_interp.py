@@ -24,12 +24,12 @@ from perfcast.measure import mla_triton as mt
 
 # (B, H, S, R, P, num_splits, config, dtype): None = what the harness would pick
 CASES = {
-    "small dims, heads masked in a 16-row block": (2, 4, 50, 64, 16, None, "h16n32w4s2", "bf16"),
+    "small dims, heads masked in a 16-row block": (2, 4, 50, 64, 16, None, "h16n32w8s2", "bf16"),
     "H=16 S=300 default": (1, 16, 300, 512, 64, None, None, "bf16"),
-    "H=16 S=257 B=3, 3 splits, 64-key blocks": (3, 16, 257, 512, 64, 3, "h16n64w8s1", "bf16"),
+    "H=16 S=257 B=3, 3 splits, 64-key blocks": (3, 16, 257, 512, 64, 3, "h16n64w8s2", "bf16"),
     "H=16 one split (no combine)": (2, 16, 37, 512, 64, 1, None, "bf16"),
     "H=128 default (64-row head blocks)": (1, 128, 200, 512, 64, None, None, "bf16"),
-    "H=128 B=2, 32-row head blocks, 2 splits": (2, 128, 70, 512, 64, 2, "h32n32w4s1", "bf16"),
+    "H=128 B=2, 32-row head blocks, 2 splits": (2, 128, 70, 512, 64, 2, "h32n32w8s2", "bf16"),
     "H=16 float16 (no widening)": (2, 16, 300, 512, 64, None, None, "fp16"),
 }
 

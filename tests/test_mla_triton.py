@@ -128,3 +128,37 @@ def test_triton_kernel_under_the_interpreter(interpreted):
 def test_harness_triton_impl_matches_matmul_under_the_interpreter(interpreted):
     """extras.mla_block with impl ``triton`` (the mlatriton part's stack) equals the ``matmul`` impl."""
     assert interpreted["harness"] < 1e-5
+
+
+def test_triton_kernels_compile_for_the_h100():
+    """Every config's split kernel (with splits and without) and the combine kernel compile for sm_90 without a
+    GPU (Triton's bundled ptxas), with the 16-divisibility the runtime specializes pointers and strides to, and
+    need no more shared memory than an H100 gives a block: what the interpreter cannot check."""
+    triton = pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET", "0") != "0":
+        pytest.skip("TRITON_INTERPRET is set: the kernels are interpreted functions in this process")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    split, combine = mt._kernels()
+    target = GPUTarget("cuda", 90, 32)
+
+    def compile_(fn, sig, constexprs, divisible, **options):
+        sig = {**sig, **dict.fromkeys(constexprs, "constexpr")}
+        attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisible}
+        return triton.compile(ASTSource(fn, sig, constexprs, attrs), target=target, options=options)
+
+    ints = ("S", "keys_per_split", "H", "stride_qb", "stride_qh", "stride_kb", "stride_ks", "stride_ob", "stride_oh",
+            "stride_os", "stride_lb", "stride_lh")
+    for cfg in mt.CONFIGS:
+        for one in (False, True):
+            out = "*bf16" if one else "*fp32"
+            sig = {"Q": "*bf16", "KV": "*bf16", "O": out, "LSE": out, "qk_scale": "fp32", **dict.fromkeys(ints, "i32")}
+            k = compile_(split, sig, {"R": 512, "P": 64, "BLOCK_H": cfg.block_h, "BLOCK_N": cfg.block_n,
+                                      "ONE_SPLIT": one},
+                         ["Q", "KV", "O", "LSE", *ints[1:-1]], num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            assert 0 < k.metadata.shared <= 227 * 1024, (cfg.name, one, k.metadata.shared)
+    sig = {"PART": "*fp32", "LSE": "*fp32", "O": "*bf16", "splits": "i32",
+           **dict.fromkeys(("stride_pb", "stride_ph", "stride_ps", "stride_lb", "stride_lh", "stride_ob", "stride_oh"),
+                           "i32")}
+    compile_(combine, sig, {"R": 512}, ["PART", "LSE", "O", "stride_pb", "stride_ph", "stride_ps"], num_warps=4)

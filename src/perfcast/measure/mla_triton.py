@@ -21,23 +21,26 @@ Stage 2 (``_combine_kernel``), grid (H, B): each (b, head) merges its splits' pa
 ``pick_splits`` sets the split count: enough programs for ``WAVES`` programs per SM, but every split at least
 ``MIN_SPLIT_BLOCKS`` key blocks (one split when S is a few blocks), and no split empty.
 
-Configs (``CONFIGS``, tried in the order ``configs_for`` gives; shared memory by arithmetic, bytes): a key block
-is BLOCK_N x 576 x 2 per pipeline stage, the query tile BLOCK_H x 576 x 2, p BLOCK_H x BLOCK_N x 2; after the
-loop the accumulator's layout change for the store needs at most BLOCK_H x 512 x 4, in buffers the loop's have
-freed. All stay under an H100's 227 KB a block (Triton's own flex defaults needed 282 KB at these widths).
-- ``h16n32w4s2`` (H <= 16 first; SGLang's Triton MLA decode shape): 2 x 36,864 + 18,432 + 1,024 = 92,160
-  (90 KB, two programs an SM); acc 16 x 512 fp32 over 128 threads = 64 registers a thread.
-- ``h16n64w8s1``: 73,728 + 18,432 + 2,048 = 94,208 (92 KB); acc 32 registers a thread over 8 warps (the q
-  operand, each warp holding all 16 rows x 576, stays the register hog of the h16 configs).
-- ``h64n32w8s1`` (H >= 64 first: two programs per (b, split) at H = 128): 36,864 + 73,728 + 4,096 = 114,688
-  (112 KB), epilogue 131,072 (128 KB): one program an SM; acc 64 x 512 fp32 over 256 threads = 128 registers
-  a thread. At M = 64 Triton can use Hopper's wgmma with the query tile read from shared memory, which keeps
-  the 576-wide query out of registers.
-- ``h32n32w4s1``: 36,864 + 36,864 + 2,048 = 75,776 (74 KB), epilogue 64 KB; acc 128 registers a thread.
-One pipeline stage for the wide-query configs: a second 36 KB key buffer buys little when 2-4 programs an SM
-already keep loads in flight. V is not split into two 256-wide halves run by separate programs: that would
-compute every score twice, and at H = 128 the kernel is near the H100's bf16 tensor ridge (each key is 1152
-bytes against 2 x 128 x 1088 FLOPs), so the scores are not free; the 128-register accumulator is the cost.
+Configs (``CONFIGS``; ``configs_for`` orders them per head count, the harness times each and keeps the
+fastest). All use 8 warps, so that the BLOCK_H x 512 fp32 accumulator is BLOCK_H x 512 / 256 registers a
+thread (128 at BLOCK_H = 64), and 2 pipeline stages: Triton then copies key blocks straight into shared
+memory (cp.async) one block ahead instead of staging them through registers. Shared memory by arithmetic
+(bytes): 2 stages x BLOCK_N x 576 x 2 for key blocks, BLOCK_H x 576 x 2 for the query tile, BLOCK_H x BLOCK_N
+x 2 for p; then what an sm_90 compile reports (Triton 3.5.0 and 3.9.0, with the runtime's 16-divisibility of
+pointers and strides; shared memory from the compiler, registers from ptxas -v, over both versions and the
+split and one-split variants; no spills but in the one-split h64 variant, 16 to 144 bytes):
+- ``h64n32w8s2`` (H >= 64 first: two programs per (b, split) at H = 128): 73,728 + 73,728 + 4,096 = 151,552;
+  compiled 147,456 (144 KB: p stays in registers as the A operand of Hopper's wgmma, which M = 64 allows; the
+  query tile is read from shared memory by wgmma), 255 registers: one program an SM.
+- ``h32n32w8s2``: 73,728 + 36,864 + 2,048 = 112,640; compiled 75,776 (74 KB), 164-180 registers (mma.sync).
+- ``h16n32w8s2`` (H <= 16 first; SGLang's Triton MLA decode blocks, there at 4 warps): 73,728 + 18,432 + 1,024
+  = 93,184; compiled 56,320 (55 KB), 96-136 registers: two programs an SM.
+- ``h16n64w8s2``: 147,456 + 18,432 + 2,048 = 167,936; compiled 94,208 (92 KB), 128-145 registers.
+The combine kernel: 32 registers, no shared memory. All under an H100's 227 KB a block (Triton's own
+FlexAttention defaults needed 282 KB at these widths). Splitting V into two 256-wide halves run by separate
+programs would halve the accumulator but compute every score twice, and at H = 128 the kernel is near the
+H100's bf16 tensor ridge (each key is 1152 bytes against 2 x 128 x 1088 FLOPs); with 8 warps the accumulator
+fits without it.
 
 Triton is imported lazily (this module imports without it; ``mla_decode`` then raises a RuntimeError that
 says so). ``split_reference`` is the same split and combine arithmetic in torch (no Triton), and
@@ -72,10 +75,10 @@ class MlaConfig:
 
 
 CONFIGS = (
-    MlaConfig("h64n32w8s1", 64, 32, 8, 1),
-    MlaConfig("h32n32w4s1", 32, 32, 4, 1),
-    MlaConfig("h16n32w4s2", 16, 32, 4, 2),
-    MlaConfig("h16n64w8s1", 16, 64, 8, 1),
+    MlaConfig("h64n32w8s2", 64, 32, 8, 2),
+    MlaConfig("h32n32w8s2", 32, 32, 8, 2),
+    MlaConfig("h16n32w8s2", 16, 32, 8, 2),
+    MlaConfig("h16n64w8s2", 16, 64, 8, 2),
 )
 CONFIG_BY_NAME = {c.name: c for c in CONFIGS}
 
@@ -180,7 +183,7 @@ def _kernels():
                       stride_lh, R: tl.constexpr, P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
                       ONE_SPLIT: tl.constexpr):
         hb = tl.program_id(0)
-        b = tl.program_id(1)
+        b = tl.program_id(1).to(tl.int64)  # offsets in int64: B x S x 576 passes 2^31 at B = 256, S = 16k
         sp = tl.program_id(2)
         heads = hb * BLOCK_H + tl.arange(0, BLOCK_H)
         hmask = heads < H
@@ -218,7 +221,7 @@ def _kernels():
     def _combine_kernel(PART, LSE, O, splits, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob,
                         stride_oh, R: tl.constexpr):
         h = tl.program_id(0)
-        b = tl.program_id(1)
+        b = tl.program_id(1).to(tl.int64)
         dr = tl.arange(0, R)
         part = PART + b * stride_pb + h * stride_ph + dr
         lse = LSE + b * stride_lb + h * stride_lh
