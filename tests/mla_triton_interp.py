@@ -12,16 +12,6 @@ import json
 import os
 import sys
 
-os.environ["TRITON_INTERPRET"] = "1"
-
-import torch
-import torch.nn.functional as F
-import triton.language as tl
-from triton.runtime import interpreter as interp
-
-from perfcast.measure import extras
-from perfcast.measure import mla_triton as mt
-
 # (B, H, S, R, P, num_splits, config, dtype): None = what the harness would pick
 CASES = {
     "small dims, heads masked in a 16-row block": (2, 4, 50, 64, 16, None, "h16n32w8s2", "bf16"),
@@ -35,6 +25,9 @@ CASES = {
 
 
 def widen_bf16_dot():
+    import triton.language as tl
+    from triton.runtime import interpreter as interp
+
     orig = interp.InterpreterBuilder.create_dot
 
     def create_dot(self, a, b, *args, **kw):
@@ -45,6 +38,10 @@ def widen_bf16_dot():
 
 
 def kernel_errors() -> dict:
+    import torch
+
+    from perfcast.measure import mla_triton as mt
+
     out = {}
     for i, (name, (B, H, S, R, P, splits, config, dt)) in enumerate(CASES.items()):
         torch.manual_seed(i)
@@ -63,6 +60,11 @@ def kernel_errors() -> dict:
 def harness_error() -> float:
     """extras.mla_block with impl ``triton`` against impl ``matmul``: float32 weights at small MLA dims with
     the kernel's power-of-two widths (latent 64, rope 16)."""
+    import torch
+    import torch.nn.functional as F
+
+    from perfcast.measure import extras
+
     torch.manual_seed(0)
     d = {"hidden": 64, "heads": 4, "tp": 1, "q_lora_rank": 24, "kv_lora_rank": 64, "qk_nope_head_dim": 16,
          "qk_rope_head_dim": 16, "v_head_dim": 16}
@@ -78,5 +80,6 @@ def harness_error() -> float:
 
 
 if __name__ == "__main__":
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (below, not when this file is imported)
     widen_bf16_dot()
     json.dump({"kernel": kernel_errors(), "harness": harness_error()}, sys.stdout)
