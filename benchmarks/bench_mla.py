@@ -246,14 +246,13 @@ def main(paths=None):
         return {}
     recs = [r for r in load(paths) if r.get("device", "cuda") != "cpu"]  # CPU smoke tests: no GPU profile
     triton = [r for r in recs if r["attn_impl"] == "triton"]  # mla_triton's kernel: reported apart, below
+    others = [r for r in recs if r["attn_impl"] != "triton"]
     errs: dict = {}
-    if len(triton) < len(recs):
+    if others:
         print(f"{'gpu':9s} {'model':17s} {'H':>3s} {'phase':7s} {'batch':>5s} {'q_len':>5s} {'kv_len':>6s} "
               f"{'impl':9s} {'sdpa':9s} {'meas ms':>9s} {'pred ms':>9s} {'err':>7s} {'attn%':>5s} "
               f"{'impl attn':>9s} {'fused':>7s} {'impl GB/s':>9s} {'as run':>8s} {'err':>7s}")
-    for rec in recs:
-        if rec["attn_impl"] == "triton":
-            continue
+    for rec in others:
         gpu_id = rec.get("gpu_id") or "h100-sxm"
         p = predict_case(rec, gpu_id)
         e = (p - rec["ms"]) / rec["ms"] * 100

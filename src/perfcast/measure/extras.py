@@ -496,9 +496,10 @@ SDP_BACKENDS = {-1: "error", 0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 
 
 MLA_FLEX = {"models": ("deepseek-ai/DeepSeek-V2-Lite", "deepseek-ai/DeepSeek-V3"), "batches": (1, 32, 128),
             "contexts": (1024, 16384), "budget_s": 240.0}
-# the mlatriton part: max abs error allowed against the float32 matmul form (unit-scale inputs; bf16 rounding
-# leaves about one unit in the last place of the largest output, 0.008 below 1), its time budget, and the
-# seconds one Triton compile is estimated at (a config's split kernel, with and without splits; the combine)
+# the mlatriton part: max abs error allowed against the float32 matmul form (unit-scale inputs: bf16 rounding
+# leaves about one unit in the last place of the largest output, 0.004 for outputs under 1, 0.008 under 2), its
+# time budget, and the seconds one Triton compile is estimated at (a config's split kernel, with and without
+# splits; the combine kernel)
 MLA_TRITON = {"tol": 2e-2, "budget_s": 75.0, "compile_s": 3.0}
 # decode and prefill attention implementations of each MLA part, and the seconds after which cases are skipped
 MLA_PARTS = {"mla": (MLA_IMPLS, MLA_BUDGET_S),
