@@ -1,6 +1,7 @@
 """The fused MLA decode kernel of the ``mlatriton`` extras part (perfcast.measure.mla_triton): its split and
 combine arithmetic in torch against plain attention, the split count's properties, and the Triton kernel
-itself under the Triton interpreter on CPU tensors (skipped where triton is not installed)."""
+itself, run by the Triton interpreter on CPU tensors and compiled for sm_90 without a GPU (those two skipped
+where triton is not installed)."""
 
 import json
 import math
