@@ -48,8 +48,19 @@ the stack as it ran (``as run``): the fused attention replaced by the three kern
 the batched-GEMM costing on shapes far from MLA's projections. The softmax has no table of its own: it is
 costed as a copy of the scores (read once, written once), a lower bound for PyTorch's softmax.
 
-    python benchmarks/bench_mla.py [benchmarks/data/<run>/<part>/mla_step.jsonl ...]
-    (no argument: every benchmarks/data/*/*/mla_step.jsonl)
+Lines of ``attn_impl`` ``triton`` (``extras --parts mlatriton``, ``mla_step_triton.jsonl``) run the decode
+attention through ``perfcast.measure.mla_triton``: a fused split-KV kernel written for the harness, the kernel
+class the builder costs (one pass over the latent, split over keys, plus a small combine kernel when it
+splits). They are reported apart, after the others: the stack's error against the same prediction (``MLA
+decode triton``), and per case the attention timed alone (``attn_ms``: a CUDA graph of one layer's attention
+call) against the attention op's predicted time alone (the op once, cuda-graph runtime), with the latent
+bandwidth the kernel reached (``attn_GBps``), the kernel config and splits the stack ran, and the kernel's
+max abs error against float32 attention. A line whose kernel failed that check carries no time and is listed
+as such.
+
+    python benchmarks/bench_mla.py [benchmarks/data/<run>/<part>/mla_step*.jsonl ...]
+    (no argument: every benchmarks/data/*/*/mla_step*.jsonl: mla_step.jsonl, mla_step_flex.jsonl,
+    mla_step_triton.jsonl)
 """
 
 import dataclasses
@@ -184,19 +195,64 @@ def load(paths):
     return recs
 
 
+def attention_alone(rec, gpu_id: str) -> float:
+    """Predicted ms of the line's attention op alone: the op once under the line's runtime (what ``attn_ms``
+    times: a CUDA graph holding one layer's attention call)."""
+    att = next(o for o in case_ops(rec) if o.kind == "attention")
+    return predict_case(rec, gpu_id, [dataclasses.replace(att, count=1)])
+
+
+def report_triton(recs) -> dict:
+    """The ``triton`` decode lines (mla_triton's fused kernel): stack and attention-alone errors per case, and
+    their MAPEs; returns them by key (``("decode", "triton")``, ``("decode", "triton attention alone")``)."""
+    if not recs:
+        print("MLA decode triton: no mla_step_triton.jsonl lines found "
+              "(run: perfcast.measure.extras --parts mlatriton)")
+        return {}
+    errs: dict = {}
+    print("decode through mla_triton's fused split-KV kernel (the kernel class perfcast models); attention alone "
+          "per layer")
+    print(f"{'gpu':9s} {'model':17s} {'H':>3s} {'batch':>5s} {'kv_len':>6s} {'config':11s} {'splits':>6s} "
+          f"{'meas ms':>9s} {'pred ms':>9s} {'err':>7s} {'attn ms':>8s} {'pred':>8s} {'err':>7s} {'GB/s':>6s} "
+          f"{'max err':>8s}")
+    for rec in recs:
+        gpu_id = rec.get("gpu_id") or "h100-sxm"
+        head = (f"{gpu_id:9s} {rec['model'].split('/')[-1]:17s} {rec['heads']:3d} {rec['batch']:5d} "
+                f"{rec['kv_len']:6d}")
+        if rec.get("ms") is None:
+            err = rec.get("check_max_abs_err")
+            print(f"{head} not timed: no kernel config passed the check (best max abs err "
+                  f"{'none ran' if err is None else f'{err:.3g}'}, tolerance {rec.get('check_tol')})")
+            continue
+        p = predict_case(rec, gpu_id)
+        e = (p - rec["ms"]) / rec["ms"] * 100
+        pa = attention_alone(rec, gpu_id)
+        ea = (pa - rec["attn_ms"]) / rec["attn_ms"] * 100
+        errs.setdefault(("decode", "triton"), []).append(abs(e))
+        errs.setdefault(("decode", "triton attention alone"), []).append(abs(ea))
+        print(f"{head} {rec['triton_config']['name']:11s} {rec['num_splits']:6d} {rec['ms']:9.3f} {p:9.3f} "
+              f"{e:+6.1f}% {rec['attn_ms']:8.4f} {pa:8.4f} {ea:+6.1f}% {rec['attn_GBps']:6.0f} "
+              f"{rec['check_max_abs_err']:8.1e}")
+    for k, v in errs.items():
+        print(f"MLA {k[0]} {k[1]}: MAPE {np.mean(v):.2f}% over {len(v)} cases (p90 {np.percentile(v, 90):.2f}%)")
+    return errs
+
+
 def main(paths=None):
     warnings.simplefilter("ignore")
     paths = list(paths) if paths else sorted(str(p) for p in DATA.glob("*/*/mla_step*.jsonl"))
     if not paths:
         print("no mla_step.jsonl under benchmarks/data (run: perfcast.measure.extras --parts mla)")
         return {}
+    recs = [r for r in load(paths) if r.get("device", "cuda") != "cpu"]  # CPU smoke tests: no GPU profile
+    triton = [r for r in recs if r["attn_impl"] == "triton"]  # mla_triton's kernel: reported apart, below
+    others = [r for r in recs if r["attn_impl"] != "triton"]
     errs: dict = {}
-    print(f"{'gpu':9s} {'model':17s} {'H':>3s} {'phase':7s} {'batch':>5s} {'q_len':>5s} {'kv_len':>6s} "
-          f"{'impl':9s} {'sdpa':9s} {'meas ms':>9s} {'pred ms':>9s} {'err':>7s} {'attn%':>5s} "
-          f"{'impl attn':>9s} {'fused':>7s} {'impl GB/s':>9s} {'as run':>8s} {'err':>7s}")
-    for rec in load(paths):
-        if rec.get("device", "cuda") == "cpu":
-            continue  # the CPU smoke test: no GPU profile to compare with
+    if others:
+        print(f"{'gpu':9s} {'model':17s} {'H':>3s} {'phase':7s} {'batch':>5s} {'q_len':>5s} {'kv_len':>6s} "
+              f"{'impl':9s} {'sdpa':9s} {'meas ms':>9s} {'pred ms':>9s} {'err':>7s} {'attn%':>5s} "
+              f"{'impl attn':>9s} {'fused':>7s} {'impl GB/s':>9s} {'as run':>8s} {'err':>7s}")
+    for rec in others:
         gpu_id = rec.get("gpu_id") or "h100-sxm"
         p = predict_case(rec, gpu_id)
         e = (p - rec["ms"]) / rec["ms"] * 100
@@ -220,6 +276,7 @@ def main(paths=None):
         what = k if isinstance(k, str) else f"{k[0]} {k[1]}"
         print(f"MLA {what}: MAPE {np.mean(errs[k]):.2f}% over {len(errs[k])} cases "
               f"(p90 {np.percentile(errs[k], 90):.2f}%)")
+    errs.update(report_triton(triton))
     return errs
 
 

@@ -156,3 +156,31 @@ def test_bench_main_reads_a_synthetic_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "MLA decode: MAPE" in out and "MLA prefill: MAPE" in out
     assert len(errs["decode"]) == 3 and len(errs["prefill"]) == 2  # the CPU line is left out
+
+
+def test_bench_reports_triton_lines_apart(tmp_path, capsys):
+    """mla_triton's decode lines (extras --parts mlatriton) get their own table and MAPEs: the stack against the
+    same prediction, the attention alone against the attention op's; an untimed line (its kernel failed the
+    check) is listed, not scored; the other lines' MAPEs do not change."""
+    bench = _bench()
+    cfg = {"name": "h16n32w4s2", "block_h": 16, "block_n": 32, "num_warps": 4, "num_stages": 2}
+    tri = [dict(_rec(*c, impl="triton", ms=2.0), sdpa_backend="triton", triton_config=cfg, num_splits=3,
+                check_max_abs_err=4e-3, check_tol=2e-2, attn_ms=0.05, attn_GBps=1000.0)
+           for c in CASES if c[2] == "decode"]
+    failed = dict(tri[0], ms=None, min_ms=None, runtime=None, triton_config=None, num_splits=None, check_max_abs_err=0.3)
+    del failed["attn_ms"], failed["attn_GBps"]
+    other = [_rec(*c, ms=2.0) for c in CASES]
+    (tmp_path / "mla_step.jsonl").write_text("".join(json.dumps(r) + "\n" for r in other))
+    (tmp_path / "mla_step_triton.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*tri, failed]))
+    errs = bench.main([str(tmp_path / "mla_step.jsonl"), str(tmp_path / "mla_step_triton.jsonl")])
+    out = capsys.readouterr().out
+    assert len(errs["decode"]) == 3 and len(errs["prefill"]) == 2  # as without the triton lines
+    assert len(errs[("decode", "triton")]) == len(tri) == len(errs[("decode", "triton attention alone")])
+    assert "MLA decode triton: MAPE" in out and "MLA decode triton attention alone: MAPE" in out
+    assert "not timed" in out and "0.3" in out
+    rec = tri[0]
+    pred = bench.attention_alone(rec, "h100-sxm")
+    assert errs[("decode", "triton attention alone")][0] == pytest.approx(abs(pred - 0.05) / 0.05 * 100)
+    assert 0 < pred < bench.predict_case(rec, "h100-sxm")
+    bench.main([str(tmp_path / "mla_step.jsonl")])
+    assert "MLA decode triton: no mla_step_triton.jsonl lines found" in capsys.readouterr().out

@@ -11,6 +11,11 @@
 #   bash benchmarks/device/run_extras.sh mla   # <2 min: a captured stack of DeepSeek MLA attention blocks
 #     (V2-Lite, V3 at TP 8 and whole; decode absorbed, prefill non-absorbed) -> extras_mla/mla_step.jsonl,
 #     compared with predictions by benchmarks/bench_mla.py
+#   bash benchmarks/device/run_extras.sh mlatriton   # <2 min: the mla part's decode cases with the attention
+#     run by perfcast's own fused split-KV Triton kernel (perfcast.measure.mla_triton, FlashMLA-class: the
+#     kernel perfcast models), each case's kernel checked against the matmul form and also timed alone
+#     -> extras_mlatriton/mla_step_triton.jsonl (a folder of its own, for its extras_meta.json), compared
+#     with predictions by benchmarks/bench_mla.py
 # Writes under $OUT/<gpu_id>/: extras/ calib_gemm/ heldout7/ (packed to .tgz), run_extras.log.
 cd "$(dirname "$0")/../.." || exit 2
 source benchmarks/device/_common.sh
@@ -45,6 +50,8 @@ main() {
       fp8held) run_part fp8held python3 -m perfcast.measure.extras --out "$D/extras_fp8held" --parts fp8held ;;
       mlaflex) PART_TIMEOUT=330 run_part mlaflex python3 -m perfcast.measure.extras --out "$D/extras_mla" --parts mlaflex ;;
       mla) run_part mla python3 -m perfcast.measure.extras --out "$D/extras_mla" --parts mla ;;
+      mlatriton) PART_TIMEOUT=300 run_part mlatriton python3 -m perfcast.measure.extras --out "$D/extras_mlatriton" \
+        --parts mlatriton ;;
       heldout9) run_part heldout9 python3 -m perfcast.measure.calibrate --out "$D/heldout9" --heldout --seed 9 \
         --only gemm --quiet ;;
       gemm_sustain) run_part gemm_sustain python3 -m perfcast.measure.calibrate --out "$D/gemm_sustain" --only gemm \
@@ -52,7 +59,7 @@ main() {
       attn) run_part attn python3 -m perfcast.measure.calibrate --out "$D/calib_attn" --only attention --quiet ;;
       int8c) PART_TIMEOUT=200 run_part int8c python3 -m perfcast.measure.extras --out "$D/extras_int8c" --parts int8c ;;
       int8) run_part int8 python3 -m perfcast.measure.extras --out "$D/extras_int8" --parts int8 ;;
-      *) echo "unknown part '$part' (extras, extras2, calib_gemm, heldout7, power, gridshuf, calib_shuf, fp8same, fp8held, mla, mlaflex, heldout9, gemm_sustain, attn, int8, int8c)"; RC=2 ;;
+      *) echo "unknown part '$part' (extras, extras2, calib_gemm, heldout7, power, gridshuf, calib_shuf, fp8same, fp8held, mla, mlaflex, mlatriton, heldout9, gemm_sustain, attn, int8, int8c)"; RC=2 ;;
     esac
   done
   pack_out "$D"

@@ -1,6 +1,6 @@
 """GPU measurements for precision and MoE coverage: FP8 GEMMs and a captured MoE layer stack.
 
-    PYTHONPATH=src python3 -m perfcast.measure.extras --out DIR [--parts fp8,moe,mla] [--quick] [--cpu]
+    PYTHONPATH=src python3 -m perfcast.measure.extras --out DIR [--parts fp8,moe,mla,mlatriton] [--quick] [--cpu]
 
 - ``fp8``: ``torch._scaled_mm`` (e4m3 inputs, per-tensor scales, bf16 out) in F.linear layout
   (x[m,k] @ w[n,k]^T), on a calibration grid (``gemm_fp8.csv``) and on a seeded held-out set off that
@@ -45,6 +45,13 @@
   ``mla_step_flex.jsonl``). The SDPA backend PyTorch picks is recorded
   (``sdpa_backend``). Each case is captured in one CUDA graph and timed by replay (``mla_step.jsonl``);
   ``--cpu`` runs it eagerly at tiny dims on the CPU (a smoke test).
+- ``mlatriton``: the ``mla`` part's decode cases with the attention run by ``mla_triton``'s kernel (Triton,
+  written for this: one split-KV kernel over the shared latent, read once, and a combine kernel; the
+  FlashMLA-class kernel perfcast models), ``attn_impl`` ``triton`` (``mla_step_triton.jsonl``). Per case and
+  config the kernel is first run alone outside any graph (its compile) and checked against the matmul form
+  in float32 (``check_max_abs_err``; a case no config passes is written untimed), then timed alone in a graph
+  of one layer's attention call (``attn_ms``, ``attn_GBps``: the latent's bytes over it); the stack runs the
+  fastest config (``triton_config``, ``num_splits``). The triton version is recorded in the meta.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ import sys
 import time
 from pathlib import Path
 
+from perfcast.measure import mla_triton
 from perfcast.measure.env import collect, command_line, gpu_id_guess
 from perfcast.measure.timing import CudaTimer, capture_graph, import_torch, replay_times_ms
 
@@ -488,7 +496,17 @@ SDP_BACKENDS = {-1: "error", 0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 
 
 MLA_FLEX = {"models": ("deepseek-ai/DeepSeek-V2-Lite", "deepseek-ai/DeepSeek-V3"), "batches": (1, 32, 128),
             "contexts": (1024, 16384), "budget_s": 240.0}
+# the mlatriton part: max abs error allowed against the float32 matmul form (unit-scale inputs: bf16 rounding
+# leaves about one unit in the last place of the largest output, 0.004 for outputs under 1, 0.008 under 2), its
+# time budget, and the seconds one Triton compile is estimated at (a config's split kernel, with and without
+# splits; the combine kernel)
+MLA_TRITON = {"tol": 2e-2, "budget_s": 75.0, "compile_s": 3.0}
+# decode and prefill attention implementations of each MLA part, and the seconds after which cases are skipped
+MLA_PARTS = {"mla": (MLA_IMPLS, MLA_BUDGET_S),
+             "mlaflex": ({"decode": ("flex",), "prefill": ()}, MLA_FLEX["budget_s"]),
+             "mlatriton": ({"decode": ("triton",), "prefill": ()}, MLA_TRITON["budget_s"])}
 _FLEX = {}
+_TRITON = {}  # the mla_triton config the ``triton`` impl runs (the case's fastest, set by _triton_check)
 
 
 def _flex_attention(torch):
@@ -657,6 +675,8 @@ def mla_block(torch, F, d: dict, W: dict, x, cache, pos, cos, sin, phase: str, i
         elif impl == "flex":  # FlexAttention's compiled decode kernel: split over keys, all heads on one KV head
             o = _flex_attention(torch)(qf.unsqueeze(2), kc.unsqueeze(1), kc[..., :r].unsqueeze(1), scale=scale,
                                        enable_gqa=True, kernel_options=_FLEX.get("options")).squeeze(2)
+        elif impl == "triton":  # our fused split-KV kernel (mla_triton): FlashMLA-class, the latent read once
+            o = mla_triton.mla_decode(qf, kc, scale, None, _TRITON.get("config"), kv_lora_rank=r)
         else:
             scores = torch.baddbmm(qf.new_empty(T, H, kc.shape[1]), qf, kc.transpose(1, 2), beta=0.0, alpha=scale)
             o = torch.bmm(torch.softmax(scores, dim=-1), kc[..., :r])  # [B, H, r]
@@ -697,6 +717,8 @@ def mla_sdpa_backend(torch, d: dict, phase: str, impl: str, batch: int, t: int, 
         return "none"
     if impl == "flex":
         return "flex (torch.compile)"
+    if impl == "triton":
+        return "triton"
     bf, dev = torch.bfloat16, cache.device
     H, r = d["heads"], d["kv_lora_rank"]
     nope, rope, vd = d["qk_nope_head_dim"], d["qk_rope_head_dim"], d["v_head_dim"]
@@ -720,22 +742,20 @@ def _cpu_times_ms(step, reps: int = 3) -> list[float]:
     return sorted(times)
 
 
-def run_mla(torch, path: Path, quick: bool = False, device: str = "cuda", flex: bool = False) -> tuple[int, dict]:
-    """The ``mla`` part (``flex``: the ``mlaflex`` part, decode through FlexAttention only): one jsonl line
-    per (case, attention implementation); returns (lines, info)."""
+def run_mla(torch, path: Path, quick: bool = False, device: str = "cuda", part: str = "mla") -> tuple[int, dict]:
+    """The ``mla`` part, or ``mlaflex`` / ``mlatriton`` (decode through FlexAttention / through mla_triton's
+    kernel only): one jsonl line per (case, attention implementation); returns (lines, info)."""
     t_start = time.time()
     torch.manual_seed(0)
-    impls = {"decode": ("flex",), "prefill": ()} if flex else MLA_IMPLS
-    budget = MLA_FLEX["budget_s"] if flex else MLA_BUDGET_S
     if device != "cpu":
         props = torch.cuda.get_device_properties(0)
         cap = min(MLA_MEM_LIMIT, 0.9 * props.total_memory)
         return _run_mla(torch, path, quick, device, t_start, props.name,
-                        gpu_id_guess(props.name, props.total_memory), cap, flex, impls, budget)
+                        gpu_id_guess(props.name, props.total_memory), cap, part)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny dims: one thread is fastest, and immune to a busy host
     try:
-        return _run_mla(torch, path, quick, device, t_start, "cpu", "cpu", float("inf"), flex, impls, budget)
+        return _run_mla(torch, path, quick, device, t_start, "cpu", "cpu", float("inf"), part)
     finally:
         torch.set_num_threads(threads)
 
@@ -782,17 +802,31 @@ def _flex_times(torch, step):
     return None, None, None, error
 
 
+def _mla_case_est_s(case: dict, impls: dict) -> float:
+    """Seconds a case is estimated to take: per implementation a capture and 27 replays of the stack, and for
+    ``triton`` the check and alone timing of each config (compiles counted once per part, in _run_mla)."""
+    n = len(impls[case["phase"]])
+    est = n * (0.3 + 27 * mla_case_est_ms(case) / 1e3)
+    if "triton" in impls[case["phase"]]:
+        est += 0.3 * len(mla_triton.configs_for(case["dims"]["heads"]))
+    return est
+
+
 def _run_mla(torch, path: Path, quick: bool, device: str, t_start: float, name: str, gid: str, cap: float,
-             flex: bool = False, impls: dict = MLA_IMPLS, budget: float = MLA_BUDGET_S):
+             part: str = "mla"):
     import torch.nn.functional as F
 
     cpu = device == "cpu"
-    cases = mla_cases(quick, cpu, flex)
+    impls, budget = MLA_PARTS[part]
+    cases = [c for c in mla_cases(quick, cpu, part == "mlaflex") if impls[c["phase"]]]
     fits = [c for c in cases if mla_case_bytes(c) <= cap]
     info = {"skipped_memory": [_mla_label(c) for c in cases if mla_case_bytes(c) > cap], "skipped_time": []}
     runs = sum(len(impls[c["phase"]]) for c in fits)
-    est = sum(len(impls[c["phase"]]) * (0.3 + 27 * mla_case_est_ms(c) / 1e3) for c in fits)
-    print(f"mla: {runs} runs ({len(fits)} cases x attention implementations), estimated {est:.0f} s on an H100"
+    est = sum(_mla_case_est_s(c, impls) for c in fits)
+    if part == "mlatriton":  # each config's split kernel with and without splits, and the combine kernel
+        n_cfg = len({cfg for c in fits for cfg in mla_triton.configs_for(c["dims"]["heads"])})
+        est += MLA_TRITON["compile_s"] * (2 * n_cfg + 1)
+    print(f"{part}: {runs} runs ({len(fits)} cases x attention implementations), estimated {est:.0f} s on an H100"
           + (f"; {len(info['skipped_memory'])} cases over {cap / 1e9:.0f} GB skipped" if info["skipped_memory"] else ""))
     info["estimate_s"] = round(est, 1)
     cudnn = torch.backends.cudnn.version() if not cpu else None
@@ -803,8 +837,7 @@ def _run_mla(torch, path: Path, quick: bool, device: str, t_start: float, name: 
             d, L, phase, b = case["dims"], case["layers"], case["phase"], case["batch"]
             t, ctx = case["q_len"], case["context"]
             s = ctx + t
-            est_case = len(impls[phase]) * (0.3 + 27 * mla_case_est_ms(case) / 1e3)
-            if not cpu and time.time() - t_start + est_case > budget:
+            if not cpu and time.time() - t_start + _mla_case_est_s(case, impls) > budget:
                 info["skipped_time"].append(_mla_label(case))
                 print(f"mla {_mla_label(case)}: skipped (time budget)")
                 continue
@@ -824,7 +857,26 @@ def _run_mla(torch, path: Path, quick: bool, device: str, t_start: float, name: 
             for impl in impls[phase]:
                 step = mla_stack(torch, F, d, Ws, caches, x, pos, cos, sin, phase, impl, b)
                 backend = mla_sdpa_backend(torch, d, phase, impl, b, t, caches[0])
+                line = {"gpu_id": gid, "gpu": name, "torch": torch.__version__, "cudnn": cudnn, "device": device,
+                        "model": case["model"], **d, "layers": L, "phase": phase, "batch": b, "q_len": t,
+                        "tokens": b * t, "context": ctx, "kv_len": s,
+                        "form": "non-absorbed" if phase == "prefill" else "absorbed", "attn_impl": impl,
+                        "sdpa_backend": backend, "glue": MLA_GLUE[phase]}
                 g, error = None, None
+                if impl == "triton":
+                    cfg, checked = _triton_check(torch, d, b, s, caches[0])
+                    line.update(checked)
+                    if cfg is None:  # no config ran within the tolerance: the line says so, untimed
+                        f.write(json.dumps({**line, "runtime": None, "ms": None, "min_ms": None, "reps": 0}) + "\n")
+                        f.flush()
+                        info.setdefault("triton_failed", []).append(_mla_label(case))
+                        print(f"mla {_mla_label(case)} triton: not timed ({_triton_failure(checked)})")
+                        if n == 0 and all("error" in e for e in checked["triton_configs"].values()):
+                            info["aborted"] = f"no config of the Triton kernel ran: {_triton_failure(checked)}"
+                            info["elapsed_s"] = round(time.time() - t_start, 1)
+                            return n, info
+                        continue
+                    _TRITON["config"] = cfg
                 if cpu:
                     times, runtime = _cpu_times_ms(step), "eager-cpu"
                 elif impl == "flex":
@@ -844,17 +896,16 @@ def _run_mla(torch, path: Path, quick: bool, device: str, t_start: float, name: 
                         times, runtime = _eager_times_ms(torch, step), "eager"
                 if impl == "flex":
                     info["flex_options"] = _FLEX.get("options")
-                rec = {"gpu_id": gid, "gpu": name, "torch": torch.__version__, "cudnn": cudnn, "device": device,
-                       "model": case["model"], **d, "layers": L, "phase": phase, "batch": b, "q_len": t,
-                       "tokens": b * t, "context": ctx, "kv_len": s,
-                       "form": "non-absorbed" if phase == "prefill" else "absorbed", "attn_impl": impl,
-                       "sdpa_backend": backend, "glue": MLA_GLUE[phase], "runtime": runtime,
-                       "ms": times[len(times) // 2], "min_ms": times[0], "reps": len(times)}
+                rec = {**line, "runtime": runtime, "ms": times[len(times) // 2], "min_ms": times[0],
+                       "reps": len(times)}
                 if error:
                     rec["capture_error"] = error
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
-                print(f"mla {_mla_label(case)} {impl} ({backend}): {rec['ms']:.3f} ms")
+                what = (f"; {cfg.name}, {rec['num_splits']} splits, attention alone {rec['attn_ms']:.4f} ms = "
+                        f"{rec['attn_GBps']:.0f} GB/s, max abs err {rec['check_max_abs_err']:.1e}"
+                        if impl == "triton" else "")
+                print(f"mla {_mla_label(case)} {impl} ({backend}): {rec['ms']:.3f} ms{what}")
                 n += 1
                 del g, step
             del caches, x
@@ -862,6 +913,62 @@ def _run_mla(torch, path: Path, quick: bool, device: str, t_start: float, name: 
                 torch.cuda.empty_cache()
     info["elapsed_s"] = round(time.time() - t_start, 1)
     return n, info
+
+
+def _triton_check(torch, d: dict, batch: int, keys: int, cache):
+    """The ``mlatriton`` part's runs of the kernel alone on one case, for each config ``mla_triton.configs_for``
+    gives the case's heads: run once outside any graph (its JIT compile), its output checked against the
+    matmul form in float32 (``mla_triton.attention_reference``) for a unit-scale random query over the case's
+    first latent cache, then, within ``MLA_TRITON["tol"]``, timed alone: a CUDA graph holding one layer's
+    attention call (the split kernel, and the combine kernel when there are splits), median of 20 replays.
+    L2 is not flushed: a layer's cache (B x S x 1152 bytes) is mostly larger than the H100's 50 MB L2, and
+    the smaller ones are partly served from it, as they would be in a step. Returns the config with the
+    fastest alone time among those that passed (None if none did) and the line's fields: per config its
+    splits, error and alone ms or exception (``triton_configs``); for the chosen one ``triton_config``,
+    ``num_splits``, ``check_max_abs_err``, ``attn_ms`` and the latent bandwidth ``attn_GBps`` (B x S x 576 x 2
+    bytes over attn_ms)."""
+    H, r, rope = d["heads"], d["kv_lora_rank"], d["qk_rope_head_dim"]
+    scale = (d["qk_nope_head_dim"] + rope) ** -0.5
+    q = torch.randn(batch, H, r + rope, device=cache.device, dtype=torch.bfloat16)
+    ref = mla_triton.attention_reference(q, cache, scale, r)
+    sm = torch.cuda.get_device_properties(cache.device).multi_processor_count
+    per = {}
+    for cfg in mla_triton.configs_for(H):
+        splits = mla_triton.pick_splits(batch, H, keys, sm, cfg)
+        e = per[cfg.name] = {"num_splits": splits}
+
+        def attn(cfg=cfg, splits=splits):
+            return mla_triton.mla_decode(q, cache, scale, splits, cfg, kv_lora_rank=r)
+
+        try:
+            o = attn()
+            torch.cuda.synchronize()
+            e["check_max_abs_err"] = (o.float() - ref).abs().max().item()
+            if e["check_max_abs_err"] <= MLA_TRITON["tol"]:
+                g, times = capture_and_time(torch, attn)
+                e.update(attn_ms=times[len(times) // 2], attn_min_ms=times[0], attn_reps=len(times))
+                del g
+        except Exception as ex:  # out of shared memory or registers, a compile error: the next config
+            e["error"] = f"{type(ex).__name__}: {ex}"[:300]
+    passed = [c for c in mla_triton.configs_for(H) if "attn_ms" in per[c.name]]
+    fields = {"triton_configs": per, "check_tol": MLA_TRITON["tol"]}
+    if not passed:
+        errs = [e["check_max_abs_err"] for e in per.values() if "check_max_abs_err" in e]
+        return None, {**fields, "triton_config": None, "num_splits": None,
+                      "check_max_abs_err": min(errs) if errs else None}
+    best = min(passed, key=lambda c: per[c.name]["attn_ms"])
+    e = per[best.name]
+    latent = batch * keys * (r + rope) * 2.0
+    return best, {**fields, "triton_config": best.as_dict(), "num_splits": e["num_splits"],
+                  "check_max_abs_err": e["check_max_abs_err"], "attn_ms": e["attn_ms"],
+                  "attn_min_ms": e["attn_min_ms"], "attn_reps": e["attn_reps"],
+                  "attn_GBps": latent / (e["attn_ms"] * 1e-3) / 1e9}
+
+
+def _triton_failure(checked: dict) -> str:
+    """Why no config of a case was timed, in one line: each config's exception or check error."""
+    return "; ".join(f"{n}: " + (e["error"] if "error" in e else f"max abs err {e['check_max_abs_err']:.3g} over "
+                                 f"{MLA_TRITON['tol']}") for n, e in checked["triton_configs"].items())
 
 
 def _mla_label(c: dict) -> str:
@@ -881,6 +988,11 @@ def main(argv=None) -> int:
     parts = a.parts.split(",")
     if a.cpu and parts != ["mla"]:
         raise SystemExit("perfcast: --cpu runs the mla part only (--parts mla)")
+    if "mlatriton" in parts:
+        try:
+            triton = mla_triton.require_triton()
+        except RuntimeError as e:
+            raise SystemExit(str(e)) from None
     if not a.cpu and not torch.cuda.is_available():
         raise SystemExit("perfcast: the extras need a CUDA GPU")
     out = Path(a.out)
@@ -946,14 +1058,24 @@ def main(argv=None) -> int:
     if "mlaflex" in parts:
         t0 = time.time()
         meta["mlaflex_rows"], meta["mlaflex"] = run_mla(torch, out / "mla_step_flex.jsonl", a.quick,
-                                                        "cpu" if a.cpu else "cuda", flex=True)
+                                                        "cpu" if a.cpu else "cuda", part="mlaflex")
         meta["elapsed_s"]["mlaflex"] = round(time.time() - t0, 1)
+    if "mlatriton" in parts:
+        t0 = time.time()
+        meta["triton_version"] = triton.__version__
+        meta["mlatriton_configs"] = [c.as_dict() for c in mla_triton.CONFIGS]
+        meta["mlatriton_rows"], meta["mlatriton"] = run_mla(torch, out / "mla_step_triton.jsonl", a.quick,
+                                                            part="mlatriton")
+        meta["elapsed_s"]["mlatriton"] = round(time.time() - t0, 1)
     if "mla" in parts:
         t0 = time.time()
         meta["mla_rows"], meta["mla"] = run_mla(torch, out / "mla_step.jsonl", a.quick, "cpu" if a.cpu else "cuda")
         meta["elapsed_s"]["mla"] = round(time.time() - t0, 1)
     (out / "extras_meta.json").write_text(json.dumps(meta, indent=1, default=str))
     print(json.dumps({k: meta[k] for k in meta if k.endswith("rows") or k == "elapsed_s"}))
+    if "aborted" in meta.get("mlatriton", {}):
+        print(f"perfcast: mlatriton stopped: {meta['mlatriton']['aborted']}", file=sys.stderr)
+        return 1
     return 0
 
 
