@@ -238,6 +238,39 @@ def report_triton(recs) -> dict:
     return errs
 
 
+# FlashMLA's README (deepseek-ai/FlashMLA): "up to 3000 GB/s in memory-bound configuration and 580 TFLOPS in
+# computation-bound configuration on H800 SXM5" (660 TFLOP/s with its 2025-04-22 kernel). An H800 SXM5 has
+# the H100 SXM's SMs, clocks and HBM3; only its NVLink differs.
+FLASHMLA_GBPS, FLASHMLA_TFLOPS = 3000.0, (580.0, 660.0)
+FLASHMLA_SHAPES = ((16, 64, 4096), (16, 128, 8192), (16, 132, 16384), (128, 64, 4096), (128, 128, 8192),
+                   (128, 132, 16384))  # (query heads, batch, keys): memory-bound at 16 heads, compute at 128
+
+
+def flashmla_check(gpu_id: str = "h100-sxm") -> list[dict]:
+    """perfcast's fused MLA decode attention (DeepSeek-V3 dims) at FLASHMLA_SHAPES on ``gpu_id``: predicted
+    ms, the latent GB/s and the TFLOP/s that time is (FLOPs 2 x heads x keys x (576 + 512) per sequence)."""
+    out = []
+    for heads, batch, keys in FLASHMLA_SHAPES:
+        rec = {"model": "deepseek-ai/DeepSeek-V3", "hidden": 7168, "heads": heads, "tp": 1, "q_lora_rank": 1536,
+               "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+               "layers": 1, "phase": "decode", "batch": batch, "q_len": 1, "kv_len": keys + 1,
+               "runtime": "cuda-graph"}
+        ms = attention_alone(rec, gpu_id)
+        byts = batch * (keys + 1) * 576 * 2.0
+        flops = 2.0 * batch * heads * (keys + 1) * (576 + 512)
+        out.append({"heads": heads, "batch": batch, "keys": keys, "ms": ms, "GBps": byts / ms / 1e6,
+                    "TFLOPs": flops / ms / 1e9})
+    return out
+
+
+def report_flashmla() -> None:
+    print(f"\nperfcast's fused MLA decode attention on an H100 SXM against FlashMLA's published H800 SXM5 peaks "
+          f"({FLASHMLA_GBPS:.0f} GB/s memory-bound, {FLASHMLA_TFLOPS[0]:.0f}-{FLASHMLA_TFLOPS[1]:.0f} TFLOP/s compute-bound)")
+    for r in flashmla_check():
+        print(f"   heads {r['heads']:3d} batch {r['batch']:3d} keys {r['keys']:5d}: {r['ms']:.4f} ms = "
+              f"{r['GBps']:5.0f} GB/s, {r['TFLOPs']:4.0f} TFLOP/s")
+
+
 def main(paths=None):
     warnings.simplefilter("ignore")
     paths = list(paths) if paths else sorted(str(p) for p in DATA.glob("*/*/mla_step*.jsonl"))
@@ -277,6 +310,7 @@ def main(paths=None):
         print(f"MLA {what}: MAPE {np.mean(errs[k]):.2f}% over {len(errs[k])} cases "
               f"(p90 {np.percentile(errs[k], 90):.2f}%)")
     errs.update(report_triton(triton))
+    report_flashmla()
     return errs
 
 

@@ -184,3 +184,22 @@ def test_bench_reports_triton_lines_apart(tmp_path, capsys):
     assert 0 < pred < bench.predict_case(rec, "h100-sxm")
     bench.main([str(tmp_path / "mla_step.jsonl")])
     assert "MLA decode triton: no mla_step_triton.jsonl lines found" in capsys.readouterr().out
+
+
+def test_modeled_mla_decode_kernel_is_within_flashmla_published_peaks():
+    """perfcast's fused MLA decode attention on an H100 SXM, at the shapes FlashMLA benchmarks, against its
+    published H800 SXM5 peaks (an external reference, not fitted): memory-bound within 10% of 3000 GB/s,
+    compute-bound between 90% of 580 and 110% of 660 TFLOP/s; never above the H100's datasheet ceilings."""
+    from benchmod import load_bench
+
+    bm = load_bench("bench_mla")
+    rows = bm.flashmla_check("h100-sxm")
+    mem = [r for r in rows if r["heads"] == 16 and r["batch"] >= 128]
+    comp = [r for r in rows if r["heads"] == 128]
+    assert mem and comp
+    for r in mem:
+        assert abs(r["GBps"] / bm.FLASHMLA_GBPS - 1) < 0.10
+        assert r["GBps"] < 3350  # the H100 SXM's HBM3
+    for r in comp:
+        assert 0.9 * bm.FLASHMLA_TFLOPS[0] < r["TFLOPs"] < 1.1 * bm.FLASHMLA_TFLOPS[1]
+        assert r["TFLOPs"] < 989  # dense bf16 peak
