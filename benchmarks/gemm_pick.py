@@ -10,6 +10,9 @@ Per weight (dtype, n, k) and GPU it prints:
   ran that kernel (where both neighbours did), with the count of points that had such neighbours;
 - ``perfcast``: the shipped profile's prediction at the M that are not on its grid (a held-out set of
   mid-M shapes on grid weights).
+- ``at shipped M``: taking as the grid the M this weight's shipped table measured, the MAPE at the other
+  M of plain log-log interpolation and of perfcast's local fit (``_local_line``: a tricube-weighted line
+  over 3 grid points each side, then interpolated), on this run's own times.
 Then, per run, its times at the shapes the shipped grid also measured (``versus grid``: another GPU or
 run than the grid's), and for two runs on one GPU their agreement and whether they picked the same kernels.
 
@@ -77,8 +80,24 @@ def summarize(m, t, labels) -> dict:
     return out
 
 
-def perfcast_error(gpu_id: str, dtype: str, n: int, k: int, m, t) -> tuple[float, int]:
-    """(MAPE %, points) of the shipped profile at the M off its grid for this weight."""
+def shipped_grid_fit(m, t, grid_m) -> tuple[float, float, int]:
+    """(plain interpolation MAPE %, local-fit MAPE %, points) at the M not in ``grid_m``, from this run's
+    times at the M in ``grid_m`` (the shipped table's M for the weight)."""
+    from perfcast.profiles.measured import _local_line
+
+    g = np.isin(m, sorted(grid_m))
+    if g.sum() < 3 or g.all():
+        return float("nan"), float("nan"), 0
+    lm, lt = np.log(m[g]), np.log(t[g])
+    q = np.log(m[~g])
+    plain = np.exp(np.interp(q, lm, lt))
+    local = np.exp(np.interp(q, lm, _local_line(lm, lt, 3)))
+    e = lambda p: 100.0 * float(np.mean(np.abs(p / t[~g] - 1.0)))
+    return e(plain), e(local), int((~g).sum())
+
+
+def perfcast_error(gpu_id: str, dtype: str, n: int, k: int, m, t) -> tuple[float, int, set]:
+    """(MAPE %, points, the table's M for this weight) of the shipped profile at the M off its grid."""
     from perfcast.hardware import get_gpu
     from perfcast.profiles.registry import resolve_profile
 
@@ -90,9 +109,9 @@ def perfcast_error(gpu_id: str, dtype: str, n: int, k: int, m, t) -> tuple[float
                   if r["dtype"] == dtype and int(r["n"]) == n and int(r["k"]) == k}
     off = np.array([x not in grid_m for x in m])
     if not off.any():
-        return float("nan"), 0
+        return float("nan"), 0, grid_m
     p = np.array([float(prof.gemm(int(x), n, k, dtype).seconds) * 1e3 for x in m[off]])
-    return 100.0 * float(np.mean(np.abs(p / t[off] - 1.0))), int(off.sum())
+    return 100.0 * float(np.mean(np.abs(p / t[off] - 1.0))), int(off.sum()), grid_m
 
 
 def _table_times(gpu_id: str) -> dict:
@@ -142,15 +161,16 @@ def main(argv=None) -> int:
         print(f"\n== {path.relative_to(DATA) if DATA in path.parents else path} ({meta.get('gpu_name', gpu_id)})")
         print(f"   {'weight':22s} {'pts':>4s} {'sets':>4s} {'changes':>7s} {'step same':>9s} {'changed':>7s} "
               + " ".join(f"{'interp d' + str(d):>10s} {'oracle d' + str(d):>14s}" for d in SPACINGS)
-              + f" {'perfcast':>14s}")
+              + f" {'perfcast':>14s} {'at shipped M: interp / local':>29s}")
         for (dt, n, k), (m, t, labels) in sorted(load(path).items()):
             s = summarize(m, t, labels)
             pe = perfcast_error(gpu_id, dt, n, k, m, t)
+            pl, lo, _ = shipped_grid_fit(m, t, pe[2])
             cols = " ".join(f"{s[f'interp_d{d}'][0]:9.2f}% {s[f'oracle_d{d}'][0]:8.2f}% ({s[f'oracle_d{d}'][1]:3d})"
                             for d in SPACINGS)
             print(f"   {dt + ' ' + str(n) + 'x' + str(k):22s} {s['points']:4d} {s['kernel_sets']:4d} "
                   f"{100 * s['change_share']:6.0f}% {s['step_same_pct']:8.1f}% {s['step_change_pct']:6.1f}% "
-                  f"{cols} {pe[0]:7.2f}% ({pe[1]:3d})")
+                  f"{cols} {pe[0]:7.2f}% ({pe[1]:3d}) {pl:13.2f}% / {lo:6.2f}%")
         for dt, d in deviation(_table_times(gpu_id), _rows(path)).items():
             print(f"   versus grid ({dt}, the shipped table's shapes): {d['shapes']} shapes, mean |dev| "
                   f"{d['mean_pct']:.1f}% (p90 {d['p90_pct']:.1f}%), this run / grid median {d['median_ratio']:.3f}")
