@@ -7,7 +7,10 @@ order (``calib_gemm``), the dense FP8 grid interleaved with FP8 set 11 (``extras
 after the grids. The own profile is the shipped one of that GPU model with ``gemm.csv`` and
 ``gemm_fp8_dense.csv`` replaced by the run's grids (attention, elementwise and the rest as shipped).
 Each held-out set is predicted with both profiles; GEMMs are split into aligned (n, k multiples of 8)
-and misaligned, as ``bench_kernels.py`` does.
+and misaligned, as ``bench_kernels.py`` does. Then the SM clock and power while each part was timed
+(the run's ``clocks_power.csv``, sampled every 100 ms, over each part's start and elapsed time from its
+meta.json; samples above 150 W, i.e. with a kernel running): the grid runs in a heavier power state than
+the held-out sets, whose mix of shapes is lighter.
 
     python benchmarks/bench_same_gpu.py [benchmarks/data/<run> ...]   (default: every run with both grids)
 """
@@ -46,6 +49,38 @@ def own_profile_dir(run: Path, gpu_id: str, into: Path) -> Path:
     return d
 
 
+def clock_windows(run: Path) -> list[tuple[str, int, float, float]]:
+    """(part, busy samples, median SM MHz, median W) for the grid and the GEMM held-out sets of ``run``."""
+    import csv
+    import datetime as dt
+
+    log = run / "clocks_power.csv"
+    if not log.is_file():
+        return []
+    ts, mhz, watts = [], [], []
+    with open(log) as f:
+        for r in csv.reader(f):
+            try:
+                t = dt.datetime.strptime(r[0].strip(), "%Y/%m/%d %H:%M:%S.%f").replace(tzinfo=dt.UTC)
+                ts.append(t.timestamp())
+                mhz.append(float(r[1].split()[0]))
+                watts.append(float(r[2].split()[0]))
+            except (ValueError, IndexError):
+                continue  # the header, or a sample nvidia-smi could not read
+    ts, mhz, watts = np.array(ts), np.array(mhz), np.array(watts)
+    out = []
+    for part in ("calib_gemm", "heldout13", "heldout9"):
+        meta = run / part / "meta.json"
+        if not meta.is_file():
+            continue
+        m = json.loads(meta.read_text())
+        t0 = dt.datetime.fromisoformat(m["date_utc"]).timestamp()
+        sel = (ts >= t0) & (ts <= t0 + float(m["elapsed_s"]["total"])) & (watts > 150.0)
+        if sel.any():
+            out.append((part, int(sel.sum()), float(np.median(mhz[sel])), float(np.median(watts[sel]))))
+    return out
+
+
 def stats(preds) -> dict:
     out = {}
     for fam, p, m, _ in preds:
@@ -78,6 +113,8 @@ def main(argv=None) -> int:
                     _, ms, ps = res["shipped"][fam]
                     fam_label = "gemm_fp8" if "FP8" in label else fam
                     print(f"   {label:40s} {fam_label:16s} {n:4d} | {mo:7.3f}% {po:5.1f}% | {ms:7.3f}% {ps:5.1f}%")
+        for part, n, mhz, w in clock_windows(run):
+            print(f"   while timing {part:11s}: {n:4d} busy samples, SM clock median {mhz:5.0f} MHz, power median {w:4.0f} W")
     return 0
 
 
