@@ -229,6 +229,7 @@ def report_triton(recs) -> dict:
         pa = attention_alone(rec, gpu_id)
         ea = (pa - rec["attn_ms"]) / rec["attn_ms"] * 100
         errs.setdefault(("decode", "triton"), []).append(abs(e))
+        errs.setdefault(("decode", f"triton {gpu_id} {rec['heads']} heads"), []).append(abs(e))
         errs.setdefault(("decode", "triton attention alone"), []).append(abs(ea))
         print(f"{head} {rec['triton_config']['name']:11s} {rec['num_splits']:6d} {rec['ms']:9.3f} {p:9.3f} "
               f"{e:+6.1f}% {rec['attn_ms']:8.4f} {pa:8.4f} {ea:+6.1f}% {rec['attn_GBps']:6.0f} "
