@@ -4,9 +4,12 @@ model (a grid sample against the shipped grid, timed the same way: alone, in ran
 This is the floor under every kernel-accuracy figure of the held-out sets: a predictor that returned the
 shipped grid's own measurement exactly would still be this far from another GPU's measurement of the
 same shape. Pairs (each file's shapes that the other also has; times are medians of reps):
-- shipped grid (``src/perfcast/profiles/data/<gpu>/gemm.csv``, ``attention.csv``, ``gemm_fp8_dense.csv``)
+- the first full grid of each GPU model (the raw runs the shipped tables began from: ``h100-run8/calib_shuf``,
+  ``h200-run7/calib_shuf``, FP8 ``h100-run9/extras_fp8same``; attention: the shipped ``attention.csv``)
   against 10% grid samples timed alone in random order on other GPUs (``h100-run7/gridshuf``,
-  ``h100-run13/clock_alone``, ``h200-run11/clock_alone``) and against ``gemm_pick`` (``h100-run16``);
+  ``h100-run13/clock_alone``, ``h200-run11/clock_alone``), against ``gemm_pick`` (``h100-run16``), and
+  against the second full grid of the sixth session's same-GPU runs (``h100-run18``, ``h200-run12``),
+  which the shipped tables now also hold;
 - same GPU, another run: held-out set 9 on ``b97032b8`` (``h100-run9`` against ``h100-run10``), FP8 set 12
   likewise, and ``gemm_pick`` on ``7906ffde`` (``h100-run16`` against ``h100-run17``).
 
@@ -25,17 +28,30 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "data"
 TIMES = ("median_ms", "min_ms", "p90_ms", "reps", "kernels")
 
-# (label, GPU id, shipped table file, sample file relative to benchmarks/data)
+# the first full grids (relative to benchmarks/data), and the shipped attention tables (one grid each)
+GRID = {("h100-sxm", "gemm"): "h100-run8/calib_shuf/gemm.csv", ("h200", "gemm"): "h200-run7/calib_shuf/gemm.csv",
+        ("h100-sxm", "fp8"): "h100-run9/extras_fp8same/gemm_fp8_dense_same.csv"}
+# (label, GPU id, table: gemm / fp8 / attention, sample file relative to benchmarks/data)
 OTHER_GPU = (
-    ("H100 5e5e5b13, 10% grid sample", "h100-sxm", "gemm.csv", "h100-run7/gridshuf/gemm.csv"),
-    ("H100 00899aad, 10% grid sample", "h100-sxm", "gemm.csv", "h100-run13/clock_alone/gemm.csv"),
-    ("H100 7906ffde, gemm_pick", "h100-sxm", "gemm.csv", "h100-run16/gemm_pick/gemm_pick.csv"),
-    ("H100 7906ffde, gemm_pick", "h100-sxm", "gemm_fp8_dense.csv", "h100-run16/gemm_pick/gemm_pick.csv"),
-    ("H100 5e5e5b13, 10% grid sample", "h100-sxm", "attention.csv", "h100-run7/gridshuf/attention.csv"),
-    ("H100 00899aad, 10% grid sample", "h100-sxm", "attention.csv", "h100-run13/clock_alone/attention.csv"),
-    ("H200 05355a11, 10% grid sample", "h200", "gemm.csv", "h200-run11/clock_alone/gemm.csv"),
-    ("H200 05355a11, 10% grid sample", "h200", "attention.csv", "h200-run11/clock_alone/attention.csv"),
+    ("H100 5e5e5b13, 10% grid sample", "h100-sxm", "gemm", "h100-run7/gridshuf/gemm.csv"),
+    ("H100 00899aad, 10% grid sample", "h100-sxm", "gemm", "h100-run13/clock_alone/gemm.csv"),
+    ("H100 7906ffde, gemm_pick", "h100-sxm", "gemm", "h100-run16/gemm_pick/gemm_pick.csv"),
+    ("H100 fafc3d94, whole grid", "h100-sxm", "gemm", "h100-run18/calib_gemm/gemm.csv"),
+    ("H100 7906ffde, gemm_pick", "h100-sxm", "fp8", "h100-run16/gemm_pick/gemm_pick.csv"),
+    ("H100 fafc3d94, whole FP8 grid", "h100-sxm", "fp8", "h100-run18/extras_fp8same/gemm_fp8_dense_same.csv"),
+    ("H100 5e5e5b13, 10% grid sample", "h100-sxm", "attention", "h100-run7/gridshuf/attention.csv"),
+    ("H100 00899aad, 10% grid sample", "h100-sxm", "attention", "h100-run13/clock_alone/attention.csv"),
+    ("H200 05355a11, 10% grid sample", "h200", "gemm", "h200-run11/clock_alone/gemm.csv"),
+    ("H200 320daf9d, whole grid", "h200", "gemm", "h200-run12/calib_gemm/gemm.csv"),
+    ("H200 05355a11, 10% grid sample", "h200", "attention", "h200-run11/clock_alone/attention.csv"),
 )
+
+
+def reference(gpu: str, kind: str) -> Path:
+    """The table a sample is compared with: the first full grid, or the shipped attention table."""
+    if kind == "attention":
+        return ROOT / "src" / "perfcast" / "profiles" / "data" / gpu / "attention.csv"
+    return DATA / GRID[(gpu, kind)]
 SAME_GPU = (
     ("H100 b97032b8, GEMM set 9", "h100-run9/heldout9/gemm.csv", "h100-run10/heldout9/gemm.csv"),
     ("H100 b97032b8, FP8 set 12", "h100-run9/extras_fp8held/gemm_fp8_heldout12.csv",
@@ -74,13 +90,12 @@ def _line(label: str, s: dict | None) -> str:
 
 def main(argv=None) -> int:
     print(f"{'pair':58s} {'shapes':>5s} {'mean':>8s} {'p90':>8s} {'median':>8s}")
-    print("another GPU of the same model against the shipped grid:")
-    for label, gpu, shipped, sample in OTHER_GPU:
+    print("another GPU of the same model against the first full grid (attention: the shipped table):")
+    for label, gpu, kind, sample in OTHER_GPU:
         path = DATA / sample
         if not path.is_file():
             continue
-        s = spread(table(ROOT / "src" / "perfcast" / "profiles" / "data" / gpu / shipped), table(path))
-        print(_line(f"  {label} ({shipped})", s))
+        print(_line(f"  {label} ({kind})", spread(table(reference(gpu, kind)), table(path))))
     print("the same GPU, another run:")
     for label, a, b in SAME_GPU:
         if (DATA / a).is_file() and (DATA / b).is_file():

@@ -133,3 +133,25 @@ def test_calibrate_timeline_lists_every_timed_row_in_time_order(tmp_path):
         assert [int(r["row"]) for r in rows] == list(range(meta["cases"][fam]))  # one line per CSV row
     starts = [float(r["start_unix_s"]) for r in tl]
     assert starts == sorted(starts) and all(float(r["end_unix_s"]) >= float(r["start_unix_s"]) for r in tl)
+
+
+def test_calibrate_order_seed_reorders_the_same_cases(tmp_path):
+    """--order-seed: the same cases (those of --seed) in another random order; the meta records it and
+    the settle time (which the CPU timer ignores)."""
+    pytest.importorskip("torch")
+    from perfcast.measure.calibrate import calibrate
+
+    def shapes_of(d):
+        with open(d / "gemm.csv", newline="") as f:
+            return [(r["dtype"], r["m"], r["n"], r["k"]) for r in csv.DictReader(f)]
+
+    a = calibrate(out_dir=tmp_path / "a", quick=True, device="cpu", progress=False, only="gemm", seed=3)
+    b = calibrate(out_dir=tmp_path / "b", quick=True, device="cpu", progress=False, only="gemm", seed=3,
+                  order_seed=11, settle_ms=5.0)
+    sa, sb = shapes_of(tmp_path / "a"), shapes_of(tmp_path / "b")
+    assert sorted(sa) == sorted(sb) and len(sa) > 3
+    assert sa != sb  # another order
+    assert a["order_seed"] == 3 and b["order_seed"] == 11
+    assert b["timing"]["settle_ms"] == 0.0  # CPU: no settle
+    with pytest.raises(ValueError):
+        calibrate(out_dir=tmp_path / "c", quick=True, device="cpu", progress=False, only="gemm", settle_ms=-1)

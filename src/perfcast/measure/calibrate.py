@@ -330,7 +330,7 @@ def _warm_gpu(torch, seconds: float = 1.0) -> None:
 def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, device: str = "cuda",
               progress: bool = True, seed: int = 0, tiny: bool | None = None, preheat_s: float = 1.0,
               sustain_ms: float = 0.0, subset: float = 1.0, shuffle: bool = True, power: bool = False,
-              timeline: bool = False) -> dict:
+              timeline: bool = False, settle_ms: float = 0.0, order_seed: int | None = None) -> dict:
     """Measure kernels on ``device`` and write a profile directory; returns its meta.json dict.
 
     ``preheat_s``: seconds of large GEMMs before the first measurement (clocks up; a long pre-heat
@@ -342,6 +342,9 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
     clocks it meets alone, not part-throttled by its larger grid neighbours run just before it (the
     shipped profiles' GEMM tables are timed this way). ``power``: then time 10% of the GEMM grid
     sustained (``sustain_ms`` 100) and fit ``power.json``, the power cap that steps apply.
+    ``settle_ms``: leave the GPU idle this long before each kernel (a power state independent of the
+    kernels before it). ``order_seed``: the seed of the random order (default ``seed``; another order of
+    the same cases tells how much a kernel's time depends on what ran before it).
     ``only``: a comma-separated string or list of families. ``tiny`` (default: on for the CPU) runs a
     few small shapes only, for tests. Times in the CSV files are milliseconds (launch.csv: microseconds).
     """
@@ -359,9 +362,9 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
     cuda = device == "cuda"
     if not 0.0 < subset <= 1.0:
         raise ValueError(f"subset must be in (0, 1], not {subset}")
-    if sustain_ms < 0:
-        raise ValueError(f"sustain_ms must be >= 0, not {sustain_ms}")
-    timer = CudaTimer(torch, sustain_ms=sustain_ms) if cuda else CpuTimer()
+    if sustain_ms < 0 or settle_ms < 0:
+        raise ValueError(f"sustain_ms and settle_ms must be >= 0, not {sustain_ms}, {settle_ms}")
+    timer = CudaTimer(torch, sustain_ms=sustain_ms, settle_ms=settle_ms) if cuda else CpuTimer()
     meta.update(
         format_version=FORMAT_VERSION, seed=seed, heldout=heldout, quick=quick, tiny=tiny, families=fams,
         timing={
@@ -371,6 +374,7 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
             "target_ms": timer.target_ms, "min_reps": timer.min_reps, "max_reps": timer.max_reps,
             "warmup_calls": timer.warmup, "statistic": "median of reps; min and p90 also given",
             "sustain_ms": sustain_ms if cuda else 0.0,
+            "settle_ms": settle_ms if cuda else 0.0,
         },
         subset=subset, shuffle=shuffle, elapsed_s={}, cases={}, skipped={}, errors=[], complete=False,
     )
@@ -387,7 +391,8 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
         meta["timing"]["preheat_s"] = 0.3 if quick else preheat_s
         meta["clocks_after_preheat"] = env.clocks_now(torch)
     r = _Run(torch, device, timer, progress)
-    r.shuffle_seed = seed if shuffle else None
+    r.shuffle_seed = (seed if order_seed is None else order_seed) if shuffle else None
+    meta["order_seed"] = r.shuffle_seed
     tl = None
     if timeline:
         tl = open(out / "timeline.csv", "w", newline="")
@@ -486,13 +491,17 @@ def main(argv=None) -> int:
                    help="also time 10%% of the GEMM grid sustained and fit power.json (about 90 s more)")
     p.add_argument("--timeline", action="store_true",
                    help="also write timeline.csv: each case's wall-clock start and end, to join with a clock log")
+    p.add_argument("--settle-ms", type=float, default=0.0,
+                   help="leave the GPU idle this long before each kernel (default 0)")
+    p.add_argument("--order-seed", type=int, default=None,
+                   help="seed of the random order (default: --seed); the cases stay those of --seed")
     p.add_argument("--tiny", action="store_true", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     try:
         meta = calibrate(a.out, quick=a.quick, heldout=a.heldout, only=a.only, device=a.device,
                          progress=not a.quiet, seed=a.seed, tiny=a.tiny, preheat_s=a.preheat_s,
                          sustain_ms=a.sustain_ms, subset=a.subset, shuffle=not a.grid_order, power=a.power,
-                         timeline=a.timeline)
+                         timeline=a.timeline, settle_ms=a.settle_ms, order_seed=a.order_seed)
     except (ValueError, RuntimeError) as e:
         print(f"perfcast calibrate: {e}", file=sys.stderr)
         return 2

@@ -63,8 +63,12 @@ class CudaTimer:
     """Times ``fn()`` on the current CUDA stream with events, flushing L2 between reps."""
 
     def __init__(self, torch, target_ms: float = 25.0, min_reps: int = 5, max_reps: int = 200,
-                 warmup: int = 2, flush: bool = True, sustain_ms: float = 0.0):
+                 warmup: int = 2, flush: bool = True, sustain_ms: float = 0.0, settle_ms: float = 0.0):
         self.torch = torch
+        # settle_ms: before each kernel, leave the GPU idle this long, so that it starts from the same
+        # power state whatever ran before it (in a random order, a kernel after heavy neighbours is timed
+        # at lower clocks than after light ones)
+        self.settle_ms = float(settle_ms)
         # sustain_ms: before the timed reps, run the kernel back to back for this long, so that a heavy
         # kernel is timed in the power/clock state it settles to under sustained load (an H100 at its
         # 700 W cap drops from 1980 MHz towards 1350 MHz within tens of ms of large GEMMs).
@@ -140,6 +144,9 @@ class CudaTimer:
         return [s.elapsed_time(e) for s, e in zip(starts, ends)], host
 
     def bench(self, fn: Callable[[], object]) -> Stats:
+        if self.settle_ms > 0:
+            self.torch.cuda.synchronize()
+            time.sleep(self.settle_ms / 1e3)
         for _ in range(self.warmup):
             fn()
         est, host = self._reps(fn, 3, host_s=100e-6, gpu_ms=0.0)
