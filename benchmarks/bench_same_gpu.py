@@ -31,21 +31,33 @@ from perfcast.profiles.registry import resolve_profile, shipped_profile_dir
 
 DATA = Path(__file__).resolve().parent / "data"
 SETS = (("GEMM set 13", "heldout13/gemm.csv"), ("GEMM set 9", "heldout9/gemm.csv"),
+        ("GEMM set 13, settled", "heldout13_settle/gemm.csv"), ("GEMM set 9, settled", "heldout9_settle/gemm.csv"),
         ("FP8 set 12", "extras_fp8held/gemm_fp8_heldout12.csv"),
         ("FP8 set 11 (same process as the grid)", "extras_fp8same/gemm_fp8_heldout11_same.csv"))
 
 
+GRIDS = ("calib_gemm", "calib_gemm_settle")  # a same-GPU run's GEMM grid: timed free, or settled
+
+
+def _grid(run: Path) -> Path | None:
+    return next((run / g for g in GRIDS if (run / g / "gemm.csv").is_file()), None)
+
+
 def runs() -> list[Path]:
-    return sorted(d for d in DATA.iterdir()
-                  if (d / "calib_gemm" / "gemm.csv").is_file() and (d / "extras_fp8same" / "gemm_fp8_dense_same.csv").is_file())
+    """Runs with a whole GEMM grid and held-out sets of the same GPU."""
+    return sorted(d for d in DATA.iterdir() if d.is_dir() and _grid(d) is not None
+                  and any((d / rel).is_file() for _, rel in SETS))
 
 
 def own_profile_dir(run: Path, gpu_id: str, into: Path) -> Path:
-    """The shipped profile of ``gpu_id`` with its GEMM and FP8 grids replaced by ``run``'s."""
+    """The shipped profile of ``gpu_id`` with its GEMM grid (and FP8 grid, where the run has one)
+    replaced by ``run``'s."""
     d = into / gpu_id
     shutil.copytree(shipped_profile_dir(gpu_id), d)
-    shutil.copy(run / "calib_gemm" / "gemm.csv", d / "gemm.csv")
-    shutil.copy(run / "extras_fp8same" / "gemm_fp8_dense_same.csv", d / "gemm_fp8_dense.csv")
+    shutil.copy(_grid(run) / "gemm.csv", d / "gemm.csv")
+    fp8 = run / "extras_fp8same" / "gemm_fp8_dense_same.csv"
+    if fp8.is_file():
+        shutil.copy(fp8, d / "gemm_fp8_dense.csv")
     return d
 
 
@@ -69,7 +81,7 @@ def clock_windows(run: Path) -> list[tuple[str, int, float, float]]:
                 continue  # the header, or a sample nvidia-smi could not read
     ts, mhz, watts = np.array(ts), np.array(mhz), np.array(watts)
     out = []
-    for part in ("calib_gemm", "heldout13", "heldout9"):
+    for part in (*GRIDS, "heldout13", "heldout9", "heldout13_settle", "heldout9_settle"):
         meta = run / part / "meta.json"
         if not meta.is_file():
             continue
@@ -110,13 +122,14 @@ def main(argv=None) -> int:
         print("no same-GPU run (calib_gemm/ and extras_fp8same/) under benchmarks/data")
         return 0
     for run in todo:
-        meta = json.loads((run / "calib_gemm" / "meta.json").read_text())
+        meta = json.loads((_grid(run) / "meta.json").read_text())
         gpu = get_gpu(meta["gpu_id"])
         with tempfile.TemporaryDirectory() as tmp:
             profs = {"own grid": resolve_profile(gpu, str(own_profile_dir(run, gpu.id, Path(tmp)))),
                      "shipped": resolve_profile(gpu, "auto")}
-            print(f"\n== {run.name} ({meta.get('gpu_name')}): held-out sets predicted from this GPU's own grids "
-                  f"and from the shipped profile (another GPU)")
+            settled = float(meta.get("timing", {}).get("settle_ms") or 0) > 0
+            print(f"\n== {run.name} ({meta.get('gpu_name')}): held-out sets predicted from this GPU's own grid"
+                  f" (timed {'settled' if settled else 'free'}) and from the shipped profile")
             print(f"   {'set':40s} {'family':16s} {'n':>4s} | {'own MAPE':>8s} {'p90':>6s} | {'shipped':>8s} {'p90':>6s}")
             for label, rel in SETS:
                 rs = rows(run / rel)

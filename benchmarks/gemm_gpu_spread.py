@@ -10,6 +10,8 @@ same shape. Pairs (each file's shapes that the other also has; times are medians
   ``h100-run13/clock_alone``, ``h200-run11/clock_alone``), against ``gemm_pick`` (``h100-run16``), and
   against the second full grid of the sixth session's same-GPU runs (``h100-run18``, ``h200-run12``),
   which the shipped tables now also hold;
+- the same shapes in two random orders on one GPU, free and with a settle before each kernel
+  (``h100-run20``), and the settled grid of ``h100-run21`` against those samples (another GPU);
 - same GPU, another run: held-out set 9 on ``b97032b8`` (``h100-run9`` against ``h100-run10``), FP8 set 12
   likewise, and ``gemm_pick`` on ``7906ffde`` (``h100-run16`` against ``h100-run17``).
 
@@ -60,6 +62,19 @@ SAME_GPU = (
 )
 
 
+# (label, file a, file b) relative to benchmarks/data: the same shapes in two random orders, free and
+# settled (calibrate --settle-ms), and a settled sample against a settled whole grid on another GPU
+ORDER_PAIRS = (
+    ("H100 f8edac23, 10% sample, order 1 vs order 2, free", "h100-run20/free_o1/gemm.csv", "h100-run20/free_o2/gemm.csv"),
+    ("H100 f8edac23, 10% sample, order 1 vs order 2, settled 30 ms", "h100-run20/settle_o1/gemm.csv",
+     "h100-run20/settle_o2/gemm.csv"),
+    ("settled grid (H100 7b51da3d) vs settled sample (f8edac23, order 1)", "h100-run21/calib_gemm_settle/gemm.csv",
+     "h100-run20/settle_o1/gemm.csv"),
+    ("settled grid (H100 7b51da3d) vs free sample (f8edac23, order 1)", "h100-run21/calib_gemm_settle/gemm.csv",
+     "h100-run20/free_o1/gemm.csv"),
+)
+
+
 def table(path: Path) -> dict:
     """{shape key (every non-timing column): [median ms, ...]} of one measurement CSV."""
     out: dict = {}
@@ -96,6 +111,10 @@ def main(argv=None) -> int:
         if not path.is_file():
             continue
         print(_line(f"  {label} ({kind})", spread(table(reference(gpu, kind)), table(path))))
+    print("the same shapes in other orders, free and settled:")
+    for label, a, b in ORDER_PAIRS:
+        if (DATA / a).is_file() and (DATA / b).is_file():
+            print(_line(f"  {label}", spread(table(DATA / a), table(DATA / b))))
     print("the same GPU, another run:")
     for label, a, b in SAME_GPU:
         if (DATA / a).is_file() and (DATA / b).is_file():
