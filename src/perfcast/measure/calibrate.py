@@ -327,10 +327,15 @@ def _warm_gpu(torch, seconds: float = 1.0) -> None:
         torch.cuda.synchronize()
 
 
+# idle before each timed GEMM: in a random order a GEMM after heavy neighbours starts from a hotter power
+# state; the same 10% of the grid in two orders on one H100 differed by 4.4% per shape without it and
+# 1.3% with 30 ms (benchmarks/data/h100-run20); the shipped tables use 20 ms (h100-run21, h200-run13)
+SETTLE_MS = 20.0
+
 def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, device: str = "cuda",
               progress: bool = True, seed: int = 0, tiny: bool | None = None, preheat_s: float = 1.0,
               sustain_ms: float = 0.0, subset: float = 1.0, shuffle: bool = True, power: bool = False,
-              timeline: bool = False, settle_ms: float = 0.0, order_seed: int | None = None) -> dict:
+              timeline: bool = False, settle_ms: float = SETTLE_MS, order_seed: int | None = None) -> dict:
     """Measure kernels on ``device`` and write a profile directory; returns its meta.json dict.
 
     ``preheat_s``: seconds of large GEMMs before the first measurement (clocks up; a long pre-heat
@@ -342,8 +347,10 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
     clocks it meets alone, not part-throttled by its larger grid neighbours run just before it (the
     shipped profiles' GEMM tables are timed this way). ``power``: then time 10% of the GEMM grid
     sustained (``sustain_ms`` 100) and fit ``power.json``, the power cap that steps apply.
-    ``settle_ms``: leave the GPU idle this long before each kernel (a power state independent of the
-    kernels before it). ``order_seed``: the seed of the random order (default ``seed``; another order of
+    ``settle_ms`` (default ``SETTLE_MS``): leave the GPU idle this long before each GEMM (a power state
+    independent of the kernels before it; the shipped GEMM tables are timed so; 0 = each GEMM straight
+    after the one before). Other families are timed without it: attention reproduces across orders
+    within about 1% without it. ``order_seed``: the seed of the random order (default ``seed``; another order of
     the same cases tells how much a kernel's time depends on what ran before it).
     ``only``: a comma-separated string or list of families. ``tiny`` (default: on for the CPU) runs a
     few small shapes only, for tests. Times in the CSV files are milliseconds (launch.csv: microseconds).
@@ -375,6 +382,7 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
             "warmup_calls": timer.warmup, "statistic": "median of reps; min and p90 also given",
             "sustain_ms": sustain_ms if cuda else 0.0,
             "settle_ms": settle_ms if cuda else 0.0,
+            "settle_families": ["gemm"] if cuda and settle_ms > 0 else [],
         },
         subset=subset, shuffle=shuffle, elapsed_s={}, cases={}, skipped={}, errors=[], complete=False,
     )
@@ -406,6 +414,8 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
         f = _Csv(out / f"{fam}.csv", COLUMNS[fam])
         bar = Progress(fam, len(cases) if fam != "launch" else 11, enabled=progress)
         r.skipped, r.errors, r.family = 0, [], fam
+        if cuda:
+            timer.settle_ms = settle_ms if fam == "gemm" else 0.0
         try:
             RUNNERS[fam](r, cases, f, bar)
         finally:
@@ -491,8 +501,9 @@ def main(argv=None) -> int:
                    help="also time 10%% of the GEMM grid sustained and fit power.json (about 90 s more)")
     p.add_argument("--timeline", action="store_true",
                    help="also write timeline.csv: each case's wall-clock start and end, to join with a clock log")
-    p.add_argument("--settle-ms", type=float, default=0.0,
-                   help="leave the GPU idle this long before each kernel (default 0)")
+    p.add_argument("--settle-ms", type=float, default=SETTLE_MS,
+                   help=f"leave the GPU idle this long before each GEMM (default {SETTLE_MS:g}, as the shipped "
+                        "tables; 0: each GEMM straight after the one before)")
     p.add_argument("--order-seed", type=int, default=None,
                    help="seed of the random order (default: --seed); the cases stay those of --seed")
     p.add_argument("--tiny", action="store_true", default=None, help=argparse.SUPPRESS)
