@@ -40,8 +40,15 @@ def main(argv=None) -> int:
             + " ".join(f"{f + ' meas/pred':>20s}" for f in FAMILIES + ("other",)))
     print(head)
     n = 0
+    errs: dict = {}  # (phase, family) -> |predicted / measured - 1| per step
     for run, rec in records():
         c = compare(rec, a.profile)
+        phase = rec.get("measure", "decode")
+        pairs = [("step", c["measured_ms"], c["predicted_ms"]), ("other", c["measured_other_ms"], c["predicted_other_ms"])]
+        pairs += [(f, c["measured_family_ms"][f], c["predicted_family_ms"][f]) for f in FAMILIES]
+        for f, m, p in pairs:
+            if m > 0:
+                errs.setdefault((phase, f), []).append(abs(p / m - 1.0) * 100)
         err = (c["predicted_ms"] - c["measured_ms"]) / c["measured_ms"] * 100
         cols = [f"{c['measured_family_ms'][f]:9.3f}/{c['predicted_family_ms'][f]:<9.3f}" for f in FAMILIES]
         cols.append(f"{c['measured_other_ms']:9.3f}/{c['predicted_other_ms']:<9.3f}")
@@ -52,6 +59,13 @@ def main(argv=None) -> int:
         n += 1
     if not n:
         print("no step_profile.jsonl under benchmarks/data (run perfcast.measure.step_profile on a GPU)")
+        return 0
+    for phase in ("decode", "prefill"):
+        parts = [f"{f} {sum(v) / len(v):.1f}%" for f in ("step", *FAMILIES, "other")
+                 if (v := errs.get((phase, f)))]
+        if parts:
+            print(f"{phase}: MAPE per family over {len(errs[(phase, 'step')])} steps: " + ", ".join(parts)
+                  + " (other: measured graph time outside kernels; predicted graph launch and in-graph gaps)")
     return 0
 
 

@@ -29,6 +29,9 @@ class HostModel:
     # replayed back to back inside a CUDA graph does not: subtracted per kernel under cuda-graph
     graph_kernel_discount_s: float = 0.0
     graph_kernel_min_s: float = 1.4e-6  # smallest in-graph kernel time (measured: launch.csv 'graph')
+    # GPU idle between back-to-back kernels of a captured graph, measured kernel by kernel (step profiles):
+    # part of what each kernel is charged (the discount is fitted on step totals); breakdowns show it apart
+    graph_gap_s: float = 0.0
     # elementwise kernels reading views of a fused projection's output (q/k/v slices, gate/up halves)
     # run slower than the contiguous calibration kernels by this factor (fitted, see host.json)
     strided_elem_factor: float = 1.0

@@ -825,7 +825,8 @@ def _load_hosts(root: Path) -> dict:
     out = {}
     for name, v in d.get("runtimes", {}).items():
         kw = {k: float(v[k]) for k in ("per_op_s", "per_layer_s", "per_step_s", "graph_launch_s",
-                                       "graph_kernel_discount_s", "graph_kernel_min_s", "strided_elem_factor")
+                                       "graph_kernel_discount_s", "graph_kernel_min_s", "strided_elem_factor",
+                                       "graph_gap_s")
               if k in v}
         out[name] = HostModel(**kw, source=d.get("source", "measured"))
     return out

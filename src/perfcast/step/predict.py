@@ -545,19 +545,38 @@ def accuracy_of(cfg: StepConfig, profile_name: str) -> tuple[float | None, float
     return (pre or {}).get("p90_pct"), (dec or {}).get("p90_pct"), basis
 
 
+def _graph_gaps(cfg: StepConfig, prof, ops) -> list[float]:
+    """Per op, seconds per launch of GPU idle between its kernels and the next under ``cuda-graph`` (the
+    profile's measured ``graph_gap_s`` times the op's kernels): the step charges it inside each op's time,
+    a breakdown shows it apart, in the time no op accounts for (``runtime`` in ``perfcast explain``),
+    beside the graph launch. Zero under other runtimes."""
+    if cfg.runtime != "cuda-graph":
+        return [0.0] * len(ops)
+    g = prof.host(host_key(cfg)).graph_gap_s
+    out = []
+    for o in ops:
+        k = float(o.meta.get("kernels", 1))
+        if o.dims.get("groups") is not None and not o.meta.get("batched"):  # launches, as the runtime counts them
+            k *= float(np.asarray(o.dims["groups"], dtype=float).ravel()[0])
+        out.append(0.0 if o.kind == "host" else g * k)
+    return out
+
+
 def _predict_cfg(cfg: StepConfig, b: int, p: int, c: int, breakdown: bool = False) -> Prediction:
     pred = predict_many(cfg, b, p, c)[0]
     if not breakdown:
         return pred
     rows = []
     for phase in ("prefill", "decode"):
-        ops, costs, rt, _ = _phase(cfg, phase, b, p, c)
+        ops, costs, rt, prof = _phase(cfg, phase, b, p, c)
         total = float(rt.seconds)
-        for o, cst, s, bnd in zip(ops, costs, rt.op_seconds, rt.op_bound):
-            ms = float(np.asarray(s)) * o.count * 1e3
+        gap = _graph_gaps(cfg, prof, ops)
+        for o, cst, s, bnd, g in zip(ops, costs, rt.op_seconds, rt.op_bound, gap):
+            per = max(float(np.asarray(s)) - g, 0.0)  # the kernel's own time; the gap after it goes apart
+            ms = per * o.count * 1e3
             rows.append({
                 "phase": phase, "name": o.name, "kind": o.kind, "count": o.count, "ms": ms,
-                "ms_per_launch": float(np.asarray(s)) * 1e3,
+                "ms_per_launch": per * 1e3,
                 "share": ms / (total * 1e3) if total > 0 else 0.0,
                 "bound": BOUNDS[int(bnd)], "source": SOURCES[int(cst.source)],
                 "flops": float(cst.flops) * o.count, "bytes": float(cst.bytes) * o.count,
