@@ -558,7 +558,7 @@ def _graph_gaps(cfg: StepConfig, prof, ops) -> list[float]:
         k = float(o.meta.get("kernels", 1))
         if o.dims.get("groups") is not None and not o.meta.get("batched"):  # launches, as the runtime counts them
             k *= float(np.asarray(o.dims["groups"], dtype=float).ravel()[0])
-        out.append(0.0 if o.kind == "host" else g * k)
+        out.append(0.0 if o.kind in ("host", "p2p") else g * k)  # pipeline sends run outside the graphs
     return out
 
 
