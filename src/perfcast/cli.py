@@ -192,9 +192,17 @@ def predict(cases, model, gpu, batch, prompt, context, tp, pp, microbatches, ep,
     if pipe is not None:
         _print_pipeline(pipe)
     if breakdown:
-        rows = [[r["phase"], r["name"], r["count"], r["ms"], 100 * r["share"], r["bound"], r["source"]]
-                for r in p.breakdown]
-        _table("per-op breakdown (ms per step = count x per launch)",
+        rows = []
+        for phase in ("prefill", "decode"):
+            ph = [r for r in p.breakdown if r["phase"] == phase]
+            rows += [[r["phase"], r["name"], r["count"], r["ms"], 100 * r["share"], r["bound"], r["source"]] for r in ph]
+            total = getattr(p, f"{phase}_ms")
+            rest = total - sum(r["ms"] for r in ph)  # in-graph gaps and graph launch, or host time not hidden
+            if total > 0 and rest > 1e-3 * total:
+                rows.append([phase, "(outside ops)", "", rest, 100 * rest / total, "launch" if runtime == "cuda-graph"
+                             else "host", "measured"])
+        _table("per-op breakdown (ms per step = count x per launch; outside ops: gaps between kernels, "
+               "graph launch, or host time the GPU waits on)",
                ["phase", "name", "count", "ms", "share %", "bound", "source"], rows)
 
 
