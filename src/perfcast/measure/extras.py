@@ -983,6 +983,9 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default="fp8,moe")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cpu", action="store_true", help="run the mla part eagerly on the CPU at tiny dims (a smoke test)")
+    ap.add_argument("--settle-ms", type=float, default=0.0,
+                    help="leave the GPU idle this long before each timed kernel of the table parts (fp8, fp8dense, "
+                         "fp8same, fp8held, moegemm, int4, int8, int8c), as calibrate does for GEMMs (default 0)")
     a = ap.parse_args(argv)
     torch = import_torch()
     parts = a.parts.split(",")
@@ -998,8 +1001,10 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = collect(torch, "cpu" if a.cpu else "cuda")
-    meta.update({"command": command_line(), "parts": a.parts, "elapsed_s": {}})
-    timer = CudaTimer(torch) if not a.cpu else None
+    meta.update({"command": command_line(), "parts": a.parts, "elapsed_s": {}, "settle_ms": a.settle_ms})
+    if a.settle_ms < 0:
+        raise SystemExit("perfcast: --settle-ms must be >= 0")
+    timer = CudaTimer(torch, settle_ms=a.settle_ms) if not a.cpu else None
     if "fp8" in parts:
         t0 = time.time()
         meta["fp8_rows"] = run_fp8(torch, timer, out / "gemm_fp8.csv", heldout=False)
