@@ -21,6 +21,7 @@ same shape. Pairs (each file's shapes that the other also has; times are medians
 from __future__ import annotations
 
 import csv
+import itertools
 import sys
 from pathlib import Path
 
@@ -97,6 +98,19 @@ def spread(a: dict, b: dict) -> dict | None:
             "median_ratio": float(np.median(r))}
 
 
+def by_time(a: dict, b: dict, ref: dict, edges=(0.0, 0.02, 0.1, 1.0, 1e9)) -> list[tuple[float, float, int, float]]:
+    """(lo, hi, shapes, mean |b/a - 1| %) by the kernel's time in ``ref`` (ms)."""
+    keys = [k for k in a if k in b and k in ref]
+    t = np.array([np.exp(np.mean(np.log(ref[k]))) for k in keys])
+    d = np.array([abs(np.exp(np.mean(np.log(b[k])) - np.mean(np.log(a[k]))) - 1.0) for k in keys]) * 100
+    out = []
+    for lo, hi in itertools.pairwise(edges):
+        sel = (t >= lo) & (t < hi)
+        if sel.any():
+            out.append((lo, hi, int(sel.sum()), float(d[sel].mean())))
+    return out
+
+
 def _line(label: str, s: dict | None) -> str:
     if s is None:
         return f"{label:58s} no shapes in common"
@@ -115,6 +129,13 @@ def main(argv=None) -> int:
     for label, a, b in ORDER_PAIRS:
         if (DATA / a).is_file() and (DATA / b).is_file():
             print(_line(f"  {label}", spread(table(DATA / a), table(DATA / b))))
+    o = {n: DATA / f"h100-run20/{n}/gemm.csv" for n in ("free_o1", "free_o2", "settle_o1", "settle_o2")}
+    if all(p.is_file() for p in o.values()):
+        ref = table(o["settle_o1"])
+        for kind in ("free", "settle"):
+            parts = [f"{lo:g}-{hi:g} ms ({n}): {d:.2f}%" for lo, hi, n, d in
+                     by_time(table(o[f"{kind}_o1"]), table(o[f"{kind}_o2"]), ref)]
+            print(f"  {kind} orders by kernel time: " + "; ".join(parts))
     print("the same GPU, another run:")
     for label, a, b in SAME_GPU:
         if (DATA / a).is_file() and (DATA / b).is_file():
