@@ -64,7 +64,7 @@ def ops_table(exp: Explanation, phase: str) -> Table:
 
 
 def families_table(exp: Explanation) -> Table:
-    t = _table("time by op family (runtime = time outside kernels: host dispatch gaps, graph launch)",
+    t = _table("time by op family (runtime = time outside kernels: gaps between kernels, graph launch, host dispatch)",
                [("phase", "left"), ("family", "left"), ("launches", "right"), ("ms", "right"),
                 ("share %", "right")])
     for phase in PHASES:
