@@ -17,7 +17,7 @@ from perfcast.ops.base import BOUNDS, SOURCES, Op, OpCost
 from perfcast.profiles.registry import resolve_profile
 from perfcast.step import memory as mem
 from perfcast.step.costs import op_cost
-from perfcast.step.runtime import get_runtime
+from perfcast.step.runtime import get_runtime, kernels_per_launch
 
 GIB = mem.GIB
 WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4", "fp32")
@@ -553,13 +553,8 @@ def _graph_gaps(cfg: StepConfig, prof, ops) -> list[float]:
     if cfg.runtime != "cuda-graph":
         return [0.0] * len(ops)
     g = prof.host(host_key(cfg)).graph_gap_s
-    out = []
-    for o in ops:
-        k = float(o.meta.get("kernels", 1))
-        if o.dims.get("groups") is not None and not o.meta.get("batched"):  # launches, as the runtime counts them
-            k *= float(np.asarray(o.dims["groups"], dtype=float).ravel()[0])
-        out.append(0.0 if o.kind in ("host", "p2p") else g * k)  # pipeline sends run outside the graphs
-    return out
+    return [0.0 if o.kind in ("host", "p2p")  # pipeline sends run outside the graphs
+            else g * float(np.asarray(kernels_per_launch(o), dtype=float).ravel()[0]) for o in ops]
 
 
 def _predict_cfg(cfg: StepConfig, b: int, p: int, c: int, breakdown: bool = False) -> Prediction:

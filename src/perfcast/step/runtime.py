@@ -73,6 +73,15 @@ def _stack(arrays, n: int, dtype) -> np.ndarray:
     return out
 
 
+def kernels_per_launch(op: Op):
+    """Kernels one launch of ``op`` runs, as the graph counts them: the op's kernels, times its groups for
+    a grouped op run group by group (not one batched kernel)."""
+    k = op.meta.get("kernels", 1)
+    if op.dims.get("groups") is not None and not op.meta.get("batched"):
+        k = k * np.asarray(op.dims["groups"], dtype=float)  # launches: kernels per group x groups
+    return k
+
+
 @runtime("cuda-graph")
 def cuda_graph(ops: list[Op], costs: list[OpCost], host: HostModel, eff) -> StepTime:
     disc, kmin = host.graph_kernel_discount_s, host.graph_kernel_min_s
@@ -87,9 +96,7 @@ def cuda_graph(ops: list[Op], costs: list[OpCost], host: HostModel, eff) -> Step
             per.append(np.zeros_like(c.seconds))
             bounds.append(c.bound)
             continue
-        k = op.meta.get("kernels", 1)
-        if op.dims.get("groups") is not None and not op.meta.get("batched"):
-            k = k * np.asarray(op.dims["groups"], dtype=float)  # launches: kernels per group x groups
+        k = kernels_per_launch(op)
         t = c.seconds
         if op.meta.get("strided"):  # reads views of a fused projection (fitted: benchmarks/fit_host.py)
             t = t * host.strided_elem_factor
