@@ -118,13 +118,9 @@ def sdpa_backend(torch, F) -> dict:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
 
             run()
-            torch.cuda.synchronize()
-            from torch.profiler import ProfilerActivity, profile
+            from perfcast.measure.timing import kernel_names
 
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                run()
-                torch.cuda.synchronize()
-            names = [e.name for e in prof.events() if getattr(e.device_type, "name", "") == "CUDA"]
+            names = kernel_names(torch, run)
             out[label] = classify_sdpa(names)
             out[f"{label}_kernels"] = sorted({n[:120] for n in names if "Memset" not in n})[:4]
         except Exception as e:

@@ -193,7 +193,8 @@ def moe_gemm_cases(heldout: bool, seed: int = 5):
     return sorted(out)
 
 
-def run_bf16(torch, timer, path: Path, cases) -> int:
+def _bf16_builder(torch):
+    """``build(m, n, k)`` of a bf16 GEMM in F.linear layout (x [m, k] times w [n, k] transposed)."""
     import torch.nn.functional as F
 
     def build(m, n, k):
@@ -201,7 +202,11 @@ def run_bf16(torch, timer, path: Path, cases) -> int:
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
         return lambda: F.linear(x, w)
 
-    return gemm_table(torch, timer, path, cases, "bf16", build)
+    return build
+
+
+def run_bf16(torch, timer, path: Path, cases) -> int:
+    return gemm_table(torch, timer, path, cases, "bf16", _bf16_builder(torch))
 
 
 def int4_cases(heldout: bool, seed: int = 3):

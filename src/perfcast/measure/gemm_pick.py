@@ -38,38 +38,6 @@ def cases(quick: bool = False, seed: int = 0) -> list[tuple[str, int, int, int]]
     return out
 
 
-def _builder(torch, dtype: str, m: int, n: int, k: int):
-    import torch.nn.functional as F
-
-    if dtype == "fp8":
-        x = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
-        w = torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn)
-        one = torch.ones((), device="cuda")
-        return lambda: torch._scaled_mm(x, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-    return lambda: F.linear(x, w)
-
-
-def kernel_names(torch, fn) -> list[str]:
-    """Names of the CUDA kernels one call of ``fn`` launches, in launch order (by name when the
-    profiler's events carry no start times)."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    evs = [e for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA]
-    if evs:
-        evs.sort(key=lambda e: float(getattr(getattr(e, "time_range", None), "start", 0.0) or 0.0))
-        return [e.name for e in evs]
-    # the same rule as timing.kernel_profile (known to work on the GPU hosts' torch)
-    return sorted(e.key for e in prof.key_averages()
-                  if float(getattr(e, "self_device_time_total", 0.0) or 0.0) > 0.0)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m perfcast.measure.gemm_pick", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
@@ -83,10 +51,12 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         raise SystemExit("perfcast: gemm_pick needs a CUDA GPU")
     from perfcast.measure.env import start_out_dir
-    from perfcast.measure.timing import CudaTimer
+    from perfcast.measure.extras import _bf16_builder, _fp8_builder
+    from perfcast.measure.timing import CudaTimer, kernel_names
 
     out = start_out_dir(torch, a.out)
     timer = CudaTimer(torch)
+    builders = {"bf16": _bf16_builder(torch), "fp8": _fp8_builder(torch)}  # the extras' FP8 and bf16 GEMMs
     todo = cases(a.quick, a.seed)
     t0 = time.time()
     n_ok = 0
@@ -95,7 +65,7 @@ def main(argv=None) -> int:
         wr.writerow(["dtype", "m", "n", "k", "median_ms", "min_ms", "p90_ms", "reps", "kernels"])
         for i, (dt, m, n, k) in enumerate(todo):
             try:
-                fn = _builder(torch, dt, m, n, k)
+                fn = builders[dt](m, n, k)
                 st = timer.bench(fn)
                 names = kernel_names(torch, fn)
             except (RuntimeError, torch.cuda.OutOfMemoryError) as e:

@@ -270,3 +270,21 @@ def kernel_profile(torch, g, reps: int = 10) -> dict:
     return {"kernels_per_step": sum(v[0] for v in by.values()),
             "kernel_time_ms": sum(v[1] for v in by.values()), "by_name": by}
 
+
+def kernel_names(torch, fn) -> list[str]:
+    """Names of the CUDA kernels one call of ``fn`` launches, in launch order (by name when the
+    profiler's events carry no start times)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    evs = [e for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA]
+    if evs:
+        evs.sort(key=lambda e: float(getattr(getattr(e, "time_range", None), "start", 0.0) or 0.0))
+        return [e.name for e in evs]
+    # the same rule as kernel_profile (known to work on the GPU hosts' torch)
+    return sorted(e.key for e in prof.key_averages()
+                  if float(getattr(e, "self_device_time_total", 0.0) or 0.0) > 0.0)
