@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+import gemm_loo
+
 from perfcast.hardware import get_gpu
 from perfcast.profiles import measured as ms
 from perfcast.profiles.interp import Curve, monotone_log_ratio
@@ -51,7 +53,7 @@ def ideal_ref(gpu, weights):
 
 
 def smooth_ref(gpu, weights):
-    return lambda g, m, n, k: ms._smooth_gemm(g, m, n, k, "fp8")
+    return lambda g, m, n, k: gemm_loo.smooth_gemm(g, m, n, k, "fp8")
 
 
 def padded_ref(gpu, weights):
@@ -76,7 +78,7 @@ def shipped_ref(gpu, weights):
 # ------------------------------------------------------------------ predictors
 class Method:
     """own: "line" (log-log line through the padding envelope of the neighbours: the former predictor),
-    "bf16" (measured._gemm_own_curve over ``ref``: the bf16 predictor), "fit" (local fit of the log ratio
+    "bf16" (gemm_loo.gemm_own_curve over ``ref``: the former bf16 predictor), "fit" (local fit of the log ratio
     over ``ref``, interpolated between grid M; the shipped predictor). blend: "idw" (the former inverse-
     distance blend of the 8 nearest points in (log m, log n, log k) of the envelope ratio over IDEAL),
     "plane-env" (measured._local_linear_curve of the envelope ratios over ``ref``: the bf16 blend),
@@ -92,7 +94,7 @@ class Method:
             return np.exp(Curve(m, lr + np.log(base))(q))
         um, lt = ms._unique_log(m, t)
         if self.own == "bf16":
-            md, ld = ms._gemm_own_curve(gpu, "fp8", n, k, um, np.exp(lt))
+            md, ld = gemm_loo.gemm_own_curve(gpu, "fp8", n, k, um, np.exp(lt))
             return np.exp(np.interp(np.log(q), np.log(md), ld))
         fit = ms._local_line(np.log(um), lt - np.log(ref(gpu, um, n, k)), ms._OWN_HALF)
         return ref(gpu, q, n, k) * np.exp(np.interp(np.log(q), np.log(um), fit))

@@ -560,48 +560,7 @@ def _ideal_gemm(gpu, m, n, k, dt):
     return an.gemm_cost(gpu, m, n, k, dt, None, IDEAL)
 
 
-def _smooth_gemm(gpu, m, n, k, dt):
-    """Smooth GEMM reference seconds: the 4-norm of the datasheet compute time, the memory time and the
-    2 us floor (a soft maximum: no wave quantization, no kink at the roofline knee)."""
-    m = np.asarray(m, dtype=float)
-    tc = 2.0 * m * n * k / gpu.flops(dt)
-    tm = rl.gemm_bytes(m, n, k, dt) / gpu.mem_bw_bytes_per_s
-    return (tc ** 4 + tm ** 4 + IDEAL.gemm_floor_s ** 4) ** 0.25
-
-
 _OWN_HALF = 3  # grid points each side of a measured M in the local fit of an aligned bf16/fp16 weight's curve
-_OWN_DENSE = 8  # interpolated points per grid interval of that curve (its shape between grid points)
-
-
-def _gemm_own_curve(gpu, dt, n, k, m, t):
-    """(m, log seconds) of a measured aligned bf16/fp16 weight on its own GPU, dense in m: the former
-    predictor, kept for comparison (``benchmarks/gemm_loo.py --m --smooth``); the shipped one is
-    :class:`_ReferenceTimes` over the fitted bf16 reference (leave-one-M-out 4.88 -> 4.86% on H100,
-    5.11 -> 5.07% on H200; leave-one-weight-out 4.96 -> 4.58% and 5.27 -> 4.73%).
-
-    The grid's times carry timing noise (a few %) and cuBLAS's kernel choices, which jump between
-    neighbouring M (a multiple of 1024 often faster than the M below it); a time at an M between grid
-    points is the expected value of that jitter, not the line through the two nearest noisy points. So
-    at each grid M the log ratio over the smooth roofline (:func:`_smooth_gemm`) is a local linear fit
-    (tricube weights in log m) of the ``_OWN_HALF`` grid points each side, the ratio is interpolated
-    linearly in log m over that reference between grid points (``_OWN_DENSE`` points per interval),
-    and the padding envelope (time never falls as m grows) is applied to the dense times. A measured M
-    keeps its own measured time (cuBLAS picks its kernel per exact M). Chosen by
-    leave-one-M-out on the shipped grids (``benchmarks/gemm_loo.py --m``): MAPE 5.2 -> 4.8% (H100),
-    5.5 -> 4.9% (H200) against the line through the neighbours in log time."""
-    o = np.argsort(m, kind="stable")
-    m, t = np.asarray(m, dtype=float)[o], np.asarray(t, dtype=float)[o]
-    lm = np.log(m)
-    fit = _local_line(lm, np.log(t / _smooth_gemm(gpu, m, n, k, dt)), _OWN_HALF)
-    if lm.size > 1:
-        f = np.arange(_OWN_DENSE) / _OWN_DENSE
-        dense = np.append((lm[:-1, None] + np.diff(lm)[:, None] * f).ravel(), lm[-1])
-    else:
-        dense = lm
-    md = np.exp(dense)
-    lt = np.interp(dense, lm, fit) + np.log(_smooth_gemm(gpu, md, n, k, dt))
-    lt[::_OWN_DENSE] = np.log(t)  # at a measured M itself its own kernel's time (prefill's round M)
-    return md, np.minimum.accumulate(lt[::-1])[::-1]
 
 
 def _local_line(lm, lr, half):
