@@ -55,39 +55,28 @@ def test_step_gemms_carry_the_power_cap():
     assert float(op_cost(up, gpu, prof).seconds) > 1.05 * float(alone.seconds)
 
 
-def test_fit_reproduces_the_shipped_h100_power_model():
+# alone: the settled grid each shipped GEMM table is; sustained: a 10% sample run back to back
+# (gpu, alone grid, sustained sample, fitted (cap, knee), bound on the residual with the model, floor without)
+SHIPPED_FITS = [
+    ("h100-sxm", "h100-run21/calib_gemm_settle", "h100-run8/gemm_sustain", (0.94, 3.0), 0.04, 0.075),  # 3.4 vs 8.3%
+    ("h200", "h200-run13/calib_gemm_settle", "h200-run8/gemm_sustain", (0.885, 3.0), 0.035, 0.09),  # 2.9 vs 10.2%
+]
+
+
+@pytest.mark.parametrize("gpu_id,alone,sustained,cap_knee,with_max,without_min", SHIPPED_FITS)
+def test_fit_reproduces_the_shipped_power_model(gpu_id, alone, sustained, cap_knee, with_max, without_min):
     from perfcast.profiles import power_fit
 
     d = ROOT / "benchmarks" / "data"
-    # alone: the settled grid the shipped GEMM table is; sustained: the sample of h100-run8
-    pairs = power_fit.pairs(d / "h100-run21" / "calib_gemm_settle" / "gemm.csv",
-                            d / "h100-run8" / "gemm_sustain" / "gemm.csv", 0.02)
-    gpu = get_gpu("h100-sxm")
-    cap, knee, rms = power_fit.fit(pairs, gpu.flops("bf16"))
-    shipped = json.loads((ROOT / "src/perfcast/profiles/data/h100-sxm/power.json").read_text())
-    assert (cap, knee) == pytest.approx((shipped["cap_frac"], shipped["knee"]))
-    assert (cap, knee) == pytest.approx((0.94, 3.0))
-    flops, ta, ts = pairs.T
-    f = PowerModel(cap_frac=cap, knee=knee).factor(flops, ta, gpu.flops("bf16"))
-    with_model = np.mean(np.abs(ta * f / ts - 1))
-    without = np.mean(np.abs(ta / ts - 1))
-    assert with_model < 0.04 and without > 0.075  # measured: 3.4% against 8.3%
-
-
-def test_fit_reproduces_the_shipped_h200_power_model():
-    from perfcast.profiles import power_fit
-
-    d = ROOT / "benchmarks" / "data"
-    pairs = power_fit.pairs(d / "h200-run13" / "calib_gemm_settle" / "gemm.csv",
-                            d / "h200-run8" / "gemm_sustain" / "gemm.csv", 0.02)
-    gpu = get_gpu("h200")
+    pairs = power_fit.pairs(d / alone / "gemm.csv", d / sustained / "gemm.csv", 0.02)
+    gpu = get_gpu(gpu_id)
     cap, knee, _ = power_fit.fit(pairs, gpu.flops("bf16"))
-    shipped = json.loads((ROOT / "src/perfcast/profiles/data/h200/power.json").read_text())
+    shipped = json.loads((ROOT / "src/perfcast/profiles/data" / gpu_id / "power.json").read_text())
     assert (cap, knee) == pytest.approx((shipped["cap_frac"], shipped["knee"]))
-    assert (cap, knee) == pytest.approx((0.885, 3.0))
+    assert (cap, knee) == pytest.approx(cap_knee)
     flops, ta, ts = pairs.T
     f = PowerModel(cap_frac=cap, knee=knee).factor(flops, ta, gpu.flops("bf16"))
-    assert np.mean(np.abs(ta * f / ts - 1)) < 0.035 and np.mean(np.abs(ta / ts - 1)) > 0.09  # 2.9% vs 10.2%
+    assert np.mean(np.abs(ta * f / ts - 1)) < with_max and np.mean(np.abs(ta / ts - 1)) > without_min
 
 
 def test_fit_refuses_too_few_pairs(tmp_path):
