@@ -101,13 +101,12 @@ def spread(a: dict, b: dict) -> dict | None:
 def by_time(a: dict, b: dict, ref: dict, edges=(0.0, 0.02, 0.1, 1.0, 1e9)) -> list[tuple[float, float, int, float]]:
     """(lo, hi, shapes, mean |b/a - 1| %) by the kernel's time in ``ref`` (ms)."""
     keys = [k for k in a if k in b and k in ref]
-    t = np.array([np.exp(np.mean(np.log(ref[k]))) for k in keys])
-    d = np.array([abs(np.exp(np.mean(np.log(b[k])) - np.mean(np.log(a[k]))) - 1.0) for k in keys]) * 100
+    t = {k: np.exp(np.mean(np.log(ref[k]))) for k in keys}
     out = []
     for lo, hi in itertools.pairwise(edges):
-        sel = (t >= lo) & (t < hi)
-        if sel.any():
-            out.append((lo, hi, int(sel.sum()), float(d[sel].mean())))
+        s = spread({k: a[k] for k in keys if lo <= t[k] < hi}, b)
+        if s is not None:
+            out.append((lo, hi, s["shapes"], s["mean_pct"]))
     return out
 
 

@@ -115,8 +115,8 @@ def perfcast_error(gpu_id: str, dtype: str, n: int, k: int, m, t) -> tuple[float
 
 
 def _table_times(gpu_id: str) -> dict:
-    """{(dtype, m, n, k): mean median ms} of the first full bf16 and FP8 grids of ``gpu_id`` (the raw runs
-    the shipped tables began from; the shipped tables now hold a second GPU's grid as well)."""
+    """{(dtype, m, n, k): [median ms]} of the first full bf16 and FP8 grids of ``gpu_id`` (the raw runs the
+    shipped tables began from; the shipped tables now hold a second GPU's grid as well)."""
     from gemm_gpu_spread import GRID
 
     acc: dict = {}
@@ -127,30 +127,33 @@ def _table_times(gpu_id: str) -> dict:
         with open(path) as f:
             for r in csv.DictReader(f):
                 acc.setdefault((r["dtype"], int(r["m"]), int(r["n"]), int(r["k"])), []).append(float(r["median_ms"]))
-    return {k: float(np.mean(v)) for k, v in acc.items()}
+    return acc
 
 
-def _rows(path: Path) -> dict:
+def _rows(path: Path) -> tuple[dict, dict]:
+    """({(dtype, m, n, k): [median ms]}, {(dtype, m, n, k): kernels}) of one gemm_pick.csv."""
+    times, kernels = {}, {}
     with open(path) as f:
-        return {(r["dtype"], int(r["m"]), int(r["n"]), int(r["k"])): (float(r["median_ms"]), r["kernels"])
-                for r in csv.DictReader(f)}
+        for r in csv.DictReader(f):
+            key = (r["dtype"], int(r["m"]), int(r["n"]), int(r["k"]))
+            times[key] = [float(r["median_ms"])]
+            kernels[key] = r["kernels"]
+    return times, kernels
 
 
-def deviation(a: dict, b: dict) -> dict:
-    """Per dtype: shapes in both, mean and p90 |b/a - 1| (%), median b/a, and the share with the same
-    kernels (where both record them). ``a``, ``b``: {(dtype, m, n, k): ms or (ms, kernels)}."""
+def deviation(a: dict, b: dict, a_kernels: dict | None = None, b_kernels: dict | None = None) -> dict:
+    """Per dtype: ``gemm_gpu_spread.spread`` of the shapes in both ({(dtype, m, n, k): [ms]}), and where
+    both runs record kernels, the share of those shapes that ran the same kernels."""
+    from gemm_gpu_spread import spread
+
     out = {}
     for dt in sorted({k[0] for k in a}):
-        keys = [k for k in a if k[0] == dt and k in b]
-        if not keys:
+        s = spread({k: v for k, v in a.items() if k[0] == dt}, b)
+        if s is None:
             continue
-        ta = np.array([a[k][0] if isinstance(a[k], tuple) else a[k] for k in keys])
-        tb = np.array([b[k][0] if isinstance(b[k], tuple) else b[k] for k in keys])
-        d = tb / ta - 1.0
-        both = [k for k in keys if isinstance(a[k], tuple) and isinstance(b[k], tuple)]
-        out[dt] = {"shapes": len(keys), "mean_pct": 100 * float(np.mean(np.abs(d))),
-                   "p90_pct": 100 * float(np.percentile(np.abs(d), 90)), "median_ratio": float(np.median(tb / ta)),
-                   "same_kernels": float(np.mean([a[k][1] == b[k][1] for k in both])) if both else None}
+        both = [k for k in a if k[0] == dt and k in b] if a_kernels and b_kernels else []
+        s["same_kernels"] = float(np.mean([a_kernels[k] == b_kernels[k] for k in both])) if both else None
+        out[dt] = s
     return out
 
 
@@ -176,7 +179,7 @@ def main(argv=None) -> int:
             print(f"   {dt + ' ' + str(n) + 'x' + str(k):22s} {s['points']:4d} {s['kernel_sets']:4d} "
                   f"{100 * s['change_share']:6.0f}% {s['step_same_pct']:8.1f}% {s['step_change_pct']:6.1f}% "
                   f"{cols} {pe[0]:7.2f}% ({pe[1]:3d}) {pl:13.2f}% / {lo:6.2f}%")
-        for dt, d in deviation(_table_times(gpu_id), _rows(path)).items():
+        for dt, d in deviation(_table_times(gpu_id), _rows(path)[0]).items():
             print(f"   versus the first full grid ({dt}, its shapes): {d['shapes']} shapes, mean |dev| "
                   f"{d['mean_pct']:.1f}% (p90 {d['p90_pct']:.1f}%), this run / grid median {d['median_ratio']:.3f}")
     by_gpu: dict = {}
@@ -186,7 +189,8 @@ def main(argv=None) -> int:
         by_gpu.setdefault(uuid, []).append(path)
     for uuid, ps in by_gpu.items():
         for a, b in itertools.pairwise(ps):
-            for dt, d in deviation(_rows(a), _rows(b)).items():
+            (ta, ka), (tb, kb) = _rows(a), _rows(b)
+            for dt, d in deviation(ta, tb, ka, kb).items():
                 print(f"\nrepeat on GPU {str(uuid)[4:12]} ({a.parent.parent.name} -> {b.parent.parent.name}, {dt}): "
                       f"{d['shapes']} shapes, mean |dev| {d['mean_pct']:.2f}% (p90 {d['p90_pct']:.2f}%), "
                       f"same kernels {100 * d['same_kernels']:.1f}%")
