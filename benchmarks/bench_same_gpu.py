@@ -63,23 +63,14 @@ def own_profile_dir(run: Path, gpu_id: str, into: Path) -> Path:
 
 def clock_windows(run: Path) -> list[tuple[str, int, float, float]]:
     """(part, busy samples, median SM MHz, median W) for the grid and the GEMM held-out sets of ``run``."""
-    import csv
     import datetime as dt
+
+    from clock_join import clock_log
 
     log = run / "clocks_power.csv"
     if not log.is_file():
         return []
-    ts, mhz, watts = [], [], []
-    with open(log) as f:
-        for r in csv.reader(f):
-            try:
-                t = dt.datetime.strptime(r[0].strip(), "%Y/%m/%d %H:%M:%S.%f").replace(tzinfo=dt.UTC)
-                ts.append(t.timestamp())
-                mhz.append(float(r[1].split()[0]))
-                watts.append(float(r[2].split()[0]))
-            except (ValueError, IndexError):
-                continue  # the header, or a sample nvidia-smi could not read
-    ts, mhz, watts = np.array(ts), np.array(mhz), np.array(watts)
+    ts, mhz, watts = clock_log(log).T
     out = []
     for part in (*GRIDS, "heldout13", "heldout9", "heldout13_settle", "heldout9_settle"):
         meta = run / part / "meta.json"

@@ -22,11 +22,12 @@ def clock_log(path: Path) -> np.ndarray:
     (its timestamps are the host's UTC wall clock)."""
     out = []
     for r in list(csv.reader(open(path)))[1:]:
-        if len(r) < 3:
-            continue
-        t = dt.datetime.strptime(r[0].strip(), "%Y/%m/%d %H:%M:%S.%f").replace(tzinfo=dt.UTC).timestamp()
-        out.append((t, float(r[1].split()[0]), float(r[2].split()[0])))
-    return np.array(out)
+        try:
+            t = dt.datetime.strptime(r[0].strip(), "%Y/%m/%d %H:%M:%S.%f").replace(tzinfo=dt.UTC).timestamp()
+            out.append((t, float(r[1].split()[0]), float(r[2].split()[0])))
+        except (ValueError, IndexError):
+            continue  # a short row, or a sample nvidia-smi could not read
+    return np.array(out).reshape(-1, 3)
 
 
 def flops(family: str, r: dict) -> float:
