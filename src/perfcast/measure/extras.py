@@ -66,7 +66,7 @@ from pathlib import Path
 
 from perfcast.measure import mla_triton
 from perfcast.measure.env import collect, command_line, gpu_id_guess
-from perfcast.measure.timing import CudaTimer, capture_graph, import_torch, replay_times_ms
+from perfcast.measure.timing import CudaTimer, capture_graph, event_times_ms, import_torch, replay_times_ms
 
 FP8_PAIRS = ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (3072, 4096), (14336, 4096),
              (4096, 7168), (10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672), (7168, 5120),
@@ -770,15 +770,7 @@ def _eager_times_ms(torch, step, reps: int = 20) -> list[float]:
     for _ in range(3):
         step()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        step()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)
+    return sorted(event_times_ms(torch, step, reps))
 
 
 def _flex_times(torch, step):

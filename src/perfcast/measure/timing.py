@@ -198,17 +198,22 @@ def capture_graph(torch, fn: Callable[[], object], n: int = 1, warmup: int = 3, 
     return g
 
 
-def replay_times_ms(torch, g, reps: int) -> list[float]:
-    """``reps`` replays of graph ``g``, each timed alone with CUDA events and waited on (ms)."""
+def event_times_ms(torch, fn: Callable[[], object], reps: int) -> list[float]:
+    """``reps`` calls of ``fn``, each timed alone with CUDA events and waited on (ms)."""
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        g.replay()
+        fn()
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b))
     return times
+
+
+def replay_times_ms(torch, g, reps: int) -> list[float]:
+    """``reps`` replays of graph ``g``, each timed alone with CUDA events and waited on (ms)."""
+    return event_times_ms(torch, g.replay, reps)
 
 
 def host_loop_us(fn: Callable[[], object], sync: Callable[[], object], inner: int = 1000,
