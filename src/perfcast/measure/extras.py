@@ -10,9 +10,12 @@
   avoid both grids (``gemm_fp8_heldout11.csv``).
 - ``fp8same``: the dense FP8 grid and held-out set 11 interleaved in one seeded random order
   (``gemm_fp8_dense_same.csv``, ``gemm_fp8_heldout11_same.csv``).
-- ``fp8held``: a fresh FP8 held-out set (seed 12, 150 shapes off both grids) in seeded random order, in a
-  process of its own after ``fp8same`` (``gemm_fp8_heldout12.csv``): the held-out check of a grid timed in
-  random order.
+- ``fp8held``: a fresh FP8 held-out set (seed 12, or ``--fp8-seed``; 150 shapes off both grids) in seeded
+  random order, in a process of its own after ``fp8same`` (``gemm_fp8_heldout<seed>.csv``): the held-out
+  check of a grid timed in random order.
+- ``fp8sus``: a seeded fifth of the dense FP8 grid (``gemm_fp8_sustain.csv``), meant to run with
+  ``--sustain-ms 100`` (each kernel first run back to back for 100 ms): paired with the same shapes of a
+  settled grid, it fits the FP8 power cap (``benchmarks/fit_power.py --dtype fp8``).
 - ``moegemm``: bf16 GEMMs at the expert, shared-expert and router shapes of every shipped MoE config at
   TP 1/2/4/8, over the calibration M grid (``gemm_moe.csv``), and a held-out draw off that grid
   (``gemm_moe_heldout.csv``).
@@ -83,6 +86,8 @@ INT4_PAIRS = ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (14336, 
               (5120, 13824), (3072, 3072), (8192, 3072))
 INT4_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 CSV_HEAD = "dtype,m,n,k,median_ms,min_ms,p90_ms,reps\n"
+PARTS = ("fp8", "fp8dense", "fp8same", "fp8held", "fp8sus", "moegemm", "int4", "int8", "int8c", "index", "l2gemm",
+         "moe", "mla", "mlaflex", "mlatriton")
 
 
 def _fp8_offgrid(grid, n_cases: int, seed: int):
@@ -109,6 +114,15 @@ def fp8_cases(heldout: bool, seed: int = 1):
 
 def fp8_dense_cases():
     return [(m, n, k) for n, k in FP8_PAIRS for m in FP8_M_DENSE if 2 * m * n * k <= 3e13]
+
+
+def fp8_sustain_cases(frac: float = 0.2, seed: int = 0):
+    """A seeded sample of the dense FP8 grid (``frac`` of it) in random order: the shapes timed sustained
+    to pair with a settled grid's."""
+    cases = fp8_dense_cases()
+    rng = random.Random(seed)
+    pick = rng.sample(cases, round(frac * len(cases)))
+    return pick
 
 
 def fp8_heldout11(n_cases: int = 150, seed: int = 11):
@@ -980,12 +994,19 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default="fp8,moe")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cpu", action="store_true", help="run the mla part eagerly on the CPU at tiny dims (a smoke test)")
+    ap.add_argument("--fp8-seed", type=int, default=12, help="the fp8held part's draw (default 12)")
+    ap.add_argument("--sustain-ms", type=float, default=0.0,
+                    help="run each timed kernel of the table parts back to back this long first (the power "
+                         "state inside a busy step; calibrate --sustain-ms), default 0")
     ap.add_argument("--settle-ms", type=float, default=0.0,
                     help="leave the GPU idle this long before each timed kernel of the table parts (fp8, fp8dense, "
                          "fp8same, fp8held, moegemm, int4, int8, int8c), as calibrate does for GEMMs (default 0)")
     a = ap.parse_args(argv)
     torch = import_torch()
     parts = a.parts.split(",")
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"perfcast: unknown part(s) {', '.join(unknown)} (parts: {', '.join(PARTS)})")
     if a.cpu and parts != ["mla"]:
         raise SystemExit("perfcast: --cpu runs the mla part only (--parts mla)")
     if "mlatriton" in parts:
@@ -998,10 +1019,11 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = collect(torch, "cpu" if a.cpu else "cuda")
-    meta.update({"command": command_line(), "parts": a.parts, "elapsed_s": {}, "settle_ms": a.settle_ms})
-    if a.settle_ms < 0:
-        raise SystemExit("perfcast: --settle-ms must be >= 0")
-    timer = CudaTimer(torch, settle_ms=a.settle_ms) if not a.cpu else None
+    meta.update({"command": command_line(), "parts": a.parts, "elapsed_s": {}, "settle_ms": a.settle_ms,
+                 "sustain_ms": a.sustain_ms})
+    if a.settle_ms < 0 or a.sustain_ms < 0:
+        raise SystemExit("perfcast: --settle-ms and --sustain-ms must be >= 0")
+    timer = CudaTimer(torch, settle_ms=a.settle_ms, sustain_ms=a.sustain_ms) if not a.cpu else None
     if "fp8" in parts:
         t0 = time.time()
         meta["fp8_rows"] = run_fp8(torch, timer, out / "gemm_fp8.csv", heldout=False)
@@ -1036,10 +1058,15 @@ def main(argv=None) -> int:
         meta["elapsed_s"]["fp8same"] = round(time.time() - t0, 1)
     if "fp8held" in parts:
         t0 = time.time()
-        cases = fp8_heldout11(seed=12)
-        random.Random(12).shuffle(cases)
-        meta["fp8_heldout12_rows"] = run_fp8(torch, timer, out / "gemm_fp8_heldout12.csv", None, cases)
+        cases = fp8_heldout11(seed=a.fp8_seed)
+        random.Random(a.fp8_seed).shuffle(cases)
+        meta[f"fp8_heldout{a.fp8_seed}_rows"] = run_fp8(torch, timer, out / f"gemm_fp8_heldout{a.fp8_seed}.csv",
+                                                        None, cases)
         meta["elapsed_s"]["fp8held"] = round(time.time() - t0, 1)
+    if "fp8sus" in parts:
+        t0 = time.time()
+        meta["fp8_sustain_rows"] = run_fp8(torch, timer, out / "gemm_fp8_sustain.csv", None, fp8_sustain_cases())
+        meta["elapsed_s"]["fp8sus"] = round(time.time() - t0, 1)
     if "int8c" in parts:
         t0 = time.time()
         cases = [(m, n, k) for n, k in INT8C_PAIRS for m in INT8C_M]
