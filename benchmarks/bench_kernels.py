@@ -82,10 +82,14 @@ def heldout_sets():
         yield d, json.loads(run.read_text())["gpu_id"], [
             ("gemm_fp8", "gemm", d / "gemm_fp8_heldout11.csv"), ("gemm_moe", "gemm", d / "gemm_moe_heldout.csv"),
             ("gemm_int4", "gemm", d / "gemm_int4_heldout.csv")]
-    # FP8 set 12: timed in random order in a process of its own, after the random-order FP8 grid shipped
-    for run in sorted(ROOT.glob("*/extras_fp8held/extras_meta.json")):
+    # FP8 sets 12 and 13: timed in random order in a process of its own (extras_fp8held*); set 11 timed
+    # interleaved with a grid (extras_fp8same*). Folders ending _settle: each kernel after a 20 ms idle, as
+    # the shipped FP8 tables since the seventh session
+    for run in sorted(ROOT.glob("*/extras_fp8held*/extras_meta.json")) + sorted(
+            ROOT.glob("*/extras_fp8same*/extras_meta.json")):
         d = run.parent
-        yield d, json.loads(run.read_text())["gpu_id"], [("gemm_fp8", "gemm", d / "gemm_fp8_heldout12.csv")]
+        yield d, json.loads(run.read_text())["gpu_id"], [
+            ("gemm_fp8", "gemm", f) for f in sorted(d.glob("gemm_fp8_heldout*.csv"))]
     # weight-only INT8 (torch.compile'd): no off-grid held-out exists, and these are the very rows shipped
     # as gemm_int8.csv, so "auto" only checks they come back; "none" is the transfer from the other GPU
     for run in sorted(ROOT.glob("*/extras_int8c/extras_meta.json")):

@@ -26,7 +26,7 @@ def test_factor_by_hand():
     assert float(pm.factor(1.0, 0.0, 1000.0)) == 1.0  # a zero-time op is left alone
 
 
-def test_sustained_applies_to_busy_bf16_kernels_only():
+def test_sustained_applies_to_busy_tensor_core_kernels_only():
     prof = resolve_profile(get_gpu("h100-sxm"), "auto")
     assert prof.power.cap_frac > 0
     big = prof.gemm(8192, 8192, 8192)
@@ -34,8 +34,11 @@ def test_sustained_applies_to_busy_bf16_kernels_only():
     assert 1.08 < r < 1.30  # near the tensor-core peak alone: slowed by the 700 W cap
     small = prof.gemm(1, 4096, 4096)  # a decode GEMV reads weights at a few TFLOP/s
     assert float(prof.sustained(small, "bf16").seconds) == pytest.approx(float(small.seconds), rel=1e-6)
-    fp8 = prof.gemm(8192, 8192, 8192, "fp8")
-    assert prof.sustained(fp8, "fp8") is fp8  # not measured for FP8: left alone
+    fp8 = prof.gemm(8192, 8192, 8192, "fp8")  # FP8 near its own peak: under the FP8 cap (measured 1.18x)
+    assert prof.power.fp8_cap_frac > 0
+    assert 1.10 < float(prof.sustained(fp8, "fp8").seconds) / float(fp8.seconds) < 1.30
+    fp8_small = prof.gemm(16, 4096, 4096, "fp8")
+    assert float(prof.sustained(fp8_small, "fp8").seconds) == pytest.approx(float(fp8_small.seconds), rel=1e-4)
     w4 = prof.gemm(8192, 8192, 8192, "bf16", "int4")
     assert prof.sustained(w4, "bf16", "int4") is w4
 
@@ -79,13 +82,54 @@ def test_fit_reproduces_the_shipped_power_model(gpu_id, alone, sustained, cap_kn
     assert np.mean(np.abs(ta * f / ts - 1)) < with_max and np.mean(np.abs(ta / ts - 1)) > without_min
 
 
+# FP8: the settled grid and a fifth of it sustained, on the same GPU (extras fp8same / fp8sus)
+FP8_FITS = [("h100-sxm", "h100-run23", (0.80, 3.0)), ("h200", "h200-run15", (0.775, 3.0))]  # 4.0 vs 12.4%, 3.5 vs 14.4%
+
+
+@pytest.mark.parametrize("gpu_id,run,cap_knee", FP8_FITS)
+def test_fp8_fit_reproduces_the_shipped_fp8_cap(gpu_id, run, cap_knee):
+    from perfcast.profiles import power_fit
+
+    d = ROOT / "benchmarks" / "data" / run
+    gpu = get_gpu(gpu_id)
+    pairs = power_fit.pairs(d / "extras_fp8same_settle" / "gemm_fp8_dense_same.csv",
+                            d / "extras_fp8sus" / "gemm_fp8_sustain.csv", 0.02, ("fp8",))
+    assert len(pairs) >= 250
+    cap, knee, _ = power_fit.fit(pairs, gpu.flops("fp8"))
+    shipped = json.loads((ROOT / "src/perfcast/profiles/data" / gpu_id / "power.json").read_text())["fp8"]
+    assert (cap, knee) == pytest.approx((shipped["cap_frac"], shipped["knee"]))
+    assert (cap, knee) == pytest.approx(cap_knee)
+    flops, ta, ts = pairs.T
+    f = PowerModel(fp8_cap_frac=cap, fp8_knee=knee).factor(flops, ta, gpu.flops("fp8"), "fp8")
+    assert np.mean(np.abs(ta * f / ts - 1)) < 0.045 and np.mean(np.abs(ta / ts - 1)) > 0.11
+    # the bf16 cap leaves FP8 alone and the FP8 cap leaves bf16 alone
+    assert PowerModel(cap_frac=0.9, knee=3.0).factor(flops, ta, gpu.flops("fp8"), "fp8") == 1.0
+    assert PowerModel(fp8_cap_frac=0.8, fp8_knee=3.0).factor(flops, ta, gpu.flops("bf16")) == 1.0
+
+
+def test_power_json_sections_are_written_apart(tmp_path):
+    from perfcast.profiles import power_fit
+    from perfcast.profiles.measured import load_power
+
+    p = tmp_path / "power.json"
+    with pytest.raises(ValueError, match="no main"):
+        power_fit.write({"cap_frac": 0.8, "knee": 3.0}, p, "fp8")
+    power_fit.write({"cap_frac": 0.9, "knee": 4.0}, p)
+    power_fit.write({"cap_frac": 0.8, "knee": 3.0}, p, "fp8")
+    power_fit.write({"cap_frac": 0.95, "knee": 4.0}, p)  # a bf16 refit keeps the fp8 section
+    pm = load_power(tmp_path)
+    assert (pm.cap_frac, pm.knee, pm.fp8_cap_frac, pm.fp8_knee) == (0.95, 4.0, 0.8, 3.0)
+    with pytest.raises(ValueError, match=r"bf16 .* or fp8"):
+        power_fit.fit_files(p, p, get_gpu("h100-sxm"), dtype="int8")
+
+
 def test_fit_refuses_too_few_pairs(tmp_path):
     from perfcast.profiles import power_fit
 
     head = "dtype,m,n,k,median_ms,min_ms,p90_ms,reps\n"
     (tmp_path / "a.csv").write_text(head + "bf16,4096,4096,4096,0.2,0.2,0.2,5\n")
     (tmp_path / "s.csv").write_text(head + "bf16,4096,4096,4096,0.22,0.22,0.22,5\n")
-    with pytest.raises(ValueError, match="only 1 GEMMs"):
+    with pytest.raises(ValueError, match="only 1 bf16 GEMMs"):
         power_fit.fit_files(tmp_path / "a.csv", tmp_path / "s.csv", get_gpu("h100-sxm"))
 
 

@@ -16,6 +16,12 @@
 - ``fp8sus``: a seeded fifth of the dense FP8 grid (``gemm_fp8_sustain.csv``), meant to run with
   ``--sustain-ms 100`` (each kernel first run back to back for 100 ms): paired with the same shapes of a
   settled grid, it fits the FP8 power cap (``benchmarks/fit_power.py --dtype fp8``).
+- ``gemmstack``: the per-layer GEMMs of Llama-3.1-8B (TP 1) and Llama-3.1-70B (TP 4 shards), ``layers`` layers
+  each with its own weights, captured back to back in one CUDA graph, in FP8 (``torch._scaled_mm``) and bf16
+  (``F.linear``) at 16-8192 tokens (``gemm_stack.jsonl``). After a 0.1 s idle the graph is replayed back to
+  back for at least 500 ms, each replay timed with events (``times_ms``); ``ms`` is the median of the second
+  half (the power state a serving loop holds), ``first_ms`` the first replay: the GEMMs as a step runs them,
+  against the tables' kernels alone and the power caps (``benchmarks/bench_gemm_stack.py``).
 - ``moegemm``: bf16 GEMMs at the expert, shared-expert and router shapes of every shipped MoE config at
   TP 1/2/4/8, over the calibration M grid (``gemm_moe.csv``), and a held-out draw off that grid
   (``gemm_moe_heldout.csv``).
@@ -86,7 +92,7 @@ INT4_PAIRS = ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (14336, 
               (5120, 13824), (3072, 3072), (8192, 3072))
 INT4_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 CSV_HEAD = "dtype,m,n,k,median_ms,min_ms,p90_ms,reps\n"
-PARTS = ("fp8", "fp8dense", "fp8same", "fp8held", "fp8sus", "moegemm", "int4", "int8", "int8c", "index", "l2gemm",
+PARTS = ("fp8", "fp8dense", "fp8same", "fp8held", "fp8sus", "gemmstack", "moegemm", "int4", "int8", "int8c", "index", "l2gemm",
          "moe", "mla", "mlaflex", "mlatriton")
 
 
@@ -457,6 +463,61 @@ def capture_and_time(torch, step, reps: int = 20):
         g.replay()
     torch.cuda.synchronize()
     return g, sorted(replay_times_ms(torch, g, reps))
+
+
+GEMM_STACK_MODELS = (("meta-llama/Llama-3.1-8B", 1, 8), ("meta-llama/Llama-3.1-70B", 4, 8))  # (model, tp, layers)
+GEMM_STACK_TOKENS = (16, 128, 512, 2048, 8192)
+GEMM_STACK_IDLE_S = 0.1  # idle before a case's timed replays
+GEMM_STACK_HOT_MS = 500.0  # replays back to back for at least this long; "ms" is the median of the second half
+
+
+def gemm_stack_shapes(model: str, tp: int) -> list[tuple[str, int, int]]:
+    """(name, n, k) of one decoder layer's GEMMs at ``tp``, as perfcast's step builder has them."""
+    import numpy as np
+
+    from perfcast.models import get_model
+    from perfcast.models.builder import GRAPH_LAYOUT, StepShape, build_ops
+
+    ops = build_ops(get_model(model), StepShape("prefill", np.asarray(1), np.asarray(16), np.asarray(16)), tp, "fp8",
+                    GRAPH_LAYOUT)
+    return [(o.name, int(o.dims["n"]), int(o.dims["k"])) for o in ops if o.kind == "gemm" and o.group == "layer"]
+
+
+def run_gemm_stack(torch, path: Path, quick: bool) -> int:
+    props = torch.cuda.get_device_properties(0)
+    gid = gpu_id_guess(props.name, props.total_memory)
+    builders = {"fp8": _fp8_builder(torch), "bf16": _bf16_builder(torch)}
+    n = 0
+    with open(path, "w") as f:
+        for model, tp, layers in GEMM_STACK_MODELS:
+            shapes = gemm_stack_shapes(model, tp)
+            for tokens in GEMM_STACK_TOKENS[:2] if quick else GEMM_STACK_TOKENS:
+                for dtype, build in builders.items():
+                    fns = [build(tokens, nn, kk) for _ in range(layers) for _, nn, kk in shapes]
+
+                    def step(fns=fns):
+                        for fn in fns:
+                            fn()
+
+                    g = capture_graph(torch, step, warmup=2)
+                    est = sorted(replay_times_ms(torch, g, 3))[1]
+                    torch.cuda.synchronize()
+                    time.sleep(GEMM_STACK_IDLE_S)  # from a settled GPU: the ramp into the power cap is in the record
+                    reps = int(min(max(math.ceil(GEMM_STACK_HOT_MS / max(est, 1e-3)), 20), 4000))
+                    seq = replay_times_ms(torch, g, reps)
+                    hot = sorted(seq[reps // 2:])
+                    rec = {"gpu_id": gid, "gpu": props.name, "torch": torch.__version__, "model": model, "tp": tp,
+                           "layers": layers, "tokens": tokens, "dtype": dtype, "runtime": "cuda-graph",
+                           "gemms": [[name, tokens, nn, kk] for name, nn, kk in shapes], "ms": hot[len(hot) // 2],
+                           "min_ms": hot[0], "max_ms": hot[-1], "first_ms": seq[0],
+                           "first10_ms": sorted(seq[:10])[5], "reps": reps, "idle_before_s": GEMM_STACK_IDLE_S,
+                           "times_ms": [round(t, 5) for t in seq]}
+                    f.write(json.dumps(rec) + "\n")
+                    print(f"gemmstack {model} tp={tp} tokens={tokens} {dtype}: {rec['ms']:.3f} ms")
+                    n += 1
+                    del fns, g
+                    torch.cuda.empty_cache()
+    return n
 
 
 def run_moe(torch, path: Path, quick: bool) -> int:
@@ -1034,6 +1095,10 @@ def main(argv=None) -> int:
         meta["fp8_dense_rows"] = run_fp8(torch, timer, out / "gemm_fp8_dense.csv", None, fp8_dense_cases())
         meta["fp8_heldout11_rows"] = run_fp8(torch, timer, out / "gemm_fp8_heldout11.csv", None, fp8_heldout11())
         meta["elapsed_s"]["fp8dense"] = round(time.time() - t0, 1)
+    if "gemmstack" in parts:
+        t0 = time.time()
+        meta["gemmstack_cases"] = run_gemm_stack(torch, out / "gemm_stack.jsonl", a.quick)
+        meta["elapsed_s"]["gemmstack"] = round(time.time() - t0, 1)
     if "moegemm" in parts:
         t0 = time.time()
         meta["moe_gemm_rows"] = run_bf16(torch, timer, out / "gemm_moe.csv", moe_gemm_cases(False))

@@ -38,6 +38,9 @@ class HostModel:
     source: str = "prior"
 
 
+POWER_DTYPES = ("bf16", "fp16")  # the dtypes of the main cap (FP8 has its own: PowerModel.fp8_cap_frac)
+
+
 @dataclass(frozen=True)
 class PowerModel:
     """Tensor-core throughput under the board power cap, for kernels that run back to back.
@@ -48,23 +51,40 @@ class PowerModel:
     13-17% slower when sustained, those under 550 TFLOP/s were unchanged. The sustained rate is a soft
     minimum of the kernel's own rate ``r`` and a cap ``c = cap_frac * peak``:
     ``r_s = r * (1 + (r / c) ** knee) ** (-1 / knee)``. ``cap_frac`` 0 turns it off.
+
+    FP8 GEMMs do less work per FLOP and reach the power limit at a higher rate: they have a cap of their own,
+    ``fp8_cap_frac`` of the FP8 peak (0: FP8 kernels are left as timed alone).
     """
 
     cap_frac: float = 0.0
     knee: float = 8.0
     source: str = "off"
+    fp8_cap_frac: float = 0.0
+    fp8_knee: float = 8.0
 
-    def factor(self, flops, seconds, peak: float):
-        """Sustained over isolated time (>= 1), elementwise over arrays."""
-        if self.cap_frac <= 0 or peak <= 0:
+    @property
+    def on(self) -> bool:
+        return self.cap_frac > 0 or self.fp8_cap_frac > 0
+
+    def cap(self, dtype: str) -> tuple[float, float]:
+        """(cap fraction of the dtype's peak, knee) of a GEMM dtype; a cap of 0 where none was measured."""
+        if dtype in POWER_DTYPES:
+            return self.cap_frac, self.knee
+        if dtype == "fp8":
+            return self.fp8_cap_frac, self.fp8_knee
+        return 0.0, 8.0
+
+    def factor(self, flops, seconds, peak: float, dtype: str = "bf16"):
+        """Sustained over isolated time (>= 1) of a ``dtype`` GEMM (``peak``: that dtype's), elementwise."""
+        cap, knee = self.cap(dtype)
+        if cap <= 0 or peak <= 0:
             return 1.0
         sec = np.asarray(seconds, dtype=float)
         rate = np.divide(np.asarray(flops, dtype=float), sec, out=np.zeros(np.broadcast(flops, sec).shape),
                          where=sec > 0)
-        return (1.0 + (rate / (self.cap_frac * peak)) ** self.knee) ** (1.0 / self.knee)
+        return (1.0 + (rate / (cap * peak)) ** knee) ** (1.0 / knee)
 
 
-POWER_DTYPES = ("bf16", "fp16")  # dtypes whose sustained rate was measured (FP8 was not)
 W8A16 = "w8a16c"  # weight-only int8 as torch.compile runs it (bf16 activations; profiles' gemm_int8.csv)
 KERNEL_TABLES = {W8A16: "int8"}  # measured kernels asked for by name as a GEMM dtype -> their weight dtype
 
@@ -83,7 +103,7 @@ class Profile:
     def alone(self) -> Profile:
         """This profile without the power cap: kernels as they run alone (``perfcast op``). The same
         object for the same profile, so that callers can group work by profile identity."""
-        return self if self.power.cap_frac <= 0 else self._alone
+        return self if not self.power.on else self._alone
 
     @functools.cached_property
     def _alone(self) -> Profile:
@@ -91,9 +111,9 @@ class Profile:
 
     def sustained(self, c: OpCost, dtype: str, wdtype=None) -> OpCost:
         """``c`` (an isolated kernel's cost) as the kernel runs inside a busy step, under the power cap."""
-        if self.power.cap_frac <= 0 or dtype not in POWER_DTYPES or wdtype not in (None, dtype):
+        if self.power.cap(dtype)[0] <= 0 or wdtype not in (None, dtype):
             return c
-        f = self.power.factor(c.flops, c.seconds, self.gpu.flops(dtype))
+        f = self.power.factor(c.flops, c.seconds, self.gpu.flops(dtype), dtype)
         if np.ndim(f) == 0 and f == 1.0:
             return c
         return OpCost.of(c.seconds * f, c.bound, c.source, c.flops, c.bytes)

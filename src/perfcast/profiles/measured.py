@@ -797,7 +797,9 @@ def load_power(root) -> PowerModel | None:
     if not p.is_file():
         return None
     d = json.loads(p.read_text())
-    return PowerModel(cap_frac=float(d["cap_frac"]), knee=float(d["knee"]), source=d.get("source", "measured"))
+    f8 = d.get("fp8") or {}
+    return PowerModel(cap_frac=float(d["cap_frac"]), knee=float(d["knee"]), source=d.get("source", "measured"),
+                      fp8_cap_frac=float(f8.get("cap_frac", 0.0)), fp8_knee=float(f8.get("knee", 8.0)))
 
 
 def learned_power(gpu: GPUSpec) -> PowerModel:
@@ -808,7 +810,7 @@ def learned_power(gpu: GPUSpec) -> PowerModel:
     for gid in donor_profiles(gpu):
         pm = load_power(shipped_profile_dir(gid))
         if pm is not None:
-            return PowerModel(cap_frac=pm.cap_frac, knee=pm.knee, source=f"learned on {gid}")
+            return dataclasses.replace(pm, source=f"learned on {gid}")
     return PowerModel()
 
 
