@@ -16,10 +16,11 @@ OUT = ROOT.parent / "src" / "perfcast" / "profiles" / "data" / "accuracy.json"
 
 
 def key_of(group: str) -> str:
-    """'tp4 decode (cuda-graph)' -> 'decode:cuda-graph:tp>1'; 'prefill (eager)' -> 'prefill:eager:tp1'."""
-    m = re.match(r"(?:tp(\d+) )?(prefill|decode) \(([\w-]+)\)", group)
-    tp, phase, runtime = m.groups()
-    return f"{phase}:{runtime}:{'tp>1' if tp else 'tp1'}"
+    """'tp4 decode (cuda-graph)' -> 'decode:cuda-graph:tp>1'; 'prefill (eager)' -> 'prefill:eager:tp1';
+    'fp8 decode (cuda-graph)' (FP8 linears) -> 'decode:cuda-graph:tp1:fp8'."""
+    m = re.match(r"(?:(fp8) )?(?:tp(\d+) )?(prefill|decode) \(([\w-]+)\)", group)
+    dt, tp, phase, runtime = m.groups()
+    return f"{phase}:{runtime}:{'tp>1' if tp else 'tp1'}" + (f":{dt}" if dt else "")
 
 
 def _pool(items) -> dict:

@@ -75,9 +75,10 @@ def own_host_profiles(runs, gpu_of) -> dict:
 
 def group_of(d, phase):
     tp = int(d.get("tp", 1))
+    dt = "" if d.get("dtype", "bf16") == "bf16" else f"{d['dtype']} "  # fp8: e4m3 linears (model_step --dtype fp8)
     if tp > 1:
-        return f"tp{tp} {phase} ({d['runtime']})"
-    return f"{phase} ({d['runtime']})"
+        return f"{dt}tp{tp} {phase} ({d['runtime']})"
+    return f"{dt}{phase} ({d['runtime']})"
 
 
 def main(argv=None):
@@ -98,7 +99,7 @@ def main(argv=None):
                                 {r: d["gpu_id"] for r, d in lines})
     for run, d in lines:
         prof = own.get(run, a.profile) if d["runtime"] == "eager" else a.profile
-        cfg = make_config(d["model"], d["gpu_id"], int(d.get("tp", 1)), 1, "bf16", d["runtime"], prof)
+        cfg = make_config(d["model"], d["gpu_id"], int(d.get("tp", 1)), 1, d.get("dtype", "bf16"), d["runtime"], prof)
         pred = predict_many(cfg, d["batch"], d["prompt"], d["context"])[0]
         for phase in ("prefill", "decode"):
             if d.get(f"{phase}_ms") is None:
@@ -107,7 +108,8 @@ def main(argv=None):
             p = getattr(pred, f"{phase}_ms")
             rows.append({"run": run, "gpu": d["gpu_id"], "group": group_of(d, phase), "model": d["model"],
                          "batch": d["batch"], "prompt": d["prompt"], "context": d["context"], "tp": d.get("tp", 1),
-                         "runtime": d["runtime"], "phase": phase, "measured_ms": meas, "predicted_ms": p,
+                         "runtime": d["runtime"], "dtype": d.get("dtype", "bf16"), "phase": phase,
+                         "measured_ms": meas, "predicted_ms": p,
                          "err_pct": (p - meas) / meas * 100})
     if a.cases:
         for r in rows:

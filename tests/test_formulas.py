@@ -188,7 +188,8 @@ def test_int8_weight_only_measured_compiled_table_by_name():
 
 def test_int8_weight_only_keeps_the_ops_flops_and_bytes():
     """The table changes the time only: FLOPs and bytes are those of the op (int8 weights, bf16
-    activations), and the weight memory of an int8 model is still one byte a weight."""
+    activations), and the weight memory of an int8 model is one byte a layer weight (the embedding and LM
+    head stay bf16, as quantized checkpoints keep them)."""
     from perfcast.profiles.registry import resolve_profile
 
     for gid in ("h100-sxm", "h200"):
@@ -197,8 +198,12 @@ def test_int8_weight_only_keeps_the_ops_flops_and_bytes():
             assert np.array_equal(c.bytes, rl.gemm_bytes(np.array([1, 64, 3000]), 8192, 28672, "bf16", "int8"))
             assert np.array_equal(c.flops, rl.gemm_flops(np.array([1, 64, 3000]), 8192, 28672))
     s = get_model("meta-llama/Llama-3.1-8B")
-    assert mem.weights_bytes_per_gpu(s, 1, 1, "int8") == pytest.approx(
-        0.5 * mem.weights_bytes_per_gpu(s, 1, 1, "bf16"), rel=0.02)
+    # Llama-3.1-8B: 8,030,261,248 parameters, of which embedding and (untied) head 2 x 128,256 x 4,096
+    head = 2 * 128256 * 4096
+    assert mem.weights_bytes_per_gpu(s, 1, 1, "bf16") == 2 * 8030261248
+    assert mem.weights_bytes_per_gpu(s, 1, 1, "int8") == (8030261248 - head) * 1 + head * 2
+    assert mem.weights_bytes_per_gpu(s, 1, 1, "fp8") == (8030261248 - head) * 1 + head * 2
+    assert mem.weights_bytes_per_gpu(s, 1, 1, "int4") == (8030261248 - head) * 0.5 + head * 2
 
 
 def test_int8_weight_only_transfers_to_the_other_gpu():

@@ -336,3 +336,26 @@ def test_tp_host_noise_reads_the_shipped_ab_run():
     assert v == {"free_r1": pytest.approx(27.02, abs=0.01), "pin_r1": pytest.approx(28.94, abs=0.01),
                  "pin_r2": pytest.approx(15.24, abs=0.01), "free_r2": pytest.approx(26.56, abs=0.01)}
     assert mod.main([str(mod.DEFAULT)]) == 0
+
+
+def test_fp8_decoder_runs_e4m3_linears_and_keeps_the_rest():
+    """fp8=True: the four linears of a layer hold e4m3 weights and run _scaled_mm on their cast input; the
+    embedding, norms, KV cache and LM head stay bf16; the weight bytes follow (hand count)."""
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("torch without float8")
+    spec = ModelSpec(**{**TINY, "attn_bias": True})
+    d = Decoder(spec, device="cpu", dtype=torch.bfloat16, fp8=True)
+    L = d.layers[0]
+    assert {L.wqkv.dtype, L.wo.dtype, L.wgu.dtype, L.wdown.dtype} == {torch.float8_e4m3fn}
+    assert L.bqkv.dtype == d.lm_head.dtype == d.embed.dtype == torch.bfloat16
+    # per layer: qkv 128x64 (+128 bias, bf16), o 64x64, gate/up 256x64, down 64x128 in e4m3; 2 norms of 64 bf16
+    per_layer = (128 * 64 + 64 * 64 + 256 * 64 + 64 * 128) * 1 + (128 + 2 * 64) * 2
+    assert d.weight_bytes() == 2 * per_layer + (2 * 256 * 64 + 64) * 2
+    d.alloc_cache(2, 32)
+    ids = torch.randint(0, 256, (2, 8))
+    out = d.prefill(ids)
+    step = d.forward(torch.randint(0, 256, (2, 1)), torch.tensor([8]), 9)
+    assert out.shape == step.shape == (2, 256) and out.dtype == torch.bfloat16
+    assert torch.isfinite(out.float()).all() and torch.isfinite(step.float()).all()
+    with pytest.raises(ValueError, match="bf16 or fp16"):
+        Decoder(spec, device="cpu", dtype=torch.float32, fp8=True)

@@ -25,6 +25,12 @@ copy of its own on a last stage that is not also the first, as Megatron keeps it
 ``[batch, q_len, hidden]`` and returns hidden states (or, on the last stage, logits); ``rows`` picks the
 batch rows of the KV cache a micro-batch owns.
 
+FP8 (``fp8=True``): the four linear weights of each layer are e4m3 (``float8_e4m3fn``) and each of those
+linears runs ``torch._scaled_mm`` (per-tensor scales, bf16 out, bias fused) on its input cast to e4m3 by
+one kernel (``x.to(float8_e4m3fn)``: the static-scale activation quantization of an FP8 checkpoint, the
+scale folded into ``scale_a``); norms, attention, the KV cache, the embedding and the LM head stay in the
+activation dtype, as FP8 checkpoints leave the LM head unquantized.
+
 Approximations (do not change the cost of the ops modelled): weights are random; RoPE scaling
 (llama3, yarn, ...) only changes the frequency table and is ignored; sliding windows, logit
 soft-capping and Gemma's embedding scale are not applied; MoE and MLA models are not supported.
@@ -84,7 +90,7 @@ class Decoder:
     """
 
     def __init__(self, spec: ModelSpec, *, device="cuda", dtype=torch.bfloat16, tp_rank: int = 0,
-                 tp_size: int = 1, group=None, seed: int = 0, stage: range | None = None):
+                 tp_size: int = 1, group=None, seed: int = 0, stage: range | None = None, fp8: bool = False):
         if spec.is_moe or spec.is_mla:
             raise NotImplementedError(f"{spec.name}: the plain decoder has no MoE / MLA layers")
         if spec.n_heads % tp_size:
@@ -98,6 +104,10 @@ class Decoder:
             raise ValueError(f"stage {self.stage} is not a non-empty range of the {spec.n_layers} layers")
         self.first, self.last = self.stage.start == 0, self.stage.stop == spec.n_layers
         self.spec, self.device, self.dtype = spec, torch.device(device), dtype
+        self.fp8 = bool(fp8)
+        if self.fp8 and dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError("fp8 weights need bf16 or fp16 activations")
+        self._one = torch.ones((), device=self.device, dtype=torch.float32) if self.fp8 else None
         self.tp_rank, self.tp_size, self.group = tp_rank, tp_size, group
         self.hd = spec.head_dim
         self.hq = spec.n_heads // tp_size
@@ -126,18 +136,18 @@ class Decoder:
             L.ln1, L.ln2 = self._norm_w(), self._norm_w()
             L.ln1_b = _rand(h, dev, dt) if ln else None
             L.ln2_b = _rand(h, dev, dt) if ln else None
-            L.wqkv = _rand((qkv_out, h), dev, dt)
+            L.wqkv = self._lin_w((qkv_out, h))
             L.bqkv = _rand(qkv_out, dev, dt) if s.attn_bias else None
             L.qn = self._norm_w(self.hd) if s.qk_norm else None
             L.kn = self._norm_w(self.hd) if s.qk_norm else None
-            L.wo = _rand((h, self.hq * self.hd), dev, dt)
+            L.wo = self._lin_w((h, self.hq * self.hd))
             L.bo = _rand(h, dev, dt) if s.o_bias else None
             L.pn1 = self._norm_w() if s.post_norms else None
             L.pn2 = self._norm_w() if s.post_norms else None
             up = (2 if self.gated else 1) * self.inter
-            L.wgu = _rand((up, h), dev, dt)
+            L.wgu = self._lin_w((up, h))
             L.bgu = _rand(up, dev, dt) if s.mlp_bias else None
-            L.wdown = _rand((h, self.inter), dev, dt)
+            L.wdown = self._lin_w((h, self.inter))
             L.bdown = _rand(h, dev, dt) if s.mlp_bias else None
             self.layers.append(L)
         self.final_norm = self.final_norm_b = self.lm_head = None
@@ -145,6 +155,20 @@ class Decoder:
             self._build_head(ln)
         half = torch.arange(0, self.hd, 2, device=dev, dtype=torch.float32) / self.hd
         self.inv_freq = 1.0 / (s.rope_theta ** half)
+
+    def _lin_w(self, shape):
+        """A linear weight ``[out, in]``: the activation dtype, or e4m3 under ``fp8``."""
+        w = _rand(shape, self.device, self.dtype)
+        return w.to(torch.float8_e4m3fn) if self.fp8 else w
+
+    def _lin(self, x, w, b=None):
+        """``F.linear(x, w, b)``; under ``fp8``: cast x to e4m3 (one kernel), then ``torch._scaled_mm``."""
+        if not self.fp8:
+            return F.linear(x, w, b)
+        shape = x.shape
+        xq = x.reshape(-1, shape[-1]).to(torch.float8_e4m3fn)
+        y = torch._scaled_mm(xq, w.t(), scale_a=self._one, scale_b=self._one, bias=b, out_dtype=self.dtype)
+        return y.view(*shape[:-1], w.shape[0])
 
     def _build_head(self, ln: bool):
         s, dev, dt, h = self.spec, self.device, self.dtype, self.spec.hidden
@@ -212,7 +236,7 @@ class Decoder:
     def _residual(self, x, y, w, bias, post_norm):
         """``x`` plus the row-parallel output projection of ``y`` (all-reduced under TP), its bias and
         post-norm where the model has them (attention's O projection, the MLP's down projection)."""
-        y = self._reduce(F.linear(y, w))
+        y = self._reduce(self._lin(y, w))
         if bias is not None:
             y = y + bias
         if post_norm is not None:
@@ -239,7 +263,7 @@ class Decoder:
         sin = self.sin.index_select(0, pos)
         for i, L in enumerate(self.layers):
             h = self._norm(x, L.ln1, L.ln1_b)
-            qkv = F.linear(h, L.wqkv, L.bqkv)
+            qkv = self._lin(h, L.wqkv, L.bqkv)
             q, k, v = qkv.split([hq * hd, hkv * hd, hkv * hd], dim=-1)
             q = q.view(b, q_len, hq, hd)
             k = k.view(b, q_len, hkv, hd)
@@ -262,7 +286,7 @@ class Decoder:
                 o = F.scaled_dot_product_attention(q, kc[:, :, :kv_len], vc[:, :, :kv_len], enable_gqa=gqa)
             x = self._residual(x, o.transpose(1, 2).reshape(b, q_len, hq * hd), L.wo, L.bo, L.pn1)
             h = self._norm(x, L.ln2, L.ln2_b)
-            gu = F.linear(h, L.wgu, L.bgu)
+            gu = self._lin(h, L.wgu, L.bgu)
             if self.gated:
                 g, u = gu.chunk(2, dim=-1)
                 a = F.silu(g) if self.spec.mlp_act == "swiglu" else F.gelu(g, approximate="tanh")

@@ -267,7 +267,7 @@ class _Group:
     """One built model (plain decoder or HF) shared by consecutive cases with the same key."""
 
     def __init__(self, model: str, layers, impl: str, device, dtype, rank: int, world: int, pp: int = 1,
-                 tp_group=None):
+                 tp_group=None, fp8: bool = False):
         import torch
 
         from perfcast.models import get_model
@@ -275,6 +275,8 @@ class _Group:
         self.impl, self.device, self.pp, self.rank = impl, device, pp, rank
         self.tp = world // pp  # ranks per stage (tensor-parallel group size)
         if impl == "hf":
+            if fp8:
+                raise CaseError("fp8 runs the plain decoder only (impl hf has no FP8 path here)")
             from perfcast.measure import hf_step
 
             self.m = hf_step.build(model, layers, device, dtype)
@@ -293,10 +295,10 @@ class _Group:
                     raise CaseError(f"pp={pp} exceeds the {spec.n_layers} layers")
                 stage = stage_layers(spec.n_layers, pp)[rank // self.tp]  # stage s: ranks [s*tp, (s+1)*tp)
                 self.m = Decoder(spec, device=device, dtype=dtype, stage=stage, tp_rank=rank % self.tp,
-                                 tp_size=self.tp, group=tp_group)
+                                 tp_size=self.tp, group=tp_group, fp8=fp8)
                 self.stage = [stage.start, stage.stop]
             else:
-                self.m = Decoder(spec, device=device, dtype=dtype, tp_rank=rank, tp_size=world)
+                self.m = Decoder(spec, device=device, dtype=dtype, tp_rank=rank, tp_size=world, fp8=fp8)
             self.n_layers = spec.n_layers
             self.weights = self.m.weight_bytes()
         if device.type == "cuda":
@@ -627,7 +629,7 @@ def _group_cases(todo: list) -> dict:
     return keys
 
 
-def _build(model, layers, impl, device, dtype, rank, world, pp: int = 1, tp_group=None):
+def _build(model, layers, impl, device, dtype, rank, world, pp: int = 1, tp_group=None, fp8: bool = False):
     """``(group, None)`` or ``(None, error message)``; every rank learns whether all builds worked."""
     import torch
 
@@ -635,7 +637,7 @@ def _build(model, layers, impl, device, dtype, rank, world, pp: int = 1, tp_grou
     if model == "__bad__":
         return None, layers  # the key carries the message
     try:
-        group = _Group(model, layers, impl, device, dtype, rank, world, pp, tp_group)
+        group = _Group(model, layers, impl, device, dtype, rank, world, pp, tp_group, fp8)
     except torch.OutOfMemoryError:
         err = "oom"
     except Exception as e:
@@ -676,7 +678,8 @@ def run(cases: list[dict], out_path: str, device_kind: str = "cuda", dtype_name:
     the number of errors."""
     import torch
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    # fp8: e4m3 linear weights and _scaled_mm, bf16 activations (decoder.Decoder fp8)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": torch.bfloat16}[dtype_name]
     device = torch.device("cuda", torch.cuda.current_device()) if device_kind == "cuda" else torch.device("cpu")
     info = {**env_info(device_kind), "dtype": dtype_name}
     if world > 1 and device.type == "cuda":
@@ -693,7 +696,7 @@ def run(cases: list[dict], out_path: str, device_kind: str = "cuda", dtype_name:
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(out_path, "w")) if rank == 0 else None
         for (model, layers, impl), items in _group_cases(todo).items():
-            group, err = _build(model, layers, impl, device, dtype, rank, world, pp, tp_group)
+            group, err = _build(model, layers, impl, device, dtype, rank, world, pp, tp_group, dtype_name == "fp8")
             for i, c in items:
                 t0 = time.perf_counter()
                 res = {"error": err} if err else _measure(group, c, device, world)
@@ -790,7 +793,8 @@ def main(argv=None) -> int:
                         "run the cases with this tp and pp")
     p.add_argument("--microbatches", type=int, default=1, help="single case: micro-batches of a --pp run")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: eager smoke tests only")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32", "fp8"), default="bf16",
+                   help="fp8: e4m3 weights of the layers' linears through torch._scaled_mm, bf16 activations")
     p.add_argument("--pin", action="store_true",
                    help="tp/pp > 1: bind each rank to its own slice of physical cores (an A/B of host noise)")
     args = p.parse_args(argv)

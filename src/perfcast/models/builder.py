@@ -127,13 +127,18 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     ops: list[Op] = []
 
     def gemm(name, n, k, count=L, group="layer", host_ops=1.0, m=None, groups=None, batched=False,
-             m_quantiles=None):
+             m_quantiles=None, dt=None, quant=True):
         dims = {"m": (T if group != "post" else B) if m is None else m, "n": int(n), "k": int(k)}
+        gdt = dtype if dt is None else dt
+        if gdt == "fp8" and quant and not batched:
+            # the input cast to e4m3 ahead of the FP8 GEMM (one kernel; static per-tensor scale). Projections
+            # that share their input (k/v after q, up after gate) reuse it
+            elem(f"{name}_quant", "quant_fp8", k, count, tokens=dims["m"], group=group, groups=groups)
         if groups is not None:
             dims["groups"] = groups  # launches per layer (an array: MoE experts hit)
         if m_quantiles is not None:
             dims["m_quantiles"] = m_quantiles  # per-launch rows vary (MoE routing): time averaged over them
-        ops.append(Op(name, "gemm", dims, count, dtype, wd, group, host_ops=host_ops,
+        ops.append(Op(name, "gemm", dims, count, gdt, wd, group, host_ops=host_ops,
                       meta={"batched": batched}))  # batched: the groups run in one kernel (bmm)
 
     def elem(name, op, width, count=L, tokens=None, group="layer", host_ops=1.0, kernels=1, groups=None,
@@ -157,7 +162,7 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
                 gemm(f"{prefix}gate_up_proj", 2 * width, h, count, host_ops=2.0, m=m, groups=groups, m_quantiles=m_q)
             else:
                 gemm(f"{prefix}gate_proj", width, h, count, m=m, groups=groups, m_quantiles=m_q)
-                gemm(f"{prefix}up_proj", width, h, count, m=m, groups=groups, m_quantiles=m_q)
+                gemm(f"{prefix}up_proj", width, h, count, m=m, groups=groups, m_quantiles=m_q, quant=False)
         else:
             gemm(f"{prefix}up_proj", width, h, count, m=m, groups=groups, m_quantiles=m_q)
         launches = 1 if groups is None else _per_point(groups)
@@ -180,8 +185,8 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
             gemm("qkv_proj", (heads + 2 * kvh) * hd, h, host_ops=3.0)
         else:
             gemm("q_proj", heads * hd, h, host_ops=2.0)
-            gemm("k_proj", kvh * hd, h, host_ops=2.0)
-            gemm("v_proj", kvh * hd, h, host_ops=2.0)
+            gemm("k_proj", kvh * hd, h, host_ops=2.0, quant=False)
+            gemm("v_proj", kvh * hd, h, host_ops=2.0, quant=False)
         if spec.qk_norm:
             elem("qk_norm", norm, (heads + kvh) * hd, host_ops=2 * norm_ops, kernels=2)
             if layout.fused_qkv:  # q and k are strided views of the fused output: rms_norm copies each first
@@ -211,7 +216,7 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     if n_moe:
         ep = max(1, min(ep, tp))
         e_tp = max(1, tp // ep)
-        gemm("router", spec.n_experts, h, n_moe)
+        gemm("router", spec.n_experts, h, n_moe, dt=adt if dtype == "fp8" else None)  # FP8 checkpoints keep it
         elem("router_topk", "add", spec.n_experts, n_moe, kernels=3)
         picks = np.asarray(T, dtype=float) * spec.experts_per_token
         active = expected_active_experts(spec.n_experts, picks)
@@ -241,7 +246,8 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     # last position only
     if last:
         elem("final_norm", norm, h, count=1, group="post", host_ops=norm_ops)
-        gemm("lm_head", shard(spec.vocab, tp), h, count=1, group="post")
+        # FP8 checkpoints leave the LM head unquantized
+        gemm("lm_head", shard(spec.vocab, tp), h, count=1, group="post", dt=adt if dtype == "fp8" else None)
         if tp > 1:
             ops.append(Op("logits_gather", "collective",
                           {"coll": "all_gather", "bytes": B * shard(spec.vocab, tp) * 2.0, "gpus": tp},

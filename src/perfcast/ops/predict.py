@@ -15,7 +15,7 @@ from perfcast.profiles.registry import resolve_profile
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 ELEMENTWISE = ("rmsnorm", "rmsnorm_eager", "layernorm", "silu_mul", "gelu_mul", "gelu", "add", "rope",
-               "kv_write", "kv_write_decode", "embedding", "copy")
+               "kv_write", "kv_write_decode", "embedding", "copy", "quant_fp8")
 # op -> (required fields, optional fields with defaults)
 FIELDS: dict[str, tuple[tuple[str, ...], dict]] = {
     "gemm": (("m", "n", "k"), {}),

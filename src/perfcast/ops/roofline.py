@@ -97,6 +97,7 @@ _ELEM_TRAFFIC = {
     "kv_write_decode": 2.0,  # one new token in each of many sequences (scattered rows)
     "embedding": 2.0,  # read the rows, write the output
     "copy": 2.0,
+    "quant_fp8": 1.5,  # read bf16, write e4m3 (one byte): 3 bytes an element, in units of the bf16 element
 }
 
 

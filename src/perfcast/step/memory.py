@@ -1,6 +1,7 @@
 """Memory per GPU under TP/PP: weights, KV cache, activation workspace and runtime reserve (bytes).
 
-Weights are exact parameter counts times the weight dtype. The most loaded pipeline stage decides
+Weights are exact parameter counts times the weight dtype (quantized weights: the embedding and LM head in
+bf16, as FP8 and INT4/INT8 checkpoints keep them). The most loaded pipeline stage decides
 ``fits``. The KV cache holds ``max(prompt, context) + 1`` tokens per sequence.
 """
 
@@ -87,8 +88,13 @@ def weights_bytes_per_gpu(spec: ModelSpec, tp: int, pp: int, wdtype: str = "bf16
     return hit[1]
 
 
+# quantized checkpoints (FP8, INT8/INT4 weight-only) keep the embedding and the LM head in bf16
+QUANTIZED = ("fp8", "int8", "int4", "fp4")
+
+
 def _weights_bytes_per_gpu(spec: ModelSpec, tp: int, pp: int, wdtype: str) -> float:
     wb = DTYPE_BYTES[wdtype]
+    eb = DTYPE_BYTES["bf16"] if wdtype in QUANTIZED else wb  # embedding and LM head
     stages = stage_layers(spec.n_layers, pp)
     worst = 0.0
     per_kind: dict[bool, float] = {}  # a layer's parameters depend only on whether it holds experts
@@ -101,14 +107,15 @@ def _weights_bytes_per_gpu(spec: ModelSpec, tp: int, pp: int, wdtype: str) -> fl
 
     for s, layers in enumerate(stages):
         p = sum(layer(i) for i in layers)
+        e = 0.0  # embedding and head parameters, stored at ``eb``
         if s == 0:
-            p += spec.embedding_params() / tp
+            e += spec.embedding_params() / tp
         if s == pp - 1:
             p += spec.final_norm_params()
             # a tied head is the embedding itself when one stage holds both
             if not spec.tied_embeddings or pp > 1:
-                p += spec.vocab * spec.hidden / tp
-        worst = max(worst, p * wb)
+                e += spec.vocab * spec.hidden / tp
+        worst = max(worst, p * wb + e * eb)
     return worst
 
 
