@@ -3,9 +3,10 @@
 
 Each record is ``layers`` layers of one model's per-layer GEMMs (qkv, o, gate/up, down at the record's TP
 shard), every layer with its own weights, back to back in one CUDA graph. The prediction is the profile's
-GEMM tables (kernels timed alone, settled) under the power cap of the record's dtype (power.json: bf16 and
-its ``fp8`` section), summed under the cuda-graph runtime, as a model step costs them; "alone" is the same
-sum without the cap, to show what the cap carries.
+GEMM tables (kernels timed alone, settled) at the stack's power state (``perfcast.step.costs.step_costs``:
+the cap of the record's dtype, power.json's bf16 cap or its ``fp8`` section, over the stack's mean demand),
+summed under the cuda-graph runtime, as a model step costs them; "alone" is the same sum without the cap,
+to show what the cap carries.
 
     python benchmarks/bench_gemm_stack.py [benchmarks/data/<run>/extras_gemmstack/gemm_stack.jsonl ...] [--json F]
 
@@ -25,7 +26,7 @@ import numpy as np
 from perfcast.hardware import get_gpu
 from perfcast.ops.base import Op
 from perfcast.profiles.registry import resolve_profile
-from perfcast.step.costs import op_cost
+from perfcast.step.costs import step_costs
 from perfcast.step.runtime import cuda_graph
 
 ROOT = Path(__file__).resolve().parent / "data"
@@ -36,7 +37,7 @@ def predict(rec: dict, prof) -> float:
     gpu = prof.gpu
     ops = [Op(name, "gemm", {"m": int(m), "n": int(n), "k": int(k)}, rec["layers"], rec["dtype"])
            for name, m, n, k in rec["gemms"]]
-    costs = [op_cost(o, gpu, prof) for o in ops]
+    costs = step_costs(ops, gpu, prof)
     host = dataclasses.replace(prof.host("cuda-graph"), graph_launch_s=0.0)
     return float(cuda_graph(ops, costs, host, prof.eff).seconds) * 1e3
 

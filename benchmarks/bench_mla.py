@@ -76,7 +76,7 @@ from perfcast.models import get_model
 from perfcast.models.builder import GRAPH_LAYOUT, StepShape, build_ops
 from perfcast.ops.base import Op
 from perfcast.profiles.registry import resolve_profile
-from perfcast.step.costs import op_cost
+from perfcast.step.costs import step_costs
 from perfcast.step.runtime import get_runtime
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -157,7 +157,7 @@ def predict_case(rec, gpu_id: str, ops=None) -> float:
     ops = stack_ops(rec) if ops is None else ops
     gpu = get_gpu(gpu_id)
     prof = resolve_profile(gpu, "auto")
-    costs = [op_cost(o, gpu, prof) for o in ops]
+    costs = step_costs(ops, gpu, prof)
     runtime = rec.get("runtime", "cuda-graph")
     host = prof.host(runtime)
     if runtime == "cuda-graph":
@@ -170,7 +170,7 @@ def attention_share(rec, gpu_id: str) -> float:
     ops = stack_ops(rec)
     gpu = get_gpu(gpu_id)
     prof = resolve_profile(gpu, "auto")
-    t = [float(np.asarray(op_cost(o, gpu, prof).seconds)) * o.count for o in ops]
+    t = [float(np.asarray(c.seconds)) * o.count for o, c in zip(ops, step_costs(ops, gpu, prof))]
     return sum(x for o, x in zip(ops, t) if o.kind == "attention") / sum(t)
 
 

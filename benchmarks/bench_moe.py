@@ -20,7 +20,7 @@ from perfcast.hardware import get_gpu
 from perfcast.models import get_model
 from perfcast.models.builder import GRAPH_LAYOUT, StepShape, build_ops
 from perfcast.profiles.registry import resolve_profile
-from perfcast.step.costs import op_cost
+from perfcast.step.costs import step_costs
 from perfcast.step.runtime import cuda_graph
 
 MOE_OPS = ("router", "router_topk", "expert_gather", "expert_gate_up_proj", "expert_act", "expert_down_proj",
@@ -36,7 +36,7 @@ def predict_stack(rec, gpu_id):
     ops = [o for o in build_ops(spec, shape, layout=GRAPH_LAYOUT) if o.name in MOE_OPS]
     gpu = get_gpu(gpu_id)
     prof = resolve_profile(gpu, "auto")
-    costs = [op_cost(o, gpu, prof) for o in ops]
+    costs = step_costs(ops, gpu, prof)
     host = prof.host("cuda-graph")
     return float(cuda_graph(ops, costs, dataclasses.replace(host, graph_launch_s=0.0), prof.eff).seconds) * 1e3
 

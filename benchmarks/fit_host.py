@@ -59,7 +59,7 @@ def fit_discount(lines, gpu_id, profile_dir, host):
     discount and the slowdown of elementwise kernels that read views of fused projections."""
     from perfcast.profiles import HostModel
     from perfcast.profiles.registry import resolve_profile
-    from perfcast.step.costs import op_cost
+    from perfcast.step.costs import step_costs
     from perfcast.step.predict import make_config, step_ops
     from perfcast.step.runtime import cuda_graph
 
@@ -73,7 +73,7 @@ def fit_discount(lines, gpu_id, profile_dir, host):
         for phase in ("decode", "prefill"):
             if d.get(f"{phase}_ms"):
                 ops = step_ops(cfg, phase, d["batch"], d["prompt"], d["context"])
-                pre.append((ops, [op_cost(o, cfg.gpu, prof) for o in ops], d[f"{phase}_ms"] * 1e-3, phase))
+                pre.append((ops, step_costs(ops, cfg.gpu, prof), d[f"{phase}_ms"] * 1e-3, phase))
 
     def err(cases, disc, f):
         hm = HostModel(graph_launch_s=host["graph_launch_s"], graph_kernel_min_s=host["graph_kernel_min_s"],

@@ -54,7 +54,7 @@ def _measured(run):
         yield json.loads(line)
 
 
-@pytest.mark.parametrize("run,gpu_id,dec_max,pre_max", [("h100-run26", "h100-sxm", 3.0, 9.0),
+@pytest.mark.parametrize("run,gpu_id,dec_max,pre_max", [("h100-run26", "h100-sxm", 3.0, 5.0),
                                                         ("h200-run17", "h200", 4.0, 5.0)])
 def test_measured_fp8_steps_meet_the_stated_bounds(run, gpu_id, dec_max, pre_max):
     err = {"prefill": [], "decode": []}
@@ -66,9 +66,10 @@ def test_measured_fp8_steps_meet_the_stated_bounds(run, gpu_id, dec_max, pre_max
             if r.get(f"{ph}_ms"):
                 err[ph].append(abs(getattr(p, f"{ph}_ms") / r[f"{ph}_ms"] - 1) * 100)
     assert len(err["decode"]) == 5 and len(err["prefill"]) == 4
-    # measured: decode 1.5% (H100), 3.0% (H200); prefill 8.0% (H100, every case over), 3.2% (H200)
+    # measured: decode 1.5% (H100), 3.0% (H200); prefill 3.5% (H100; 8.0% with the per-kernel power cap),
+    # 3.6% (H200)
     assert np.mean(err["decode"]) <= dec_max and max(err["decode"]) <= 6.0
-    assert np.mean(err["prefill"]) <= pre_max and max(err["prefill"]) <= 11.0
+    assert np.mean(err["prefill"]) <= pre_max and max(err["prefill"]) <= 7.0
 
 
 def test_fp8_accuracy_figure_only_where_it_was_measured():

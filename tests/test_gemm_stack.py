@@ -30,13 +30,18 @@ def test_hot_gemm_stacks_meet_the_bound(gpu_id, run, dtype):
     assert (ea[big] < -8.0).all()
 
 
-def test_stack_prediction_sums_the_capped_tables_by_hand():
+def test_stack_prediction_is_the_tables_at_the_stacks_power_state_by_hand():
     rec = {"gpu_id": "h100-sxm", "layers": 3, "dtype": "fp8", "gemms": [["a", 2048, 4096, 4096], ["b", 2048, 14336, 4096]]}
     prof = resolve_profile(get_gpu("h100-sxm"), "auto")
     host = prof.host("cuda-graph")
-    want = 0.0
-    for _, m, n, k in rec["gemms"]:
-        c = prof.sustained(prof.gemm(m, n, k, "fp8"), "fp8")
-        want += 3 * max(float(c.seconds) - host.graph_kernel_discount_s, host.graph_kernel_min_s)
+    alone = [prof.gemm(m, n, k, "fp8") for _, m, n, k in rec["gemms"]]
+    # the stack's mean demand: FLOPs over the FP8 cap's rate, per second of kernel time
+    pm = prof.power
+    x = sum(float(c.flops) for c in alone) / (pm.fp8_cap_frac * prof.gpu.flops("fp8")) / sum(
+        float(c.seconds) for c in alone)
+    slow = (1 + x ** pm.knee) ** (1 / pm.knee)
+    assert 1.05 < slow < 1.25
+    want = sum(3 * max(float(c.seconds) * slow - host.graph_kernel_discount_s, host.graph_kernel_min_s)
+               for c in alone)
     assert BGS.predict(rec, prof) == pytest.approx(want * 1e3, rel=1e-9)
     assert BGS.predict(rec, prof.alone()) < BGS.predict(rec, prof)

@@ -338,7 +338,7 @@ def test_bench_pp_predicts_tppp_lines_at_their_tp(tmp_path):
 def test_latency_from_whole_model_ops_matches_the_stage_build(runtime):
     # the serving model splits the whole model's ops over the stages; for uniform layers it is exact
     from perfcast.profiles.registry import resolve_profile
-    from perfcast.step.costs import op_cost
+    from perfcast.step.costs import step_costs
     from perfcast.step.pipeline import latency_from_ops
     from perfcast.step.predict import host_key, step_ops
 
@@ -347,7 +347,7 @@ def test_latency_from_whole_model_ops_matches_the_stage_build(runtime):
         prof = resolve_profile(cfg.gpu, "auto")
         for phase in ("prefill", "decode"):
             ops = step_ops(cfg, phase, np.array([1, 16]), np.array([512, 2048]), np.array([512, 2048]))
-            costs = [op_cost(o, cfg.gpu, prof) for o in ops]
+            costs = step_costs(ops, cfg.gpu, prof)  # the power state of the layers: a stage's too
             got = latency_from_ops(cfg, ops, costs, prof.host(host_key(cfg)), prof.eff)
             want = [getattr(predict(L8, GPU, b, c, c, tp=2, pp=pp, runtime=runtime), f"{phase}_ms")
                     for b, c in ((1, 512), (16, 2048))]

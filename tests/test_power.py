@@ -46,16 +46,77 @@ def test_sustained_applies_to_busy_tensor_core_kernels_only():
 def test_step_gemms_carry_the_power_cap():
     from perfcast.models import get_model
     from perfcast.models.builder import GRAPH_LAYOUT, StepShape, build_ops
-    from perfcast.step.costs import op_cost
+    from perfcast.step.costs import step_costs
 
     gpu = get_gpu("h200")
     prof = resolve_profile(gpu, "auto")
-    assert "h200-run8" in prof.power.source  # the H200's own fit (sustained sample of h200-run8)
+    assert "h200-run13" in prof.power.source  # the H200's own fit (its settled grid against h200-run8's sample)
     ops = build_ops(get_model("meta-llama/Llama-3.1-8B"), StepShape("prefill", np.asarray(8), np.asarray(4096),
                                                                      np.asarray(4096)), 1, "bf16", GRAPH_LAYOUT)
-    up = next(o for o in ops if o.kind == "gemm" and o.dims["n"] == 28672)
-    alone = prof.gemm(up.dims["m"], up.dims["n"], up.dims["k"])
-    assert float(op_cost(up, gpu, prof).seconds) > 1.05 * float(alone.seconds)
+    i = next(i for i, o in enumerate(ops) if o.kind == "gemm" and o.dims["n"] == 28672)
+    alone = prof.gemm(ops[i].dims["m"], ops[i].dims["n"], ops[i].dims["k"])
+    assert float(step_costs(ops, gpu, prof)[i].seconds) > 1.05 * float(alone.seconds)
+
+
+def _step(kinds_rates, prof):
+    """Ops with hand-set costs: (kind, dtype, count, seconds, flops) each."""
+    from perfcast.ops.base import Op, OpCost
+
+    ops, costs = [], []
+    for kind, dt, count, sec, fl in kinds_rates:
+        dims = {"m": 1, "n": 1, "k": 1} if kind == "gemm" else {"op": "add", "tokens": 1, "width": 1}
+        ops.append(Op(kind, kind, dims, count, dt))
+        costs.append(OpCost.of(np.asarray(sec), 0, 0, np.asarray(fl), 0.0))
+    return ops, costs
+
+
+def test_step_power_factor_by_hand():
+    """The step's mean demand: FLOPs over the dtype's cap rate, per second of the layers' kernel time."""
+    from perfcast.step.costs import step_power, step_power_factor
+
+    prof = resolve_profile(get_gpu("h100-sxm"), "auto")
+    pm, gpu = prof.power, prof.gpu
+    c16, c8 = pm.cap_frac * gpu.flops("bf16"), pm.fp8_cap_frac * gpu.flops("fp8")
+    # one GEMM at exactly the bf16 cap rate for 1 ms, 40 times: x = 1, factor 2^(1/knee)
+    ops, costs = _step([("gemm", "bf16", 40, 1e-3, c16 * 1e-3)], prof)
+    assert float(step_power_factor(ops, costs, prof)) == pytest.approx(2 ** (1 / pm.knee), rel=1e-12)
+    # an elementwise kernel as long as the GEMM halves the mean demand; every kernel gets the same factor
+    ops, costs = _step([("gemm", "bf16", 40, 1e-3, c16 * 1e-3), ("elementwise", "bf16", 40, 1e-3, 0.0)], prof)
+    f = (1 + 0.5 ** pm.knee) ** (1 / pm.knee)
+    assert float(step_power_factor(ops, costs, prof)) == pytest.approx(f, rel=1e-12)
+    got = step_power(ops, costs, prof)
+    assert [float(c.seconds) for c in got] == pytest.approx([1e-3 * f, 1e-3 * f], rel=1e-12)
+    # FP8 GEMMs against the FP8 cap: half the FP8 cap's rate plus a bf16 GEMM at half the bf16 cap
+    ops, costs = _step([("gemm", "fp8", 1, 1e-3, 0.5 * c8 * 1e-3), ("gemm", "bf16", 1, 1e-3, 0.5 * c16 * 1e-3)], prof)
+    assert float(step_power_factor(ops, costs, prof)) == pytest.approx(f, rel=1e-12)
+    # no power model (profile none on an unmeasured GPU keeps the learned one; the alone profile has none)
+    assert step_power_factor(ops, costs, prof.alone()) == 1.0
+    assert step_power(ops, costs, prof.alone()) is costs
+
+
+def test_step_power_state_properties():
+    """Decode steps (memory-bound) stay at full clock; a prefill's GEMMs are slowed less than the per-kernel
+    cap would (they share the budget with attention and memory-bound kernels), and the other kernels
+    more; points of a sweep each get their own factor."""
+    from perfcast.models import get_model
+    from perfcast.models.builder import GRAPH_LAYOUT, StepShape, build_ops
+    from perfcast.step.costs import op_cost, step_power_factor
+
+    gpu = get_gpu("h100-sxm")
+    prof = resolve_profile(gpu, "auto")
+    spec = get_model("meta-llama/Llama-3.1-8B")
+    dec = build_ops(spec, StepShape("decode", np.asarray([1, 64]), np.asarray(1), np.asarray(2049)), 1, "bf16",
+                    GRAPH_LAYOUT)
+    f = step_power_factor(dec, [op_cost(o, gpu, prof) for o in dec], prof)
+    assert np.all(f < 1.005)
+    pre = build_ops(spec, StepShape("prefill", np.asarray([1, 8]), np.asarray([128, 4096]), np.asarray([128, 4096])),
+                    1, "bf16", GRAPH_LAYOUT)
+    costs = [op_cost(o, gpu, prof) for o in pre]
+    f = step_power_factor(pre, costs, prof)
+    assert f.shape == (2,) and 1.0 < f[0] < f[1] < 1.2
+    per_kernel = [float(np.ravel(prof.sustained(c, "bf16").seconds / c.seconds)[1]) for o, c in zip(pre, costs)
+                  if o.kind == "gemm" and o.group == "layer"]
+    assert f[1] < max(per_kernel)
 
 
 # alone: the settled grid each shipped GEMM table is; sustained: a 10% sample run back to back
@@ -168,7 +229,7 @@ def test_op_answers_the_kernel_alone_and_steps_the_capped_one():
 
     import perfcast
     from perfcast.ops.base import Op
-    from perfcast.step.costs import op_cost
+    from perfcast.step.costs import op_cost, step_costs
 
     row = next(r for r in csv.DictReader(open(ROOT / "src/perfcast/profiles/data/h100-sxm/gemm.csv"))
                if (r["dtype"], r["m"], r["n"], r["k"]) == ("bf16", "4096", "4096", "4096"))
@@ -176,6 +237,8 @@ def test_op_answers_the_kernel_alone_and_steps_the_capped_one():
     assert got.ms == pytest.approx(float(row["median_ms"]), rel=1e-9) and got.source == "measured"
     gpu = get_gpu("h100-sxm")
     prof = resolve_profile(gpu, "auto")
-    in_step = op_cost(Op("gemm", "gemm", {"m": 4096, "n": 4096, "k": 4096}), gpu, prof)
+    op = Op("gemm", "gemm", {"m": 4096, "n": 4096, "k": 4096})
+    assert float(op_cost(op, gpu, prof).seconds) * 1e3 == pytest.approx(got.ms, rel=1e-9)  # op_cost: alone
+    (in_step,) = step_costs([op], gpu, prof)  # a step of this GEMM alone: under the cap
     assert float(in_step.seconds) * 1e3 > 1.03 * got.ms
     assert prof.alone() is prof.alone() and prof.alone().power.cap_frac == 0

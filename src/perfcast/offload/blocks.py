@@ -25,7 +25,7 @@ import numpy as np
 from perfcast.models.builder import MEGATRON_LAYOUT, StepShape, build_ops
 from perfcast.offload.cpu import CPUModel
 from perfcast.ops.base import ANALYTICAL, BOUNDS, INTERPOLATED, SOURCES, Op, OpCost
-from perfcast.step.costs import op_cost
+from perfcast.step.costs import step_costs
 from perfcast.step.predict import StepConfig, _act_dtype, host_key, step_ops
 from perfcast.step.runtime import get_runtime
 
@@ -241,8 +241,10 @@ def build_parts(cfg: StepConfig, cpu: CPUModel, phase: str, batch, prompt, conte
     if transform is not None:
         ops, blocks = transform(cfg, ops, blocks, tokens)
     gpu, cpu_s, cpu_b = [], [], []
-    for o in ops:
-        gpu.append(_scaled(op_cost(o, cfg.gpu, prof), o.meta.get("repeat", 1.0)))
+    # each op as it runs on the GPU, at the power state of the whole step on the GPU (an approximation for
+    # the ops a plan moves to the CPU: the GPU's share of the step is then lighter)
+    for o, c in zip(ops, step_costs(ops, cfg.gpu, prof)):
+        gpu.append(_scaled(c, o.meta.get("repeat", 1.0)))
         s, bd = cpu.op_seconds(o)
         cpu_s.append(np.asarray(s, dtype=float))
         cpu_b.append(np.asarray(bd))

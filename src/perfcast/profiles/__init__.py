@@ -54,6 +54,9 @@ class PowerModel:
 
     FP8 GEMMs do less work per FLOP and reach the power limit at a higher rate: they have a cap of their own,
     ``fp8_cap_frac`` of the FP8 peak (0: FP8 kernels are left as timed alone).
+
+    Model steps apply it to the step's mean demand, not kernel by kernel (``perfcast.step.costs.step_power``);
+    :meth:`Profile.sustained` is one kernel run back to back with itself (what the caps were fitted on).
     """
 
     cap_frac: float = 0.0
@@ -110,7 +113,8 @@ class Profile:
         return replace(self, power=PowerModel(source="off: kernels alone"))
 
     def sustained(self, c: OpCost, dtype: str, wdtype=None) -> OpCost:
-        """``c`` (an isolated kernel's cost) as the kernel runs inside a busy step, under the power cap."""
+        """``c`` (an isolated kernel's cost) as the kernel runs back to back with itself for long enough to
+        reach the power limit (``calibrate --sustain-ms``); steps use the step's mean demand instead."""
         if self.power.cap(dtype)[0] <= 0 or wdtype not in (None, dtype):
             return c
         f = self.power.factor(c.flops, c.seconds, self.gpu.flops(dtype), dtype)

@@ -32,7 +32,7 @@ import numpy as np
 
 from perfcast.models.builder import kv_heads_per_gpu
 from perfcast.ops.base import Op
-from perfcast.step.costs import op_cost
+from perfcast.step.costs import step_costs
 from perfcast.step.predict import StepConfig, _act_dtype, host_key, step_ops
 from perfcast.step.runtime import get_runtime
 
@@ -112,7 +112,7 @@ class IterationModel:
 
     def _charged(self, ops):
         """The runtime's step time, and each op's seconds (all launches) as the runtime charges it."""
-        costs = [op_cost(o, self.cfg.gpu, self.prof) for o in ops]
+        costs = step_costs(ops, self.cfg.gpu, self.prof)
         rt = self._run(ops, costs)
         return rt, [np.asarray(s, dtype=float) * o.count for o, s in zip(ops, rt.op_seconds)]
 
@@ -147,7 +147,7 @@ class IterationModel:
         t_grid = np.unique(np.round(np.logspace(0, np.log10(top), 192))).astype(np.int64)
         a_grid = np.logspace(-6, 1, 64)
         ops = step_ops(self.cfg, "decode", t_grid[:, None], 1, 1)
-        costs = [op_cost(o, self.cfg.gpu, self.prof) for o in ops]
+        costs = step_costs(ops, self.cfg.gpu, self.prof)
         n_attn = sum(o.count for o in ops if o.kind == "attention")
         costs = [replace(c, seconds=a_grid[None, :] / n_attn + 0 * t_grid[:, None]) if o.kind == "attention"
                  else c for o, c in zip(ops, costs)]

@@ -43,7 +43,7 @@ from perfcast.models.builder import StepShape, build_ops
 from perfcast.ops.base import Op
 from perfcast.profiles.registry import resolve_profile
 from perfcast.step import memory as mem
-from perfcast.step.costs import op_cost
+from perfcast.step.costs import op_cost, step_costs
 from perfcast.step.runtime import get_runtime
 
 PHASES = ("prefill", "decode")
@@ -105,7 +105,7 @@ def stage_times(cfg, phase: str, batch, prompt, context, prof=None) -> StageTime
         key = (len(r), first, last, sum(cfg.model.is_moe_layer(i) for i in r), _swa(cfg.model, r))
         if key not in cache:
             ops = stage_ops(cfg, phase, batch, prompt, context, r)
-            rt = run(ops, [op_cost(o, cfg.gpu, prof) for o in ops], host, prof.eff)
+            rt = run(ops, step_costs(ops, cfg.gpu, prof), host, prof.eff)
             cache[key] = rt
         rt = cache[key]
         secs.append(np.asarray(rt.seconds, dtype=float))

@@ -16,7 +16,7 @@ from perfcast.models.spec import ModelSpec
 from perfcast.ops.base import BOUNDS, SOURCES, Op, OpCost
 from perfcast.profiles.registry import resolve_profile
 from perfcast.step import memory as mem
-from perfcast.step.costs import op_cost
+from perfcast.step.costs import op_cost, step_costs, step_power
 from perfcast.step.runtime import get_runtime, kernels_per_launch
 
 GIB = mem.GIB
@@ -159,7 +159,7 @@ def step_ops(cfg: StepConfig, phase: str, batch, prompt, context) -> list[Op]:
 def _phase(cfg: StepConfig, phase: str, batch, prompt, context):
     prof = resolve_profile(cfg.gpu, cfg.profile)
     ops = step_ops(cfg, phase, batch, prompt, context)
-    costs = [op_cost(o, cfg.gpu, prof) for o in ops]
+    costs = step_costs(ops, cfg.gpu, prof)
     rt = get_runtime(cfg.runtime)(ops, costs, prof.host(host_key(cfg)), prof.eff)
     return ops, costs, _through_pipeline(cfg, phase, batch, prompt, context, prof, rt), prof
 
@@ -332,7 +332,7 @@ def predict_groups(groups, merge: bool = True, return_errors: bool = False) -> l
                 redo.add(g)
                 continue
             for phase_ops in ops:
-                jobs.append((prof, cfg.gpu, phase_ops, int(np.shape(b)[0])))
+                jobs.append((prof.alone(), cfg.gpu, phase_ops, int(np.shape(b)[0])))
                 owner.append(g)
         costs, failed = _merged_costs(jobs)
         redo.update(owner[j] for j in failed)
@@ -369,9 +369,10 @@ def _finish_group(cfg: StepConfig, b, p, c, costed) -> dict:
     for phase in ("prefill", "decode"):
         if costed is None:
             ops = step_ops(cfg, phase, b, p, c)
-            costs = [op_cost(o, cfg.gpu, prof) for o in ops]
-        else:
+            costs = step_costs(ops, cfg.gpu, prof)
+        else:  # costed alone (merged over groups): the step's power state here
             ops, costs = costed[phase]
+            costs = step_power(ops, costs, prof)
         rt = _through_pipeline(cfg, phase, b, p, c, prof, rt_fn(ops, costs, host, prof.eff))
         bound, src = _dominant_arrays(rt, costs, ops)
         res[phase] = (np.broadcast_to(rt.seconds * 1e3, b.shape), bound, src)
