@@ -80,12 +80,15 @@ def test_step_power_factor_by_hand():
     # one GEMM at exactly the bf16 cap rate for 1 ms, 40 times: x = 1, factor 2^(1/knee)
     ops, costs = _step([("gemm", "bf16", 40, 1e-3, c16 * 1e-3)], prof)
     assert float(step_power_factor(ops, costs, prof)) == pytest.approx(2 ** (1 / pm.knee), rel=1e-12)
-    # an elementwise kernel as long as the GEMM halves the mean demand; every kernel gets the same factor
+    # an elementwise kernel as long as the GEMM halves the mean demand; the GEMM runs f slower, the
+    # elementwise kernel (timed alone at full clock) 1 + gamma (f - 1)
     ops, costs = _step([("gemm", "bf16", 40, 1e-3, c16 * 1e-3), ("elementwise", "bf16", 40, 1e-3, 0.0)], prof)
     f = (1 + 0.5 ** pm.knee) ** (1 / pm.knee)
     assert float(step_power_factor(ops, costs, prof)) == pytest.approx(f, rel=1e-12)
     got = step_power(ops, costs, prof)
-    assert [float(c.seconds) for c in got] == pytest.approx([1e-3 * f, 1e-3 * f], rel=1e-12)
+    assert pm.clock_gamma == pytest.approx((1980 / 1605 - 1) / (1890 / 1605 - 1), abs=1e-3)  # 1.316, power.json
+    assert [float(c.seconds) for c in got] == pytest.approx([1e-3 * f, 1e-3 * (1 + pm.clock_gamma * (f - 1))],
+                                                            rel=1e-12)
     # FP8 GEMMs against the FP8 cap: half the FP8 cap's rate plus a bf16 GEMM at half the bf16 cap
     ops, costs = _step([("gemm", "fp8", 1, 1e-3, 0.5 * c8 * 1e-3), ("gemm", "bf16", 1, 1e-3, 0.5 * c16 * 1e-3)], prof)
     assert float(step_power_factor(ops, costs, prof)) == pytest.approx(f, rel=1e-12)

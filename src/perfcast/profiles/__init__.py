@@ -64,6 +64,10 @@ class PowerModel:
     source: str = "off"
     fp8_cap_frac: float = 0.0
     fp8_knee: float = 8.0
+    # inside a step at the power limit, attention and memory-bound kernels lose this many times the GEMMs'
+    # share of clock: timed alone they ran at full clock (1,980 MHz) where GEMMs already ran lower
+    # (1,845-1,890 MHz); with a step clock f_s, (f_max / f_s - 1) / (f_gemm / f_s - 1) (power.json)
+    clock_gamma: float = 1.0
 
     @property
     def on(self) -> bool:

@@ -806,7 +806,8 @@ def load_power(root) -> PowerModel | None:
     d = json.loads(p.read_text())
     f8 = d.get("fp8") or {}
     return PowerModel(cap_frac=float(d["cap_frac"]), knee=float(d["knee"]), source=d.get("source", "measured"),
-                      fp8_cap_frac=float(f8.get("cap_frac", 0.0)), fp8_knee=float(f8.get("knee", 8.0)))
+                      fp8_cap_frac=float(f8.get("cap_frac", 0.0)), fp8_knee=float(f8.get("knee", 8.0)),
+                      clock_gamma=float((d.get("clock") or {}).get("gamma", 1.0)))
 
 
 def learned_power(gpu: GPUSpec) -> PowerModel:

@@ -92,12 +92,12 @@ def fit_files(alone, sustained, gpu: GPUSpec, min_ms: float = 0.02, dtype: str =
 
 
 def write(out: dict, path, dtype: str = "bf16") -> None:
-    """Write a fit into power.json: the main cap (``dtype`` bf16) keeping the file's ``fp8`` section, or
+    """Write a fit into power.json: the main cap (``dtype`` bf16) keeping the file's ``fp8`` and ``clock`` sections, or
     the ``fp8`` section into the file's main cap (which must be there)."""
     path = Path(path)
     old = json.loads(path.read_text()) if path.is_file() else {}
-    if dtype == "bf16":
-        out = dict(out, **({"fp8": old["fp8"]} if "fp8" in old and "fp8" not in out else {}))
+    if dtype == "bf16":  # a refit of the main cap keeps the file's other sections (fp8, clock)
+        out = dict(out, **{k: old[k] for k in ("fp8", "clock") if k in old and k not in out})
     else:
         if "cap_frac" not in old:
             raise ValueError(f"{path} has no main (bf16) power cap to add the {dtype} section to")

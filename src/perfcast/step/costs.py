@@ -128,12 +128,17 @@ def step_power_factor(ops: list[Op], costs: list[OpCost], prof: Profile):
 
 
 def step_power(ops: list[Op], costs: list[OpCost], prof: Profile) -> list[OpCost]:
-    """``costs`` (each kernel as timed alone) as the kernels run inside the step: the GPU kernels slowed
-    by :func:`step_power_factor`, the rest unchanged."""
+    """``costs`` (each kernel as timed alone) as the kernels run inside the step: GEMMs slowed by
+    :func:`step_power_factor` ``f``, attention and memory-bound kernels by ``1 + clock_gamma (f - 1)``
+    (``PowerModel.clock_gamma``: they were timed alone at full clock, the GEMMs below it), the rest
+    unchanged."""
     f = step_power_factor(ops, costs, prof)
     if np.ndim(f) == 0 and f == 1.0:
         return costs
-    return [OpCost.of(c.seconds * f, c.bound, c.source, c.flops, c.bytes)
+    # attention and memory-bound kernels were timed alone at a higher clock than GEMMs (which hold the
+    # board near its limit even alone), so the step's clock costs them more: clock_gamma x the GEMMs' loss
+    fo = 1.0 + prof.power.clock_gamma * (f - 1.0)
+    return [OpCost.of(c.seconds * (f if o.kind == "gemm" else fo), c.bound, c.source, c.flops, c.bytes)
             if o.kind in _CLOCKED and o.device == "gpu" else c for o, c in zip(ops, costs)]
 
 
