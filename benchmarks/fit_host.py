@@ -113,7 +113,9 @@ def fit_tp(run: Path) -> dict:
 
     out = {}
     for f in sorted(run.glob("step_tp*.jsonl")):
-        tp = int(f.stem.replace("step_tp", ""))
+        if not f.stem[len("step_tp"):].isdigit():  # step_tp<N>.jsonl only (not step_tp2_fp8, step_tppp_*)
+            continue
+        tp = int(f.stem[len("step_tp"):])
         xs, ys = [], []
         for line in f.read_text().splitlines():
             d = json.loads(line)

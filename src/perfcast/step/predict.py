@@ -524,17 +524,19 @@ def accuracy_of(cfg: StepConfig, profile_name: str) -> tuple[float | None, float
     table = _accuracy_table()
     own = profile_name.startswith("measured:")
     if cfg.dtype == "fp8" and not (cfg.model.is_moe or cfg.model.is_mla) and cfg.wdtype in (None, "fp8") \
-            and cfg.kv_dtype in (None, "bf16") and cfg.tp == 1 and cfg.pp == 1 and own:
-        # FP8 linears (e4m3 weights, _scaled_mm), measured under cuda-graph at tp 1 on each GPU's own profile
-        pre = table.get("own", {}).get(f"prefill:{cfg.runtime}:tp1:fp8")
-        dec = table.get("own", {}).get(f"decode:{cfg.runtime}:tp1:fp8")
+            and cfg.kv_dtype in (None, "bf16") and cfg.pp == 1 and own:
+        # FP8 linears (e4m3 weights, _scaled_mm), measured on each GPU's own profile: cuda-graph at tp 1;
+        # cuda-graph decode and eager prefill at tp 2 (one 2xH200 host)
+        tpk = "tp1" if cfg.tp == 1 else "tp>1"
+        pre = table.get("own", {}).get(f"prefill:{cfg.runtime}:{tpk}:fp8")
+        dec = table.get("own", {}).get(f"decode:{cfg.runtime}:{tpk}:fp8")
         if pre is not None or dec is not None:
             return (pre or {}).get("p90_pct"), (dec or {}).get("p90_pct"), (
                 f"own profile, measured FP8 steps ({(pre or {}).get('n', 0)} prefill, "
                 f"{(dec or {}).get('n', 0)} decode cases)")
     if cfg.model.is_moe or cfg.model.is_mla or cfg.dtype not in ("bf16", "fp16"):
-        return None, None, ("not validated (MoE, MLA, quantized steps other than FP8 at tp 1 under cuda-graph, "
-                            "and FP8 on other profiles were not measured end to end)")
+        return None, None, ("not validated (MoE, MLA, quantized steps other than FP8 linears, and FP8 on other "
+                            "profiles, runtimes or pipeline stages were not measured end to end)")
     if cfg.pp > 1:  # measured with the GPU's own profile only, at tp 1 and tp 2 (benchmarks/bench_pp.py)
         kind = "pp>1" if cfg.tp == 1 else "tp>1,pp>1"
         pre = table.get("own", {}).get(f"prefill:{cfg.runtime}:{kind}") if own else None
