@@ -359,3 +359,21 @@ def test_fp8_decoder_runs_e4m3_linears_and_keeps_the_rest():
     assert torch.isfinite(out.float()).all() and torch.isfinite(step.float()).all()
     with pytest.raises(ValueError, match="bf16 or fp16"):
         Decoder(spec, device="cpu", dtype=torch.float32, fp8=True)
+
+
+def test_extras_parts_and_fp8_case_draws():
+    """extras refuses an unknown part by name; the sustained FP8 sample is a fixed fifth of the dense grid;
+    held-out draws of other seeds stay off both grids and apart from set 12; gemm_stack shapes are the
+    step builder's layer GEMMs."""
+    from perfcast.measure import extras
+
+    with pytest.raises(SystemExit, match=r"unknown part.*bogus"):
+        extras.main(["--out", "/tmp/perfcast-extras-test", "--parts", "fp8held,bogus"])
+    dense = extras.fp8_dense_cases()
+    sus = extras.fp8_sustain_cases()
+    assert len(sus) == round(0.2 * len(dense)) == 288 and set(sus) <= set(dense) and sus == extras.fp8_sustain_cases()
+    grid = set(extras.FP8_M) | set(extras.FP8_M_DENSE)
+    s12, s13 = extras.fp8_heldout11(seed=12), extras.fp8_heldout11(seed=13)
+    assert len(s13) == 150 and not any(m in grid for m, _, _ in s13) and set(s12) != set(s13)
+    assert extras.gemm_stack_shapes("meta-llama/Llama-3.1-8B", 1) == [
+        ("qkv_proj", 6144, 4096), ("o_proj", 4096, 4096), ("gate_up_proj", 28672, 4096), ("down_proj", 4096, 14336)]

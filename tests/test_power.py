@@ -245,3 +245,37 @@ def test_op_answers_the_kernel_alone_and_steps_the_capped_one():
     (in_step,) = step_costs([op], gpu, prof)  # a step of this GEMM alone: under the cap
     assert float(in_step.seconds) * 1e3 > 1.03 * got.ms
     assert prof.alone() is prof.alone() and prof.alone().power.cap_frac == 0
+
+
+def test_calibrate_fp8_writes_the_table_and_fits_the_fp8_cap(tmp_path):
+    """`calibrate --fp8 --power` wiring, without a GPU: the FP8 measurement is replaced by the shipped H100
+    settled grid and its sustained sample (h100-run23); the table lands as gemm_fp8_dense.csv and the fit
+    in power.json's fp8 section beside the main cap, as shipped."""
+    import shutil
+
+    from perfcast.measure import calibrate as cal
+    from perfcast.profiles.measured import load_power
+
+    run = ROOT / "benchmarks" / "data" / "h100-run23"
+    (tmp_path / "meta.json").write_text(json.dumps({"gpu_id": "h100-sxm"}))
+    (tmp_path / "power.json").write_text(json.dumps({"cap_frac": 0.94, "knee": 3.0}))
+    seen = {}
+
+    def fake(out, settle_ms, sustained):
+        seen.update(settle_ms=settle_ms, sustained=sustained)
+        shutil.copyfile(run / "extras_fp8same_settle" / "gemm_fp8_dense_same.csv", out / "gemm_fp8_dense.csv")
+        (out / "power_sustained").mkdir()
+        shutil.copyfile(run / "extras_fp8sus" / "gemm_fp8_sustain.csv", out / "power_sustained" / "gemm_fp8_sustain.csv")
+        return {"grid": 1440, "sustained": 288}
+
+    got = cal._calibrate_fp8(tmp_path, True, 20.0, False, measure=fake)
+    assert seen == {"settle_ms": 20.0, "sustained": True}
+    shipped = json.loads((ROOT / "src/perfcast/profiles/data/h100-sxm/power.json").read_text())["fp8"]
+    assert (got["cap_frac"], got["knee"]) == (shipped["cap_frac"], shipped["knee"])
+    pm = load_power(tmp_path)
+    assert (pm.cap_frac, pm.fp8_cap_frac) == (0.94, shipped["cap_frac"])
+    # no FP8 tensor cores: the error is recorded, nothing written
+    def no_fp8(out, settle_ms, sustained):
+        raise RuntimeError("no FP8 tensor cores on A100 (sm_80; FP8 needs sm_89+)")
+    assert cal._calibrate_fp8(tmp_path, True, 20.0, False, measure=no_fp8) == {
+        "error": "no FP8 tensor cores on A100 (sm_80; FP8 needs sm_89+)"}

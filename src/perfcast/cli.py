@@ -401,10 +401,10 @@ def capacity(model, gpu, context, batch, tp, pp, dtype, kv_dtype, as_json):
 def calibrate(ctx):
     """Measure this machine's GPU kernels into a profile directory (needs perfcast[gpu]).
 
-    perfcast calibrate --out DIR [--power] [--quick] [--heldout] [--only FAMILIES] ...; the options are
-    the harness's: `python -m perfcast.measure.calibrate --help` lists them (--power also fits the
-    power cap, power.json). With --cpu, measure the host CPU instead (GEMV/GEMM, bandwidth, PCIe) for
-    offload predictions."""
+    perfcast calibrate --out DIR [--power] [--fp8] [--quick] [--heldout] [--only FAMILIES] ...; the options
+    are the harness's: `python -m perfcast.measure.calibrate --help` lists them (--power also fits the
+    power cap, power.json; --fp8 times the FP8 GEMM grid, and with --power fits its cap). With --cpu,
+    measure the host CPU instead (GEMV/GEMM, bandwidth, PCIe) for offload predictions."""
     args = list(ctx.args)
     if "--cpu" in args:
         args.remove("--cpu")

@@ -335,7 +335,8 @@ SETTLE_MS = 20.0
 def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, device: str = "cuda",
               progress: bool = True, seed: int = 0, tiny: bool | None = None, preheat_s: float = 1.0,
               sustain_ms: float = 0.0, subset: float = 1.0, shuffle: bool = True, power: bool = False,
-              timeline: bool = False, settle_ms: float = SETTLE_MS, order_seed: int | None = None) -> dict:
+              timeline: bool = False, settle_ms: float = SETTLE_MS, order_seed: int | None = None,
+              fp8: bool = False) -> dict:
     """Measure kernels on ``device`` and write a profile directory; returns its meta.json dict.
 
     ``preheat_s``: seconds of large GEMMs before the first measurement (clocks up; a long pre-heat
@@ -439,6 +440,8 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
         meta["clocks_end"] = env.clocks_now(torch)
     if power and cuda and "gemm" in fams:
         meta["power"] = _calibrate_power(out, seed, progress)
+    if fp8 and cuda:
+        meta["fp8"] = _calibrate_fp8(out, power and "gemm" in fams, settle_ms, progress)
     meta["complete"] = True
     _write_meta(out, meta)
     return meta
@@ -462,6 +465,52 @@ def _calibrate_power(out: Path, seed: int, progress: bool) -> dict:
         print(f"perfcast calibrate: power cap {fitted['cap_tflops']:.0f} TFLOP/s (knee {fitted['knee']:g}) "
               f"-> {out / 'power.json'}", file=sys.stderr)
     return {"cap_frac": fitted["cap_frac"], "knee": fitted["knee"]}
+
+
+def _measure_fp8(out: Path, settle_ms: float, sustained: bool) -> dict:
+    """The FP8 tables on this GPU (perfcast.measure.extras' harness): the dense FP8 grid, each GEMM after
+    ``settle_ms`` idle, into ``out/gemm_fp8_dense.csv``; with ``sustained``, a fifth of it run back to back
+    100 ms before timing into ``out/power_sustained/gemm_fp8_sustain.csv``. Returns the rows written."""
+    from perfcast.measure import extras
+    from perfcast.measure.timing import CudaTimer, import_torch
+
+    torch = import_torch()
+    props = torch.cuda.get_device_properties(0)
+    if (props.major, props.minor) < (8, 9):
+        raise RuntimeError(f"no FP8 tensor cores on {props.name} (sm_{props.major}{props.minor}; FP8 needs sm_89+)")
+    rows = {"grid": extras.run_fp8(torch, CudaTimer(torch, settle_ms=settle_ms), out / "gemm_fp8_dense.csv", None,
+                                   extras.fp8_dense_cases())}
+    if sustained:
+        (out / "power_sustained").mkdir(exist_ok=True)
+        rows["sustained"] = extras.run_fp8(torch, CudaTimer(torch, sustain_ms=100.0),
+                                           out / "power_sustained" / "gemm_fp8_sustain.csv", None,
+                                           extras.fp8_sustain_cases())
+    return rows
+
+
+def _calibrate_fp8(out: Path, power: bool, settle_ms: float, progress: bool, measure=None) -> dict:
+    """``calibrate --fp8``: FP8 GEMM tables (``_measure_fp8``, about 90 s on an H100), and with ``--power``
+    the FP8 cap fitted into power.json's ``fp8`` section (about 40 s more)."""
+    from perfcast.hardware import get_gpu
+    from perfcast.profiles import power_fit
+
+    try:
+        rows = (measure or _measure_fp8)(out, settle_ms, power and (out / "power.json").is_file())
+    except RuntimeError as e:
+        return {"error": str(e).splitlines()[0]}
+    res: dict = {"rows": rows}
+    if "sustained" in rows:
+        meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else {}
+        try:
+            fitted = power_fit.fit_files(out / "gemm_fp8_dense.csv", out / "power_sustained" / "gemm_fp8_sustain.csv",
+                                         get_gpu(meta.get("gpu_id", "")), dtype="fp8")
+            power_fit.write(fitted, out / "power.json", "fp8")
+            res.update(cap_frac=fitted["cap_frac"], knee=fitted["knee"])
+        except (ValueError, KeyError) as e:  # a GPU missing from the catalog, or too few large GEMMs
+            res["power_error"] = str(e).splitlines()[0]
+    if progress:
+        print(f"perfcast calibrate: fp8: {rows} -> {out / 'gemm_fp8_dense.csv'}", file=sys.stderr)
+    return res
 
 
 def _sample(cases: list, frac: float, seed: int) -> list:
@@ -499,6 +548,9 @@ def main(argv=None) -> int:
     p.add_argument("--shuffle", action="store_true", help=argparse.SUPPRESS)  # the default since run 8
     p.add_argument("--power", action="store_true",
                    help="also time 10%% of the GEMM grid sustained and fit power.json (about 90 s more)")
+    p.add_argument("--fp8", action="store_true",
+                   help="also time the FP8 GEMM grid (gemm_fp8_dense.csv, about 90 s on an H100); with --power, "
+                        "fit the FP8 power cap too (power.json's fp8 section, about 40 s more)")
     p.add_argument("--timeline", action="store_true",
                    help="also write timeline.csv: each case's wall-clock start and end, to join with a clock log")
     p.add_argument("--settle-ms", type=float, default=SETTLE_MS,
@@ -512,7 +564,7 @@ def main(argv=None) -> int:
         meta = calibrate(a.out, quick=a.quick, heldout=a.heldout, only=a.only, device=a.device,
                          progress=not a.quiet, seed=a.seed, tiny=a.tiny, preheat_s=a.preheat_s,
                          sustain_ms=a.sustain_ms, subset=a.subset, shuffle=not a.grid_order, power=a.power,
-                         timeline=a.timeline, settle_ms=a.settle_ms, order_seed=a.order_seed)
+                         timeline=a.timeline, settle_ms=a.settle_ms, order_seed=a.order_seed, fp8=a.fp8)
     except (ValueError, RuntimeError) as e:
         print(f"perfcast calibrate: {e}", file=sys.stderr)
         return 2
