@@ -279,3 +279,14 @@ def test_calibrate_fp8_writes_the_table_and_fits_the_fp8_cap(tmp_path):
         raise RuntimeError("no FP8 tensor cores on A100 (sm_80; FP8 needs sm_89+)")
     assert cal._calibrate_fp8(tmp_path, True, 20.0, False, measure=no_fp8) == {
         "error": "no FP8 tensor cores on A100 (sm_80; FP8 needs sm_89+)"}
+
+
+def test_calibrate_power_refuses_grids_it_cannot_fit():
+    """--power with --quick timed 5 of the 698 sustained shapes on an H100 (h100-run28: no fit); it is
+    refused up front, with the way out in the message."""
+    from perfcast.measure import calibrate as cal
+
+    for kw in ({"quick": True}, {"heldout": True}):
+        with pytest.raises(ValueError, match="drop --quick/--heldout"):
+            cal.calibrate("/tmp/perfcast-never-written", power=True, **kw)
+    assert cal.main(["--out", "/tmp/perfcast-never-written", "--quick", "--power"]) == 2
