@@ -483,6 +483,13 @@ def gemm_stack_shapes(model: str, tp: int) -> list[tuple[str, int, int]]:
     return [(o.name, int(o.dims["n"]), int(o.dims["k"])) for o in ops if o.kind == "gemm" and o.group == "layer"]
 
 
+def _record(f, rec: dict, line: str) -> int:
+    """Write one case's record as a JSON line, print its one-line summary; returns 1 (a case written)."""
+    f.write(json.dumps(rec) + "\n")
+    print(line)
+    return 1
+
+
 def run_gemm_stack(torch, path: Path, quick: bool) -> int:
     props = torch.cuda.get_device_properties(0)
     gid = gpu_id_guess(props.name, props.total_memory)
@@ -512,9 +519,7 @@ def run_gemm_stack(torch, path: Path, quick: bool) -> int:
                            "min_ms": hot[0], "max_ms": hot[-1], "first_ms": seq[0],
                            "first10_ms": sorted(seq[:10])[5], "reps": reps, "idle_before_s": GEMM_STACK_IDLE_S,
                            "times_ms": [round(t, 5) for t in seq]}
-                    f.write(json.dumps(rec) + "\n")
-                    print(f"gemmstack {model} tp={tp} tokens={tokens} {dtype}: {rec['ms']:.3f} ms")
-                    n += 1
+                    n += _record(f, rec, f"gemmstack {model} tp={tp} tokens={tokens} {dtype}: {rec['ms']:.3f} ms")
                     del fns, g
                     torch.cuda.empty_cache()
     return n
@@ -543,9 +548,7 @@ def run_moe(torch, path: Path, quick: bool) -> int:
                        "layers": layers, "tokens": tokens, "runtime": "cuda-graph",
                        "active_experts": [a for _, a in layer_fns], "ms": times[len(times) // 2],
                        "min_ms": times[0], "reps": len(times)}
-                f.write(json.dumps(rec) + "\n")
-                print(f"moe {label} tokens={tokens}: {rec['ms']:.3f} ms, active {rec['active_experts']}")
-                n += 1
+                n += _record(f, rec, f"moe {label} tokens={tokens}: {rec['ms']:.3f} ms, active {rec['active_experts']}")
                 del layer_fns, g
                 torch.cuda.empty_cache()
     return n
