@@ -54,7 +54,8 @@ def predicted(rec: dict, profile: str = "auto") -> dict:
 
     phase = rec.get("measure", "decode")
     p = predict(model=rec["model"], gpu=rec["gpu_id"], batch=int(rec["batch"]), prompt=int(rec["prompt"]),
-                context=int(rec["context"]), runtime="cuda-graph", profile=profile, breakdown=True)
+                context=int(rec["context"]), runtime="cuda-graph", profile=profile, breakdown=True,
+                dtype=rec.get("dtype", "bf16"))
     fam = dict.fromkeys(FAMILIES, 0.0)
     for op in p.breakdown:
         if op["phase"] == phase:
@@ -98,7 +99,10 @@ def profile_case(case: dict, reps: int = 10) -> dict:
     dev = torch.device("cuda")
     phase = case.get("measure", "decode")
     b, prompt, context = int(case["batch"]), int(case["prompt"]), int(case["context"])
-    group = _Group(case["model"], case.get("layers"), "plain", dev, torch.bfloat16, 0, 1)
+    dtype = case.get("dtype", "bf16")  # fp8: e4m3 linears through _scaled_mm (decoder.Decoder fp8)
+    if dtype not in ("bf16", "fp8"):
+        raise ValueError(f"dtype must be bf16 or fp8, not {dtype!r}")
+    group = _Group(case["model"], case.get("layers"), "plain", dev, torch.bfloat16, 0, 1, fp8=dtype == "fp8")
     try:
         _, fn = group.step(phase, b, prompt, context)
         g = capture_graph(torch, fn)
@@ -112,7 +116,7 @@ def profile_case(case: dict, reps: int = 10) -> dict:
     fam: dict[str, float] = {}
     for k in kernels:
         fam[k["family"]] = fam.get(k["family"], 0.0) + k["ms"]
-    return {**case, "runtime": "cuda-graph", "gpu": p.name, "gpu_id": gpu_id(p.name, p.total_memory),
+    return {**case, "dtype": dtype, "runtime": "cuda-graph", "gpu": p.name, "gpu_id": gpu_id(p.name, p.total_memory),
             "torch": torch.__version__, "layers": group.n_layers, "graph_ms": times[len(times) // 2],
             "graph_min_ms": times[0], "kernels_per_step": kp["kernels_per_step"],
             "kernel_time_ms": kp["kernel_time_ms"], "family_ms": fam, "kernels": kernels}
@@ -128,6 +132,8 @@ def main(argv=None) -> int:
     ap.add_argument("--context", type=int, default=None, help="default: --prompt")
     ap.add_argument("--measure", choices=("decode", "prefill"), default="decode")
     ap.add_argument("--profile", default="auto", help="the profile the comparison predicts with")
+    ap.add_argument("--dtype", choices=("bf16", "fp8"), default=None,
+                    help="fp8: e4m3 linears (model_step --dtype fp8); default: each case's own, else bf16")
     a = ap.parse_args(argv)
     if min(a.batch, a.prompt, a.context or a.prompt) < 1:
         ap.error("--batch, --prompt and --context must be positive")
@@ -142,6 +148,8 @@ def main(argv=None) -> int:
     elif a.model:
         cases = [{"model": a.model, "batch": a.batch, "prompt": a.prompt, "context": a.context or a.prompt,
                   "measure": a.measure}]
+    if a.dtype:
+        cases = [{**c, "dtype": a.dtype} for c in cases]
     out = start_out_dir(torch, a.out)
     with open(out / "step_profile.jsonl", "w") as f:
         for c in cases:
