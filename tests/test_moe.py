@@ -83,3 +83,27 @@ def test_expert_gemm_time_is_the_mean_over_routing_quantiles():
     want = np.mean([float(prof.gemm(int(m), up.dims["n"], up.dims["k"]).seconds) for m in q])
     got = float(np.asarray(op_cost(up, gpu, prof).seconds)) / float(np.asarray(up.dims["groups"]))
     assert got == pytest.approx(want, rel=1e-9)
+
+
+MOE_RUNS = ["h100-run2/extras/moe_step.jsonl", "h100-run3/extras_moe/moe_step.jsonl", "h200-run2/extras/moe_step.jsonl",
+            "h100-run31/extras_moe/moe_step.jsonl", "h200-run20/extras_moe/moe_step.jsonl"]
+
+
+def test_moe_stack_check_meets_the_issue_target():
+    """Issue 6's measured MoE check: captured MoE layer stacks (Qwen3-30B-A3B, Mixtral-8x7B; 1-2048 tokens)
+    on three H100 and two H200 hosts against bench_moe's prediction. Pooled MAPE <= 10% (measured 9.99%);
+    each run within 11% (measured 9.3-10.8%)."""
+    import json
+    from pathlib import Path
+
+    from benchmod import load_bench
+
+    bm = load_bench("bench_moe")
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
+    per_run = []
+    for rel in MOE_RUNS:
+        recs = [json.loads(x) for x in (root / rel).read_text().splitlines()]
+        assert len(recs) == 12
+        per_run.append([abs(bm.predict_stack(r, r.get("gpu_id") or "h100-sxm") / r["ms"] - 1) * 100 for r in recs])
+    assert np.mean(per_run) <= 10.0
+    assert max(np.mean(e) for e in per_run) <= 11.0
