@@ -257,7 +257,6 @@ def test_calibrate_fp8_writes_the_table_and_fits_the_fp8_cap(tmp_path):
     from perfcast.profiles.measured import load_power
 
     run = ROOT / "benchmarks" / "data" / "h100-run23"
-    (tmp_path / "meta.json").write_text(json.dumps({"gpu_id": "h100-sxm"}))
     (tmp_path / "power.json").write_text(json.dumps({"cap_frac": 0.94, "knee": 3.0}))
     seen = {}
 
@@ -268,7 +267,7 @@ def test_calibrate_fp8_writes_the_table_and_fits_the_fp8_cap(tmp_path):
         shutil.copyfile(run / "extras_fp8sus" / "gemm_fp8_sustain.csv", out / "power_sustained" / "gemm_fp8_sustain.csv")
         return {"grid": 1440, "sustained": 288}
 
-    got = cal._calibrate_fp8(tmp_path, True, 20.0, False, measure=fake)
+    got = cal._calibrate_fp8(tmp_path, True, 20.0, False, "h100-sxm", measure=fake)
     assert seen == {"settle_ms": 20.0, "sustained": True}
     shipped = json.loads((ROOT / "src/perfcast/profiles/data/h100-sxm/power.json").read_text())["fp8"]
     assert (got["cap_frac"], got["knee"]) == (shipped["cap_frac"], shipped["knee"])
@@ -277,7 +276,7 @@ def test_calibrate_fp8_writes_the_table_and_fits_the_fp8_cap(tmp_path):
     # no FP8 tensor cores: the error is recorded, nothing written
     def no_fp8(out, settle_ms, sustained):
         raise RuntimeError("no FP8 tensor cores on A100 (sm_80; FP8 needs sm_89+)")
-    assert cal._calibrate_fp8(tmp_path, True, 20.0, False, measure=no_fp8) == {
+    assert cal._calibrate_fp8(tmp_path, True, 20.0, False, "a100", measure=no_fp8) == {
         "error": "no FP8 tensor cores on A100 (sm_80; FP8 needs sm_89+)"}
 
 

@@ -21,6 +21,9 @@ DTYPE_BYTES: dict[str, float] = {
     "int4": 0.5,
     "fp4": 0.5,
 }
+# weight dtypes of quantized checkpoints: activations, norms and attention stay bf16, and so do the embedding
+# and the LM head
+QUANTIZED_DTYPES = ("fp8", "int8", "int4", "fp4")
 
 
 @dataclass(frozen=True, eq=False)

@@ -446,7 +446,7 @@ def calibrate(out_dir, quick: bool = False, heldout: bool = False, only=None, de
     if power and cuda and "gemm" in fams:
         meta["power"] = _calibrate_power(out, seed, progress)
     if fp8 and cuda:
-        meta["fp8"] = _calibrate_fp8(out, power and "gemm" in fams, settle_ms, progress)
+        meta["fp8"] = _calibrate_fp8(out, power and "gemm" in fams, settle_ms, progress, meta.get("gpu_id", ""))
     meta["complete"] = True
     _write_meta(out, meta)
     return meta
@@ -493,7 +493,7 @@ def _measure_fp8(out: Path, settle_ms: float, sustained: bool) -> dict:
     return rows
 
 
-def _calibrate_fp8(out: Path, power: bool, settle_ms: float, progress: bool, measure=None) -> dict:
+def _calibrate_fp8(out: Path, power: bool, settle_ms: float, progress: bool, gpu_id: str, measure=None) -> dict:
     """``calibrate --fp8``: FP8 GEMM tables (``_measure_fp8``, about 90 s on an H100), and with ``--power``
     the FP8 cap fitted into power.json's ``fp8`` section (about 40 s more)."""
     from perfcast.hardware import get_gpu
@@ -505,10 +505,9 @@ def _calibrate_fp8(out: Path, power: bool, settle_ms: float, progress: bool, mea
         return {"error": str(e).splitlines()[0]}
     res: dict = {"rows": rows}
     if "sustained" in rows:
-        meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else {}
         try:
             fitted = power_fit.fit_files(out / "gemm_fp8_dense.csv", out / "power_sustained" / "gemm_fp8_sustain.csv",
-                                         get_gpu(meta.get("gpu_id", "")), dtype="fp8")
+                                         get_gpu(gpu_id), dtype="fp8")
             power_fit.write(fitted, out / "power.json", "fp8")
             res.update(cap_frac=fitted["cap_frac"], knee=fitted["knee"])
         except (ValueError, KeyError) as e:  # a GPU missing from the catalog, or too few large GEMMs

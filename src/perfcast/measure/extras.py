@@ -126,9 +126,7 @@ def fp8_sustain_cases(frac: float = 0.2, seed: int = 0):
     """A seeded sample of the dense FP8 grid (``frac`` of it) in random order: the shapes timed sustained
     to pair with a settled grid's."""
     cases = fp8_dense_cases()
-    rng = random.Random(seed)
-    pick = rng.sample(cases, round(frac * len(cases)))
-    return pick
+    return random.Random(seed).sample(cases, round(frac * len(cases)))
 
 
 def fp8_heldout11(n_cases: int = 150, seed: int = 11):

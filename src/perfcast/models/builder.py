@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from perfcast.hardware.spec import QUANTIZED_DTYPES
 from perfcast.models.spec import ModelSpec
 from perfcast.ops.base import Op
 
@@ -123,7 +124,8 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     norm = layout.norm_op if spec.norm == "rmsnorm" else "layernorm"
     wd = wdtype if wdtype and wdtype != dtype else None
     # fp8 deployments run fp8 GEMMs; activations, norms and attention stay in bf16
-    adt = "bf16" if dtype in ("fp8", "int8", "int4", "fp4") else dtype
+    adt = "bf16" if dtype in QUANTIZED_DTYPES else dtype
+    unquantized = adt if dtype == "fp8" else None  # FP8 checkpoints keep the LM head and the router in bf16
     ops: list[Op] = []
 
     def gemm(name, n, k, count=L, group="layer", host_ops=1.0, m=None, groups=None, batched=False,
@@ -216,7 +218,7 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     if n_moe:
         ep = max(1, min(ep, tp))
         e_tp = max(1, tp // ep)
-        gemm("router", spec.n_experts, h, n_moe, dt=adt if dtype == "fp8" else None)  # FP8 checkpoints keep it
+        gemm("router", spec.n_experts, h, n_moe, dt=unquantized)
         elem("router_topk", "add", spec.n_experts, n_moe, kernels=3)
         picks = np.asarray(T, dtype=float) * spec.experts_per_token
         active = expected_active_experts(spec.n_experts, picks)
@@ -246,8 +248,7 @@ def build_ops(spec: ModelSpec, shape: StepShape, tp: int = 1, dtype: str = "bf16
     # last position only
     if last:
         elem("final_norm", norm, h, count=1, group="post", host_ops=norm_ops)
-        # FP8 checkpoints leave the LM head unquantized
-        gemm("lm_head", shard(spec.vocab, tp), h, count=1, group="post", dt=adt if dtype == "fp8" else None)
+        gemm("lm_head", shard(spec.vocab, tp), h, count=1, group="post", dt=unquantized)
         if tp > 1:
             ops.append(Op("logits_gather", "collective",
                           {"coll": "all_gather", "bytes": B * shard(spec.vocab, tp) * 2.0, "gpus": tp},

@@ -104,10 +104,11 @@ def step_power_factor(ops: list[Op], costs: list[OpCost], prof: Profile):
     loop of steps is set by the step's average power. Each tensor-core kernel's demand is its FLOPs over
     its dtype's cap (``cap_frac`` x the dtype's peak: the rate it may sustain at the power limit);
     summed over the step and divided by the step's kernel time (GEMM, attention and memory-bound kernels,
-    alone) it gives the step's mean demand ``x``, and the step runs ``(1 + x^knee)^(1/knee)`` slower, every
-    kernel at that clock. A step of GEMMs alone reduces to the per-kernel cap fitted on sustained GEMMs;
-    in a prefill, attention and memory-bound kernels lower the mean and share the slowdown (step
-    profiles: GEMM family 10.2% -> 2.8% MAPE). Collectives, transfers, host time and CPU ops are left out.
+    alone) it gives the step's mean demand ``x``, and the step's GEMMs run ``(1 + x^knee)^(1/knee)`` slower
+    (:func:`step_power` charges the other kernels at the same clock). A step of GEMMs alone reduces to the
+    per-kernel cap fitted on sustained GEMMs; in a prefill, attention and memory-bound kernels lower the
+    mean and share the slowdown (prefill step profiles: GEMM family 9.9% -> 2.6% MAPE). Collectives,
+    transfers, host time and CPU ops are left out.
     The mean is taken over the decoder layers' kernels (the embedding and the head, a few per step, get
     the same clock), so a pipeline stage and the whole model share it."""
     pm = prof.power

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perfcast.hardware.spec import DTYPE_BYTES, GPUSpec
+from perfcast.hardware.spec import DTYPE_BYTES, QUANTIZED_DTYPES, GPUSpec
 from perfcast.models.builder import kv_heads_per_gpu, shard
 from perfcast.models.spec import ModelSpec
 
@@ -88,13 +88,9 @@ def weights_bytes_per_gpu(spec: ModelSpec, tp: int, pp: int, wdtype: str = "bf16
     return hit[1]
 
 
-# quantized checkpoints (FP8, INT8/INT4 weight-only) keep the embedding and the LM head in bf16
-QUANTIZED = ("fp8", "int8", "int4", "fp4")
-
-
 def _weights_bytes_per_gpu(spec: ModelSpec, tp: int, pp: int, wdtype: str) -> float:
     wb = DTYPE_BYTES[wdtype]
-    eb = DTYPE_BYTES["bf16"] if wdtype in QUANTIZED else wb  # embedding and LM head
+    eb = DTYPE_BYTES["bf16"] if wdtype in QUANTIZED_DTYPES else wb  # embedding and LM head
     stages = stage_layers(spec.n_layers, pp)
     worst = 0.0
     per_kind: dict[bool, float] = {}  # a layer's parameters depend only on whether it holds experts

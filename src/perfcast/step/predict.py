@@ -332,7 +332,7 @@ def predict_groups(groups, merge: bool = True, return_errors: bool = False) -> l
                 redo.add(g)
                 continue
             for phase_ops in ops:
-                jobs.append((prof.alone(), cfg.gpu, phase_ops, int(np.shape(b)[0])))
+                jobs.append((prof, cfg.gpu, phase_ops, int(np.shape(b)[0])))
                 owner.append(g)
         costs, failed = _merged_costs(jobs)
         redo.update(owner[j] for j in failed)
@@ -370,7 +370,7 @@ def _finish_group(cfg: StepConfig, b, p, c, costed) -> dict:
         if costed is None:
             ops = step_ops(cfg, phase, b, p, c)
             costs = step_costs(ops, cfg.gpu, prof)
-        else:  # costed alone (merged over groups): the step's power state here
+        else:  # costed alone by op_cost (merged over groups): the step's power state here
             ops, costs = costed[phase]
             costs = step_power(ops, costs, prof)
         rt = _through_pipeline(cfg, phase, b, p, c, prof, rt_fn(ops, costs, host, prof.eff))
@@ -523,39 +523,38 @@ def accuracy_of(cfg: StepConfig, profile_name: str) -> tuple[float | None, float
     never measured, so they get no figure."""
     table = _accuracy_table()
     own = profile_name.startswith("measured:")
+
+    def measured(kind: str, key: str, what: str):
+        """(prefill p90, decode p90, basis) of table[kind] at '<phase>:<runtime>:<key>', or None."""
+        pre = table.get(kind, {}).get(f"prefill:{cfg.runtime}:{key}")
+        dec = table.get(kind, {}).get(f"decode:{cfg.runtime}:{key}")
+        if pre is None and dec is None:
+            return None
+        return (pre or {}).get("p90_pct"), (dec or {}).get("p90_pct"), (
+            f"{kind} profile, measured {what} ({(pre or {}).get('n', 0)} prefill, {(dec or {}).get('n', 0)} decode cases)")
+
     if cfg.dtype == "fp8" and not (cfg.model.is_moe or cfg.model.is_mla) and cfg.wdtype in (None, "fp8") \
             and cfg.kv_dtype in (None, "bf16") and cfg.pp == 1 and own:
         # FP8 linears (e4m3 weights, _scaled_mm), measured on each GPU's own profile: cuda-graph at tp 1;
         # cuda-graph decode and eager prefill at tp 2 (one 2xH200 host)
-        tpk = "tp1" if cfg.tp == 1 else "tp>1"
-        pre = table.get("own", {}).get(f"prefill:{cfg.runtime}:{tpk}:fp8")
-        dec = table.get("own", {}).get(f"decode:{cfg.runtime}:{tpk}:fp8")
-        if pre is not None or dec is not None:
-            return (pre or {}).get("p90_pct"), (dec or {}).get("p90_pct"), (
-                f"own profile, measured FP8 steps ({(pre or {}).get('n', 0)} prefill, "
-                f"{(dec or {}).get('n', 0)} decode cases)")
+        got = measured("own", ("tp1" if cfg.tp == 1 else "tp>1") + ":fp8", "FP8 steps")
+        if got is not None:
+            return got
     if cfg.model.is_moe or cfg.model.is_mla or cfg.dtype not in ("bf16", "fp16"):
         return None, None, ("not validated (MoE, MLA, quantized steps other than FP8 linears, and FP8 on other "
                             "profiles, runtimes or pipeline stages were not measured end to end)")
     if cfg.pp > 1:  # measured with the GPU's own profile only, at tp 1 and tp 2 (benchmarks/bench_pp.py)
-        kind = "pp>1" if cfg.tp == 1 else "tp>1,pp>1"
-        pre = table.get("own", {}).get(f"prefill:{cfg.runtime}:{kind}") if own else None
-        dec = table.get("own", {}).get(f"decode:{cfg.runtime}:{kind}") if own else None
-        if pre is None and dec is None:
+        got = measured("own", "pp>1" if cfg.tp == 1 else "tp>1,pp>1",
+                       "pipeline-parallel steps" if cfg.tp == 1 else "TP x PP steps") if own else None
+        if got is None:
             return None, None, ("not validated (pipeline parallelism was measured on a measured GPU only, at tp 1 "
                                 "and, with cuda-graph decode and eager prefill, at tp 2)")
-        what = "pipeline-parallel" if cfg.tp == 1 else "TP x PP"
-        basis = (f"own profile, measured {what} steps ({(pre or {}).get('n', 0)} prefill, "
-                 f"{(dec or {}).get('n', 0)} decode cases)")
-        return (pre or {}).get("p90_pct"), (dec or {}).get("p90_pct"), basis
+        return got
     if not own and cfg.gpu.architecture != "hopper":
         return None, None, f"not validated: no {cfg.gpu.architecture} GPU was measured (datasheet x Hopper ratios)"
     kind = "own" if own else "transfer"
-    tpk = "tp1" if cfg.tp == 1 else "tp>1"
-    pre = table.get(kind, {}).get(f"prefill:{cfg.runtime}:{tpk}")
-    dec = table.get(kind, {}).get(f"decode:{cfg.runtime}:{tpk}")
-    basis = f"{kind} profile, measured H100/H200 steps ({(pre or {}).get('n', 0)} prefill, {(dec or {}).get('n', 0)} decode cases)"
-    return (pre or {}).get("p90_pct"), (dec or {}).get("p90_pct"), basis
+    return measured(kind, "tp1" if cfg.tp == 1 else "tp>1", "H100/H200 steps") or (
+        None, None, f"{kind} profile, measured H100/H200 steps (0 prefill, 0 decode cases)")
 
 
 def _graph_gaps(cfg: StepConfig, prof, ops) -> list[float]:
